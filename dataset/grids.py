@@ -1,0 +1,52 @@
+"""Grid <-> token canvas. One definition used by the builder, loader, evaluator and benches.
+
+Tokens: PAD 0, EOS 1, colour c (0-9) -> c + 2. A grid of h x w is written at the top-left
+(or at a translation offset) of a side x side canvas; EOS marks the row below and the
+column right of the grid where they fit, so the model can predict the answer's size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PAD_ID = 0
+EOS_ID = 1
+COLOUR_OFFSET = 2
+NUM_COLOURS = 10
+VOCAB_SIZE = COLOUR_OFFSET + NUM_COLOURS  # 12
+IGNORE_LABEL_ID = -100
+
+
+def encode_grid(grid: np.ndarray, side: int, offset: tuple[int, int] = (0, 0), out: np.ndarray | None = None) -> np.ndarray:
+    """Write `grid` (h x w, values 0-9) into a flat canvas of side*side tokens."""
+    h, w = grid.shape
+    r0, c0 = offset
+    if r0 + h > side or c0 + w > side:
+        raise ValueError(f"grid {h}x{w} at offset {offset} does not fit a {side}x{side} canvas")
+    canvas = np.zeros((side, side), dtype=np.int64) if out is None else out.reshape(side, side)
+    if out is not None:
+        canvas[:] = PAD_ID
+    canvas[r0:r0 + h, c0:c0 + w] = grid + COLOUR_OFFSET
+    if r0 + h < side:
+        canvas[r0 + h, c0:min(c0 + w + 1, side)] = EOS_ID
+    if c0 + w < side:
+        canvas[r0:min(r0 + h + 1, side), c0 + w] = EOS_ID
+    return canvas.reshape(-1)
+
+
+def decode_grid(tokens: np.ndarray, side: int | None = None) -> np.ndarray | None:
+    """Crop a predicted canvas at its EOS boundary: the largest top-left rectangle of colour
+    tokens. Returns the h x w grid of colours 0-9, or None when the top-left cell is no colour."""
+    tokens = np.asarray(tokens)
+    if side is None:
+        side = int(round(np.sqrt(tokens.size)))
+    canvas = tokens.reshape(side, side)
+    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_COLOURS)
+    # width of the leading run of colours in each row, then the narrowest so far going down
+    run = np.where(is_colour.all(axis=1), side, np.argmin(is_colour, axis=1))
+    width = np.minimum.accumulate(run)
+    area = width * np.arange(1, side + 1)
+    h = int(np.argmax(area)) + 1
+    w = int(width[h - 1])
+    if w == 0:
+        return None
+    return (canvas[:h, :w] - COLOUR_OFFSET).astype(np.uint8)

@@ -1,0 +1,102 @@
+"""The Hydra tree: every job line composes exactly as its command would, the tiny config is the
+same tree shrunk, and bad names fail at start-up with the valid choices."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import verify
+from training import build
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs-etrm-semi-final.txt"
+JOB_LINES = [line for line in JOBS.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        return compose(config_name=name, overrides=overrides)
+
+
+def test_job_file_has_the_six_semi_final_runs():
+    names = [next(o for o in verify.parse_job_line(line)[1] if o.startswith("+run_name=")) for line in JOB_LINES]
+    assert [n.split("=", 1)[1].strip('"')[:3] for n in names] == ["SF1", "SF2", "SF3", "SF4", "SF5", "SF6"]
+
+
+@pytest.mark.parametrize("line", JOB_LINES, ids=lambda l: l.split("+run_name=")[1].split()[0].strip('"'))
+def test_every_job_line_composes_with_its_settings(line):
+    config_name, overrides = verify.parse_job_line(line)
+    cfg = compose_cfg(config_name, overrides)
+    job = dict(o.lstrip("+").split("=", 1) for o in overrides)
+    assert cfg.project_name == "etrm-semi-final"
+    assert cfg.arch.name == "recursive_reasoning.etrm@TRMWithEncoder"
+    assert cfg.arch.loss.name == "losses@ACTLossHead"
+    assert cfg.arch.encoder_type == job["arch.encoder_type"]
+    assert cfg.arch.encoder_num_layers == int(job["arch.encoder_num_layers"])
+    assert cfg.arch.halt_exploration_prob == float(job["arch.halt_exploration_prob"])
+    assert cfg.arch.halt_max_steps == 16 and cfg.epochs == 1000 and cfg.eval_interval == 200
+    assert cfg.global_batch_size == int(job["global_batch_size"])
+    _, run_name, run_dir = build.run_identity(cfg, overrides)
+    assert run_dir == Path("runs") / "etrm-semi-final" / run_name
+
+
+def test_base_config_matches_the_documented_defaults():
+    cfg = compose_cfg("cfg_pretrain_etrm_arc_agi_1", [])
+    assert "project_name" not in cfg and "run_name" not in cfg
+    assert cfg.data_paths == ["data/arc1concept-encoder-aug-1000"]
+    assert OmegaConf.to_container(cfg.evaluators) == [{"name": "arc@ARC"}]
+    assert (cfg.global_batch_size, cfg.lr, cfg.grad_clip_norm) == (256, 1e-4, 1.0)
+    arch = cfg.arch
+    assert (arch.H_cycles, arch.L_cycles, arch.L_layers, arch.hidden_size, arch.num_heads, arch.puzzle_emb_len) == \
+        (3, 6, 2, 512, 8, 16)
+    assert (arch.encoder_type, arch.loss.loss_type, arch.loss.kl_weight) == ("standard", "stablemax_cross_entropy", 1e-4)
+
+
+def test_default_run_identity_is_deterministic_and_override_dependent():
+    cfg = compose_cfg("cfg_pretrain_etrm_tiny", [])
+    a = build.run_identity(cfg, ["lr=1e-3"])
+    assert a == build.run_identity(cfg, ["lr=1e-3"])
+    assert a[2] != build.run_identity(cfg, ["lr=2e-3"])[2]
+    assert a[0] == "etrm" and a[2].parts[:2] == ("runs", "etrm")
+
+
+def test_tiny_config_is_the_same_tree_shrunk():
+    base, tiny = compose_cfg("cfg_pretrain_etrm_arc_agi_1", []), compose_cfg("cfg_pretrain_etrm_tiny", [])
+    assert set(base) == set(tiny) and set(base.arch) == set(tiny.arch)
+    assert tiny.arch.hidden_size < base.arch.hidden_size and tiny.build_if_missing.max_grid_size <= 10
+
+
+@pytest.mark.parametrize("override, match", [
+    ("arch.name=recursive_reasoning.nope@TRMWithEncoder", "valid modules"),
+    ("arch.name=recursive_reasoning.etrm@Nope", "valid classes"),
+    ("arch.loss.name=losses@Nope", "valid classes"),
+    ("arch.encoder_type=nope", "hybrid_standard"),
+    ("arch.loss.loss_type=nope", "softmax_cross_entropy"),
+])
+def test_bad_names_fail_at_start_up_with_the_choices(override, match):
+    cfg = compose_cfg("cfg_pretrain_etrm_tiny", [override])
+    fake_split = type("Split", (), {"seq_len": 36, "vocab_size": 12, "max_demos": 3, "side": 6})()
+    with pytest.raises(ValueError, match=match):
+        build.build_model(cfg, build.model_kwargs(cfg, fake_split, 2))
+
+
+def test_missing_dataset_names_its_path_and_the_build_command(tmp_path):
+    cfg = compose_cfg("cfg_pretrain_etrm_tiny", [f"data_paths=[{tmp_path / 'absent'}]"])
+    with pytest.raises(FileNotFoundError, match=r"absent(.|\n)*dataset\.build_arc_dataset"):
+        build.load_data(cfg)
+
+
+def test_data_derived_keys_cannot_be_set_by_hand():
+    cfg = compose_cfg("cfg_pretrain_etrm_tiny", ["+arch.seq_len=900"])
+    fake_split = type("Split", (), {"seq_len": 36, "vocab_size": 12, "max_demos": 3, "side": 6})()
+    with pytest.raises(ValueError, match="arch.seq_len comes from the dataset"):
+        build.model_kwargs(cfg, fake_split, 2)
+
+
+def test_a_model_built_for_another_canvas_says_so():
+    split = type("Split", (), {"seq_len": 100, "vocab_size": 12, "side": 10})()
+    with pytest.raises(ValueError, match="grid size"):
+        build.check_data_fits({"seq_len": 900, "vocab_size": 12}, split, "checkpoint x")

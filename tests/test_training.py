@@ -1,0 +1,230 @@
+"""The training path end to end on CPU: the tiny config trains, evaluates and checkpoints;
+DDP under torchrun (gloo) matches a single process; a killed run resumes onto the same
+trajectory; non-finite updates are skipped and counted; W&B offline runs are written."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from training import checkpoint, trainer
+from training.distributed import DistInfo
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "config"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """ARC-AGI-1 puzzles whose grids fit 6x6, 2 augmentations: seconds to build."""
+    out = tmp_path_factory.mktemp("data") / "arc1-6x6"
+    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
+                    "--eval-sources", "arc-agi-1:eval", "--output-dir", str(out), "--max-grid-size", "6",
+                    "--num-aug", "2", "--seed", "0"], cwd=REPO, check=True, capture_output=True)
+    return out
+
+
+def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir),
+        "arch.hidden_size": 32, "arch.num_heads": 2, "arch.H_cycles": 2, "arch.L_cycles": 1,
+        "arch.puzzle_emb_len": 4, "arch.halt_max_steps": 3, "arch.halt_exploration_prob": 0.0,
+        "global_batch_size": 8, "max_steps": 8, "eval_interval": "null", "max_eval_variants": 1,
+        "max_eval_groups": 4, "lr_warmup_steps": 2, "wandb_mode": "disabled", "checkpoint_keep_last": 10,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def compose_tiny(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_train_record(records: list[dict], step: int) -> dict:
+    return [r for r in records if r["step"] == step and "train/total_loss" in r][-1]
+
+
+def run_cli(overrides: list[str], nproc: int = 0, extra_torchrun: tuple[str, ...] = (), wait: bool = True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "0",
+               *extra_torchrun, "pretrain_etrm.py"]
+    else:
+        cmd = [sys.executable, "pretrain_etrm.py"]
+    cmd += ["--config-name", "cfg_pretrain_etrm_tiny", *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_tiny_config_trains_evaluates_and_checkpoints(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_tiny(small_overrides(tiny_data, run_dir))
+    results = trainer.train(cfg)
+    records = read_metrics(run_dir)
+    train_keys = {"train/lm_loss", "train/q_halt_loss", "train/kl_loss", "train/accuracy", "train/exact_accuracy",
+                  "train/q_halt_accuracy", "train/steps", "train/lr", "grad/encoder_norm", "grad/inner_norm",
+                  "train/encoder_cross_sample_var"}
+    assert train_keys <= set(records[0]), train_keys - set(records[0])
+    assert [r["step"] for r in records if "train/lr" in r] == list(range(1, 9))
+    assert all(r["grad/encoder_norm"] > 0 for r in records if "grad/encoder_norm" in r)
+    assert "ARC/pass@2" in results and 0.0 <= results["ARC/pass@2"] <= 1.0
+    assert (run_dir / "eval" / "step_8" / "submission.json").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    ckpt = checkpoint.latest_checkpoint(run_dir)
+    assert ckpt is not None and ckpt.name == "step_8" and checkpoint.is_complete(ckpt)
+    assert {"model.pt", "ema.pt", "optimizer.pt", "trainer_state.json", "rank_0.pt", "config.yaml"} <= \
+        {p.name for p in ckpt.iterdir()}
+
+
+def test_global_batch_must_divide_over_ranks(tiny_data, tmp_path):
+    cfg = compose_tiny(small_overrides(tiny_data, tmp_path / "run", global_batch_size=10))
+    with pytest.raises(ValueError, match=r"global_batch_size=10.*world_size=3"):
+        trainer._train(cfg, [], DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu")))
+
+
+def test_checkpoint_without_marker_is_ignored(tmp_path):
+    complete = tmp_path / "checkpoints" / "step_4"
+    complete.mkdir(parents=True)
+    (complete / checkpoint.MARKER).write_text("4")
+    half_written = tmp_path / "checkpoints" / "step_8"
+    half_written.mkdir()
+    (half_written / "model.pt").write_bytes(b"partial")
+    (tmp_path / "checkpoints" / "step_12.tmp").mkdir()
+    assert checkpoint.latest_checkpoint(tmp_path) == complete
+    with pytest.raises(FileNotFoundError, match="marker"):
+        checkpoint.load_checkpoint(half_written, rank=0)
+
+
+def test_nonfinite_updates_are_skipped_then_stop_the_run(tiny_data, tmp_path, monkeypatch):
+    real = trainer.grad_norms
+    calls = {"n": 0}
+
+    def nan_on_steps_3_and_4(model):
+        calls["n"] += 1
+        enc, inner = real(model)
+        return (enc * float("nan"), inner) if calls["n"] in (3, 4) else (enc, inner)
+
+    monkeypatch.setattr(trainer, "grad_norms", nan_on_steps_3_and_4)
+    run_dir = tmp_path / "skip"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir)))
+    records = [r for r in read_metrics(run_dir) if "train/nonfinite_skipped" in r]
+    assert [r["train/nonfinite_skipped"] for r in records] == [0, 0, 1, 2, 2, 2, 2, 2]
+    assert all(r["grad/total_norm"] == r["grad/total_norm"] for r in records if r["step"] not in (3, 4))
+
+    # always non-finite after the first checkpoint: stops with a clear message, checkpoint intact
+    def nan_after_step_2(model):
+        calls["n"] += 1
+        enc, inner = real(model)
+        return (enc * float("nan"), inner) if calls["n"] > 2 else (enc, inner)
+
+    calls["n"] = 0
+    monkeypatch.setattr(trainer, "grad_norms", nan_after_step_2)
+    run_dir = tmp_path / "stop"
+    cfg = compose_tiny(small_overrides(tiny_data, run_dir, checkpoint_interval=2, max_nonfinite_in_a_row=3))
+    with pytest.raises(RuntimeError, match="3 non-finite updates in a row"):
+        trainer.train(cfg)
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir)] == ["step_2"]
+
+
+def test_wandb_offline_run_is_written(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "wb"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, wandb_mode="offline", max_steps=3)))
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline_runs) == 1
+    summary = json.loads((offline_runs[0] / "files" / "wandb-summary.json").read_text())
+    assert {"train/lm_loss", "train/exact_accuracy", "grad/encoder_norm", "ARC/pass@2"} <= set(summary)
+
+
+def test_two_ranks_match_one_rank(tiny_data, tmp_path):
+    """global batch 8 on one process == 4 + 4 on two gloo ranks, step for step."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli(small_overrides(tiny_data, one, max_steps=5, ema="false"))
+    run_cli(small_overrides(tiny_data, two, max_steps=5, ema="false"), nproc=2)
+    a, b = read_metrics(one), read_metrics(two)
+    for step in range(1, 6):
+        ra, rb = last_train_record(a, step), last_train_record(b, step)
+        for key in ("train/total_loss", "train/lm_loss", "grad/inner_norm"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (step, key)
+    assert {"rank_0.pt", "rank_1.pt"} <= {p.name for p in (two / "checkpoints" / "step_5").iterdir()}
+
+
+@pytest.mark.slow
+def test_kill9_then_rerun_matches_uninterrupted(tiny_data, tmp_path):
+    steps = 40
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run_cli(small_overrides(tiny_data, clean, max_steps=steps, checkpoint_interval=5))
+    overrides = small_overrides(tiny_data, killed, max_steps=steps, checkpoint_interval=5)
+    proc = run_cli(overrides, wait=False)
+    first = killed / "checkpoints" / "step_5" / checkpoint.MARKER
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run never wrote its first checkpoint"
+    assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
+    run_cli(overrides)
+    a, b = last_train_record(read_metrics(clean), steps), last_train_record(read_metrics(killed), steps)
+    for key in ("train/total_loss", "train/lm_loss", "train/exact_accuracy", "grad/total_norm"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    eval_b = json.loads((killed / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    assert eval_a == eval_b
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_recovers_a_killed_worker(tiny_data, tmp_path):
+    run_dir = tmp_path / "restart"
+    steps = 40
+    proc = run_cli(small_overrides(tiny_data, run_dir, max_steps=steps, checkpoint_interval=5), nproc=2,
+                   extra_torchrun=("--max-restarts", "1"), wait=False)
+    first = run_dir / "checkpoints" / "step_5" / checkpoint.MARKER
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    workers = [p for p in _descendants(proc.pid) if b"pretrain_etrm.py" in _cmdline(p) and p != proc.pid]
+    assert workers, "no worker processes found"
+    os.kill(max(workers), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    assert checkpoint.latest_checkpoint(run_dir).name == f"step_{steps}"
+    assert max(r["step"] for r in read_metrics(run_dir)) == steps
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(entry.name))
+    return children + [d for c in children for d in _descendants(c)]

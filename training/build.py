@@ -1,0 +1,112 @@
+"""Everything the trainer and the evaluation entry resolve from the config before any real work:
+run identity, data (built when the config says how), model, loss head and evaluators.
+
+Each check here fails fast with the key, value or path at fault."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dataset import load_split
+from evaluators import load_evaluator_class
+from models import load_loss_class, load_model_class
+
+log = logging.getLogger("etrm")
+
+# Added to the arch config from the dataset's metadata, never set by hand.
+DATA_DERIVED_KEYS = ("seq_len", "vocab_size", "max_demos", "batch_size")
+
+
+def run_identity(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[str, str, Path]:
+    """(project_name, run_name, run_dir). Deterministic: every rank and every restart of the
+    same command agree on it, so a restarted job finds its own checkpoints."""
+    project = cfg.get("project_name") or "etrm"
+    name = cfg.get("run_name")
+    if not name:
+        relevant = sorted(o for o in (overrides or []) if not o.lstrip("+").startswith(("run_dir", "project_name")))
+        digest = hashlib.sha1("\n".join(relevant).encode()).hexdigest()[:8]
+        name = f"{cfg.arch.encoder_type}-{digest}"
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path("runs") / project / name
+    return project, name, run_dir
+
+
+def build_command(output_dir: str, spec: DictConfig | dict) -> list[str]:
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    cmd = [sys.executable, "-m", "dataset.build_arc_dataset", "--output-dir", output_dir]
+    for key, value in spec.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            cmd += [flag, *map(str, value)]
+        elif isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def ensure_dataset(cfg: DictConfig, is_main: bool) -> None:
+    """Build data_paths[0] from `build_if_missing` when it is absent (rank 0 only; call barrier after)."""
+    path = Path(cfg.data_paths[0])
+    if path.exists() or not cfg.get("build_if_missing") or not is_main:
+        return
+    cmd = build_command(str(path), cfg.build_if_missing)
+    log.info("dataset %s is missing: building it first (%s)", path, " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True)
+
+
+def load_data(cfg: DictConfig):
+    """(train_split, eval_split), checked to agree with each other."""
+    train = load_split(list(cfg.data_paths), "train")
+    eval_paths = list(cfg.data_paths_test) if cfg.get("data_paths_test") else list(cfg.data_paths)
+    evaluation = load_split(eval_paths, "eval")
+    if (train.side, train.vocab_size) != (evaluation.side, evaluation.vocab_size):
+        raise ValueError(f"train data {list(cfg.data_paths)} (grid {train.side}, vocab {train.vocab_size}) and eval data "
+                         f"{eval_paths} (grid {evaluation.side}, vocab {evaluation.vocab_size}) do not agree")
+    return train, evaluation
+
+
+def model_kwargs(cfg: DictConfig, split, local_batch_size: int) -> dict:
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    for key in DATA_DERIVED_KEYS:
+        if key in arch:
+            raise ValueError(f"arch.{key} comes from the dataset's metadata and must not be set in the config")
+    arch.pop("name")
+    arch.pop("loss")
+    max_demos = int(cfg.max_demos) if cfg.get("max_demos") else split.max_demos
+    return dict(arch, seq_len=split.seq_len, vocab_size=split.vocab_size, max_demos=min(max_demos, split.max_demos),
+                batch_size=local_batch_size, eval_halting=cfg.get("eval_halting", "max"))
+
+
+def check_data_fits(saved_kwargs: dict, split, source: str) -> None:
+    """A model built for another canvas or vocabulary cannot read this dataset: say which."""
+    for key, have in (("seq_len", split.seq_len), ("vocab_size", split.vocab_size)):
+        want = saved_kwargs.get(key)
+        if want is not None and int(want) != int(have):
+            what = "grid size" if key == "seq_len" else "vocabulary"
+            raise ValueError(f"{source} was built for {key}={want} but the dataset has {key}={have}: its {what} does not fit "
+                             f"the model (dataset side {split.side}x{split.side})")
+
+
+def loss_head(cfg: DictConfig, model):
+    loss_cfg = OmegaConf.to_container(cfg.arch.loss, resolve=True)
+    return load_loss_class(loss_cfg.pop("name"))(model, **loss_cfg)
+
+
+def build_model(cfg: DictConfig, kwargs: dict):
+    """(model, loss_head). Unknown class names, encoder types or loss types fail here with the choices."""
+    model = load_model_class(cfg.arch.name)(kwargs)
+    return model, loss_head(cfg, model)
+
+
+def build_evaluators(cfg: DictConfig, eval_split, wandb_log: bool) -> list:
+    evaluators = []
+    for spec in cfg.get("evaluators") or []:
+        spec = OmegaConf.to_container(spec, resolve=True)
+        cls = load_evaluator_class(spec.pop("name"))
+        evaluators.append(cls(eval_split, wandb_log=wandb_log, **spec))
+    return evaluators

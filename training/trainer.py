@@ -1,0 +1,356 @@
+"""The training loop: one forward per batch with the ACT carry persisting across batches.
+
+Read top to bottom: set-up (distributed, data, model, optimizer, resume), then the loop
+(forward, backward, skip non-finite updates, clip, step, EMA, metrics), evaluations and
+checkpoints at their intervals, and a final evaluation + checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dataset import EvalLoader, TrainLoader
+from training import build, checkpoint
+from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from training.metrics_logger import MetricsLogger, resolve_wandb_mode
+from training.optim import EMA, build_optimizer, lr_at
+
+log = logging.getLogger("etrm")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def to_device(obj, device: torch.device):
+    """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
+    return obj
+
+
+def autocast_for(device: torch.device, forward_dtype: str):
+    """bf16 autocast on CUDA when asked; the CPU path always runs float32."""
+    if device.type == "cuda" and forward_dtype in ("bfloat16", "float16"):
+        return torch.autocast("cuda", dtype=getattr(torch, forward_dtype))
+    return contextlib.nullcontext()
+
+
+def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
+                   rank_means: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """One all-reduce for a step's metrics. `sums` come from the loss head: `*_loss` keys are sums
+    over the batch (reported per sample), the rest sums over the samples that halted (reported
+    per halted sample, with their `count`). `rank_means` are per-rank values averaged over ranks."""
+    rank_means = rank_means or {}
+    keys, mean_keys = sorted(sums), sorted(rank_means)
+    stacked = torch.stack([sums[k].detach().float() for k in keys] + [rank_means[k].detach().float() for k in mean_keys])
+    totals = all_reduce_sum(stacked).tolist()
+    values = dict(zip(keys, totals[:len(keys)]))
+    count = values.pop("count", 0.0)
+    out = {f"{prefix}/{k}": v / batch_size if k.endswith("_loss") else v / max(count, 1.0) for k, v in values.items()}
+    out[f"{prefix}/count"] = count
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    out.update({f"{prefix}/{k}": v / world for k, v in zip(mean_keys, totals[len(keys):])})
+    return out
+
+
+def cross_sample_variance(context: torch.Tensor) -> torch.Tensor:
+    """Variance of the encoder's context over the batch, averaged over positions and channels:
+    near 0 means every puzzle gets the same context (the collapse the public ETRM run hit)."""
+    return context.detach().float().var(dim=0, unbiased=False).mean()
+
+
+def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder_norm, inner_norm) of the current gradients."""
+    encoder, inner = [], []
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            (encoder if name.startswith("encoder.") else inner).append(p.grad)
+
+    def norm(grads):
+        if not grads:
+            return torch.zeros((), device=next(model.parameters()).device)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+    return norm(encoder), norm(inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation (shared with evaluate_etrm.py)
+
+
+@torch.no_grad()
+def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
+                   run_dir: Path, step: int, show_progress: bool = True) -> dict[str, float]:
+    """Run every eval batch to halting (halt_max_steps, or the Q head with eval_halting=q),
+    feed the halting step's predictions to the evaluators, and return their metrics (rank 0)."""
+    head.eval()
+    device = dist_info.device
+    max_steps = head.model.config.halt_max_steps
+    for evaluator in evaluators:
+        evaluator.begin()
+    exact_sum = torch.zeros((), device=device)
+    valid_count = torch.zeros((), device=device)
+    batches = tqdm(loader, desc=f"eval step {step}", leave=False, disable=not (show_progress and dist_info.is_main))
+    for batch in batches:
+        batch = to_device(batch, device)
+        valid = batch["valid"]
+        carry = head.model.initial_carry(batch)
+        done = torch.zeros_like(valid)
+        preds = torch.zeros_like(batch["inputs"])
+        q_halt = torch.zeros(valid.shape, device=device)
+        steps = torch.zeros(valid.shape, dtype=torch.int32, device=device)
+        for _ in range(max_steps):
+            with autocast_for(device, forward_dtype):
+                carry, _, _, outputs, _ = head(carry, batch)
+            newly = carry.halted & ~done
+            preds = torch.where(newly[:, None], outputs["preds"], preds)
+            q_halt = torch.where(newly, outputs["q_halt_logits"].float(), q_halt)
+            steps = torch.where(newly, carry.steps.to(steps.dtype), steps)
+            done |= carry.halted
+            if bool(done.all()):
+                break
+        labels = batch["labels"]
+        exact = ((preds == labels) | (labels < 0)).all(dim=-1)
+        exact_sum += (exact & valid).sum()
+        valid_count += valid.sum()
+        for evaluator in evaluators:
+            evaluator.update(batch, {"preds": preds, "q_halt_logits": q_halt, "steps": steps})
+    # exact accuracy of single augmented samples, before any voting
+    exact_sum, valid_count = all_reduce_sum(torch.stack([exact_sum, valid_count]).float()).tolist()
+    results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count}
+    for evaluator in evaluators:
+        out = evaluator.result(run_dir, step)
+        if out:
+            results.update(out)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+    dist_info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, overrides, dist_info)
+    finally:
+        shutdown()
+
+
+def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) -> dict[str, float]:
+    logging.basicConfig(level=logging.INFO if dist_info.is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
+    project, run_name, run_dir = build.run_identity(cfg, overrides)
+
+    # --- data (validated before any model work) ---
+    gbs = int(cfg.global_batch_size)
+    if gbs % world_size:
+        raise ValueError(f"global_batch_size={gbs} does not divide evenly over world_size={world_size} ranks")
+    eval_gbs = int(cfg.eval_global_batch_size or gbs)
+    if eval_gbs % world_size:
+        raise ValueError(f"eval_global_batch_size={eval_gbs} does not divide evenly over world_size={world_size} ranks")
+    build.ensure_dataset(cfg, dist_info.is_main)
+    barrier()
+    train_split, eval_split = build.load_data(cfg)
+    train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
+                               max_demos=cfg.get("max_demos"))
+    eval_loader = EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
+                             max_eval_groups=cfg.get("max_eval_groups"), max_variants=cfg.get("max_eval_variants"))
+    steps_per_epoch = train_loader.samples_per_epoch / gbs
+    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
+    if cfg.get("max_steps"):
+        total_steps = min(total_steps, int(cfg.max_steps))
+    eval_every = max(1, round(cfg.eval_interval * steps_per_epoch)) if cfg.get("eval_interval") else total_steps
+
+    # --- model, optimizer, EMA (same init on every rank) ---
+    torch.manual_seed(int(cfg.seed))
+    kwargs = build.model_kwargs(cfg, train_split, gbs // world_size)
+    model, head = build.build_model(cfg, kwargs)
+    if cfg.get("load_pretrained_decoder"):
+        from models.pretrained import load_pretrained_decoder
+        load_pretrained_decoder(model, cfg.load_pretrained_decoder)
+    model.to(device)
+    optimizer = build_optimizer(model, float(cfg.lr), float(cfg.beta1), float(cfg.beta2), float(cfg.weight_decay))
+    ema = EMA(model, float(cfg.ema_rate)) if cfg.ema else None
+    forward_dtype = cfg.arch.forward_dtype
+
+    # --- resume: an explicit checkpoint, else the newest complete one in run_dir ---
+    step, carry, counters = 0, None, {"nonfinite_total": 0, "nonfinite_in_a_row": 0, "low_var_in_a_row": 0}
+    ckpt_path = cfg.get("load_checkpoint") or checkpoint.latest_checkpoint(run_dir)
+    torch.manual_seed(int(cfg.seed) * 1000 + rank)  # per-rank stream for halting exploration
+    if ckpt_path:
+        state = checkpoint.load_checkpoint(ckpt_path, rank, map_location=device)
+        build.check_data_fits(state["trainer_state"].get("model_kwargs", {}), train_split, f"checkpoint {ckpt_path}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state["ema"] is not None:
+            ema.load_state_dict(state["ema"])
+        ts = state["trainer_state"]
+        step = int(ts["step"])
+        counters.update(ts.get("counters", {}))
+        if ts.get("world_size") == world_size and state["per_rank"] is not None:
+            train_loader.load_state_dict(state["per_rank"]["loader"])
+            checkpoint.set_rng_state(state["per_rank"]["rng"])
+            carry = to_device(state["per_rank"]["carry"], device)
+        else:
+            train_loader.load_state_dict(ts["loader"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    train_head: nn.Module = head
+    if cfg.compile:
+        train_head = torch.compile(head)
+    if world_size > 1:
+        train_head = DistributedDataParallel(
+            train_head, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg.arch.get("context_ablation", False)))
+    eval_head = build.loss_head(cfg, ema.model) if ema is not None else head
+    encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+
+    # --- run directory, config, logging (rank 0 only) ---
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    barrier()
+    mode = resolve_wandb_mode(cfg.get("wandb_mode"))
+    logger = MetricsLogger(run_dir, project, run_name, resolved, mode, enabled=dist_info.is_main)
+    evaluators = build.build_evaluators(cfg, eval_split, wandb_log=logger.wandb_run is not None)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run %s/%s -> %s | %d ranks on %s | %.2fM params (encoder %.2fM) | %d steps (%.1f per epoch), eval every %d",
+             project, run_name, run_dir, world_size, device, n_params / 1e6,
+             sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
+
+    def save(at_step: int) -> None:
+        trainer_state = {"step": at_step, "total_steps": total_steps, "world_size": world_size,
+                         "loader": train_loader.state_dict(), "counters": counters, "model_kwargs": kwargs,
+                         "project_name": project, "run_name": run_name}
+        shared = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer_state": trainer_state,
+                  "config_yaml": OmegaConf.to_yaml(cfg, resolve=True)}
+        if ema is not None:
+            shared["ema"] = ema.state_dict()
+        per_rank = {"rng": checkpoint.rng_state(), "loader": train_loader.state_dict(),
+                    "carry": to_device(carry, torch.device("cpu")) if carry is not None else None}
+        path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
+        log.info("checkpoint %s", path)
+
+    def evaluate(at_step: int) -> dict:
+        results = run_evaluation(eval_head, eval_loader, evaluators, dist_info, forward_dtype, run_dir, at_step)
+        if dist_info.is_main:
+            logger.log(results, at_step)
+            shown = {k: round(v, 4) for k, v in results.items() if "pass@" in k or k.endswith("exact_accuracy")}
+            log.info("eval at step %d: %s", at_step, shown)
+        return results
+
+    # --- the loop ---
+    train_iter = iter(train_loader)
+    progress = tqdm(total=total_steps, initial=step, disable=not dist_info.is_main, dynamic_ncols=True, desc=run_name)
+    results: dict[str, float] = {}
+    tick = time.perf_counter()
+    # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
+    # follows whichever of steps or time is further along, so the cosine ends at the deadline
+    budget_s = float(cfg.max_train_minutes) * 60 if cfg.get("max_train_minutes") else None
+    train_seconds = 0.0
+    while step < total_steps:
+        step_start = time.perf_counter()
+        head.train()
+        batch = to_device(next(train_iter), device)
+        if carry is None:
+            carry = head.model.initial_carry(batch)
+        sched_step = step
+        if budget_s is not None and step >= int(cfg.lr_warmup_steps):
+            warm = int(cfg.lr_warmup_steps)
+            sched_step = max(step, warm + int(min(1.0, train_seconds / budget_s) * (total_steps - warm)))
+        lr = lr_at(sched_step, float(cfg.lr), int(cfg.lr_warmup_steps), total_steps, float(cfg.lr_min_ratio))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        with autocast_for(device, forward_dtype):
+            carry, loss, metrics, outputs, _ = train_head(carry, batch)
+        # the loss is a sum over this rank's samples; DDP averages over ranks -> grads of sum / global batch
+        (loss / train_loader.local_batch_size).backward()
+
+        encoder_norm, inner_norm = grad_norms(model)
+        total_norm = torch.sqrt(encoder_norm ** 2 + inner_norm ** 2)
+        reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "train", gbs,
+                                 rank_means={"encoder_cross_sample_var": cross_sample_variance(outputs["context"])})
+        finite = math.isfinite(reduced["train/total_loss"]) and math.isfinite(float(total_norm))
+        if finite:
+            if cfg.grad_clip_norm and float(total_norm) > cfg.grad_clip_norm:
+                torch._foreach_mul_([p.grad for p in model.parameters() if p.grad is not None],
+                                    float(cfg.grad_clip_norm) / (float(total_norm) + 1e-6))
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            counters["nonfinite_in_a_row"] = 0
+        else:
+            counters["nonfinite_total"] += 1
+            counters["nonfinite_in_a_row"] += 1
+            carry = None  # latents may hold NaN: restart every slot from fresh data
+            log.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
+                        step, counters["nonfinite_in_a_row"])
+            if counters["nonfinite_in_a_row"] >= int(cfg.max_nonfinite_in_a_row):
+                raise RuntimeError(f"{counters['nonfinite_in_a_row']} non-finite updates in a row at step {step}: stopping. "
+                                   f"The last good checkpoint in {run_dir / 'checkpoints'} is intact; lower lr or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        # collapse guard: the public ETRM encoder ended with nearly the same context for every puzzle
+        var = reduced["train/encoder_cross_sample_var"]
+        counters["low_var_in_a_row"] = counters["low_var_in_a_row"] + 1 if var < cfg.collapse_var_threshold else 0
+        collapsed = counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
+        if collapsed and counters["low_var_in_a_row"] == int(cfg.collapse_patience):
+            log.warning("encoder collapse? train/encoder_cross_sample_var=%.3g has stayed below %.3g for %d steps",
+                        var, cfg.collapse_var_threshold, cfg.collapse_patience)
+
+        if dist_info.is_main and (step % int(cfg.log_interval) == 0 or step == total_steps):
+            now = time.perf_counter()
+            reduced.update({"train/lr": lr, "grad/encoder_norm": float(encoder_norm), "grad/inner_norm": float(inner_norm),
+                            "grad/total_norm": float(total_norm), "train/nonfinite_skipped": counters["nonfinite_total"],
+                            "train/encoder_collapse_warning": float(collapsed), "train/epoch": step / steps_per_epoch,
+                            "train/steps_per_s": int(cfg.log_interval) / max(now - tick, 1e-9)})
+            tick = now
+            logger.log(reduced, step)
+            progress.set_postfix(loss=f"{reduced['train/total_loss']:.3f}",
+                                 exact=f"{reduced.get('train/exact_accuracy', 0):.2f}", refresh=False)
+        progress.update(1)
+
+        train_seconds += time.perf_counter() - step_start
+        if budget_s is not None and step < total_steps:
+            # every rank stops at the same step: rank 0's clock decides
+            out_of_time = torch.tensor(float(train_seconds >= budget_s), device=device)
+            if world_size > 1:
+                torch.distributed.broadcast(out_of_time, src=0)
+            if bool(out_of_time):
+                log.info("max_train_minutes=%s reached after %d steps: final evaluation", cfg.max_train_minutes, step)
+                total_steps = step
+        last = step == total_steps
+        if step % eval_every == 0 or last:
+            if evaluators:
+                results = evaluate(step)
+            if cfg.checkpoint_every_eval or last:
+                save(step)
+        elif cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0:
+            save(step)
+    progress.close()
+    if step > 0 and not (run_dir / "checkpoints" / f"step_{step}").exists():
+        save(step)  # resumed at the very end: still leave a final checkpoint
+    logger.close()
+    if dist_info.is_main:
+        log.info("done: %d steps. Outputs in %s (config.yaml, metrics.jsonl, checkpoints/, eval/)", step, run_dir)
+    return results

@@ -1,0 +1,152 @@
+"""Check every command of a job file before spending GPU-days on it:
+
+    python -m verify jobs-etrm-semi-final.txt [--steps 12] [--hidden 32]
+
+For each torchrun/python line that runs pretrain_etrm.py: compose the config exactly as that
+command would (same --config-name, same overrides), build the model with the job's encoder and
+halting settings at a reduced width, run a few training steps on CPU on a small random batch,
+and print a checklist. Exits non-zero if any check of any job fails.
+
+To exercise the halting paths in a handful of steps, the Q head's halt bias is set to 0 (at
+init it is -5, so a fresh model would only ever halt at halt_max_steps).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dataset.random_batch import random_batch
+from models import load_model_class
+from training import build
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+ENTRY = "pretrain_etrm.py"
+
+
+def parse_job_line(line: str) -> tuple[str, list[str]]:
+    """(config_name, overrides) of one job command."""
+    args = shlex.split(line)
+    names = [i for i, a in enumerate(args) if a.endswith(ENTRY)]
+    if not names:
+        raise ValueError(f"no {ENTRY} in the command")
+    rest = args[names[0] + 1:]
+    config_name, overrides, i = "cfg_pretrain_etrm_arc_agi_1", [], 0
+    while i < len(rest):
+        a = rest[i]
+        if a in ("--config-name", "-cn"):
+            config_name, i = rest[i + 1], i + 2
+            continue
+        if a.startswith("--config-name="):
+            config_name = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise ValueError(f"unsupported Hydra flag {a!r} in a job line")
+        else:
+            overrides.append(a)
+        i += 1
+    return config_name, overrides
+
+
+def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int) -> list[tuple[str, bool, str]]:
+    checks: list[tuple[str, bool, str]] = []
+
+    def check(name: str, ok: bool, detail: str = "") -> bool:
+        checks.append((name, bool(ok), detail))
+        return bool(ok)
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except Exception as e:  # report, do not crash: the next job lines still get checked
+        check("config composes", False, f"{type(e).__name__}: {e}")
+        return checks
+    check("config composes", True, f"{config_name} + {len(overrides)} overrides")
+    encoder_type = cfg.arch.encoder_type
+    try:
+        model_cls = load_model_class(cfg.arch.name)
+    except Exception as e:
+        check("arch resolves to TRMWithEncoder", False, str(e))
+        return checks
+    check("arch resolves to TRMWithEncoder", model_cls.__name__ == "TRMWithEncoder",
+          f"{cfg.arch.name} -> {model_cls.__name__}, encoder {encoder_type}")
+
+    # reduced width, same encoder and halting settings
+    small = OmegaConf.merge(cfg, {"arch": {"hidden_size": hidden, "num_heads": 2, "H_cycles": 2, "L_cycles": 1,
+                                           "puzzle_emb_len": 4}})
+    side, demos, batch_size = 6, 3, 8
+    fake_split = SimpleNamespace(seq_len=side * side, vocab_size=12, max_demos=demos, side=side)
+    torch.manual_seed(0)
+    kwargs = build.model_kwargs(small, fake_split, batch_size)
+    model, head = build.build_model(small, kwargs)
+    check("encoder type", type(model.encoder).__name__ != "" and model.config.encoder_type == encoder_type,
+          f"{type(model.encoder).__name__}")
+    with torch.no_grad():
+        model.q_head.bias.fill_(0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    max_steps = int(cfg.arch.halt_max_steps)
+    halted_steps: list[int] = []
+    encoder_grads: list[float] = []
+    kl_seen: list[bool] = []
+    carry = None
+    head.train()
+    for i in range(steps):
+        batch = random_batch(batch_size, side, demos, seed=i)
+        if carry is None:
+            carry = model.initial_carry(batch)
+        carry, loss, metrics, outputs, _ = head(carry, batch)
+        (loss / batch_size).backward()
+        encoder_grads.append(sum(float(p.grad.norm()) for n, p in model.named_parameters()
+                                 if n.startswith("encoder.") and p.grad is not None))
+        kl_seen.append("kl" in outputs and float(metrics.get("kl_loss", torch.zeros(()))) != 0.0)
+        halted_steps += carry.steps[carry.halted].tolist()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    in_range = all(1 <= s <= max_steps for s in halted_steps)
+    check("ACT steps vary within [1, halt_max_steps]", in_range and len(set(halted_steps)) > 1,
+          f"halting steps seen {sorted(set(halted_steps))} (max {max_steps}, explore {cfg.arch.halt_exploration_prob})")
+    check("encoder gets a non-zero gradient at every step", all(g > 0 for g in encoder_grads),
+          f"min encoder grad norm {min(encoder_grads):.3g} over {steps} steps")
+    want_kl = encoder_type == "hybrid_variational" and float(cfg.arch.loss.kl_weight) > 0
+    check("KL term present iff variational and kl_weight > 0", all(k == want_kl for k in kl_seen),
+          f"expected {'present' if want_kl else 'absent'}, seen {'present' if any(kl_seen) else 'absent'}")
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job_file", type=Path)
+    parser.add_argument("--steps", type=int, default=12, help="training steps per job (default 12)")
+    parser.add_argument("--hidden", type=int, default=32, help="reduced hidden size (default 32)")
+    args = parser.parse_args(argv)
+    if not args.job_file.is_file():
+        parser.error(f"job file {args.job_file} does not exist")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    failures = 0
+    jobs = [(n, line.strip()) for n, line in enumerate(args.job_file.read_text().splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not jobs:
+        print(f"{args.job_file}: no job lines found")
+        return 1
+    for lineno, line in jobs:
+        try:
+            config_name, overrides = parse_job_line(line)
+            run_name = next((o.split("=", 1)[1].strip('"') for o in overrides if o.lstrip("+").startswith("run_name=")), "?")
+            checks = verify_job(config_name, overrides, args.steps, args.hidden)
+        except Exception as e:
+            run_name, checks = "?", [("job line parses and runs", False, f"{type(e).__name__}: {e}")]
+        print(f"\n{args.job_file}:{lineno}  {run_name}")
+        for name, ok, detail in checks:
+            print(f"  [{'x' if ok else ' '}] {name}" + (f"  ({detail})" if detail else ""))
+            failures += not ok
+    print(f"\n{len(jobs)} jobs, {failures} failed checks")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
