@@ -7,8 +7,9 @@ command would (same --config-name, same overrides), build the model with the job
 halting settings at a reduced width, run a few training steps on CPU on a small random batch,
 and print a checklist. Exits non-zero if any check of any job fails.
 
-To exercise the halting paths in a handful of steps, the Q head's halt bias is set to 0 (at
-init it is -5, so a fresh model would only ever halt at halt_max_steps).
+To exercise the halting paths in a handful of steps, the Q head is re-initialised with random
+weights and zero bias and kept fixed, so q_halt is positive for about half the samples (at
+TRM's init, weights 0 and bias -5, a fresh model would only ever halt at halt_max_steps).
 """
 from __future__ import annotations
 
@@ -87,8 +88,11 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int) 
     check("encoder type", type(model.encoder).__name__ != "" and model.config.encoder_type == encoder_type,
           f"{type(model.encoder).__name__}")
     with torch.no_grad():
+        model.q_head.weight.normal_(0.0, 1.0 / hidden ** 0.5)
         model.q_head.bias.fill_(0.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # the Q head is left out of the updates so its random halting pattern survives the few steps
+    q_params = {id(p) for p in model.q_head.parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if id(p) not in q_params], lr=1e-3)
     max_steps = int(cfg.arch.halt_max_steps)
     halted_steps: list[int] = []
     encoder_grads: list[float] = []
@@ -121,7 +125,7 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job_file", type=Path)
-    parser.add_argument("--steps", type=int, default=12, help="training steps per job (default 12)")
+    parser.add_argument("--steps", type=int, default=16, help="training steps per job (default 16)")
     parser.add_argument("--hidden", type=int, default=32, help="reduced hidden size (default 32)")
     args = parser.parse_args(argv)
     if not args.job_file.is_file():

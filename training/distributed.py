@@ -45,9 +45,21 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        timeout = datetime.timedelta(minutes=30)
+        dist.init_process_group(backend=backend, timeout=timeout, store=_restart_scoped_store(rank, world_size, timeout),
+                                rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _restart_scoped_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store, with keys scoped to this torchrun restart.
+
+    When workers use the torchrun agent's shared store, a restarted group (`--max-restarts`) would
+    otherwise read the dead group's gloo/nccl addresses left in it and fail to connect."""
+    use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not use_agent_store and rank == 0, timeout=timeout, multi_tenant=not use_agent_store)
+    return dist.PrefixStore(f"etrm/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def is_distributed() -> bool:

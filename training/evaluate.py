@@ -20,8 +20,8 @@ OVERRIDABLE = ("data_paths", "data_paths_test", "max_eval_groups", "max_eval_var
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     dist_info = init_distributed(cfg.device)
-    logging.basicConfig(level=logging.INFO if dist_info.is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO if dist_info.is_main else logging.WARNING)  # one rank logs
     try:
         path = Path(cfg.checkpoint)
         if not (path / "config.yaml").is_file() or not checkpoint.is_complete(path):
@@ -52,7 +52,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         if gbs % dist_info.world_size:
             raise ValueError(f"eval_global_batch_size={gbs} does not divide evenly over world_size={dist_info.world_size}")
         loader = EvalLoader(eval_split, gbs, rank=dist_info.rank, world_size=dist_info.world_size,
-                            max_eval_groups=train_cfg.get("max_eval_groups"), max_variants=train_cfg.get("max_eval_variants"))
+                            max_eval_groups=train_cfg.get("max_eval_groups"), max_variants=train_cfg.get("max_eval_variants"),
+                            max_demos=train_cfg.get("max_demos"))
         evaluators = build.build_evaluators(train_cfg, eval_split, wandb_log=False)
         log.info("evaluating %s (%s weights) on %d samples", path, weights_file.stem, loader.num_samples)
         results = run_evaluation(head, loader, evaluators, dist_info, train_cfg.arch.forward_dtype, run_dir, step)

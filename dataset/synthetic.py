@@ -1,0 +1,335 @@
+"""Synthetic ARC-format puzzles whose rule is drawn per puzzle, so the demos are the only way to
+know it. Used to check, on a CPU budget, that ETRM learns to read its demos (bench/learning.py).
+
+    python -m dataset.synthetic --output-dir data/synthetic --num-train 300 --num-eval 100 --seed 0 \\
+        [--families colour_map dihedral shift fill swap]
+
+Writes ``DIR/train/<family>/<id>.json`` and ``DIR/eval/<family>/<id>.json`` (``{"train": [{"input",
+"output"}, ...], "test": [...]}``) plus ``DIR/manifest.json`` (every puzzle's split, family and
+rule). Everything is written to a temporary directory beside DIR and renamed into place. Feed it
+to the normal builder: ``python -m dataset.build_arc_dataset --train-sources DIR/train
+--eval-sources DIR/eval --output-dir ... --max-grid-size 8``.
+
+Families (background colour 0, grids 3x3 to 8x8, 2-4 demos and 1-2 test inputs per puzzle):
+  colour_map  2-3 colours each mapped to another colour (an injective map into 1-9, no colour
+              kept); every input shows every mapped colour. Rule-blind: ~0.
+  dihedral    one of the 7 non-identity flips/rotations. Rule-blind pass@2: 2/7.
+  shift       every foreground cell moves one cell in one of 8 directions (inputs keep a
+              1-cell empty frame, so nothing falls off). Rule-blind pass@2: 2/8.
+  fill        the background (0) becomes one colour absent from the inputs. Rule-blind pass@2:
+              2 / (9 - colours in the query input) >= 2/7.
+  swap        two of the input's 4-5 colours exchange places, the others stay. Rule-blind
+              pass@2: 2/6 (4 colours) or 2/10 (5 colours).
+
+Every puzzle is checked to be identifiable: the rules of its family consistent with all demos
+give the same answer on every test input (so the demos are enough). Train and eval puzzles are
+drawn from the same families with independent random streams; ids differ (``t``/``e`` prefix)
+and no eval puzzle repeats a train puzzle's (family, rule, input grid).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .augment import dihedral
+
+FAMILIES = ("colour_map", "dihedral", "shift", "fill", "swap")
+SPLIT_CODES = {"train": 0, "eval": 1}
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))  # (drow, dcol)
+MIN_SIDE, MAX_SIDE = 3, 8
+MAX_TRIES = 200
+
+
+# ------------------------------------------------------------------------------ rules
+
+def apply_rule(family: str, rule: dict, grid: np.ndarray) -> np.ndarray:
+    """The output of `family`'s rule `rule` (as stored in the manifest) on an input grid."""
+    g = np.asarray(grid, dtype=np.uint8)
+    if family == "colour_map":
+        lut = np.arange(10, dtype=np.uint8)
+        for src, dst in rule["map"]:
+            lut[int(src)] = int(dst)
+        return lut[g]
+    if family == "dihedral":
+        return np.ascontiguousarray(dihedral(g, int(rule["dihedral"])))
+    if family == "shift":
+        dr, dc = rule["shift"]
+        out = np.zeros_like(g)
+        h, w = g.shape
+        rs, cs = np.nonzero(g)
+        r2, c2 = rs + dr, cs + dc
+        if (r2 < 0).any() or (r2 >= h).any() or (c2 < 0).any() or (c2 >= w).any():
+            raise ValueError("shift moves a cell off the grid")
+        out[r2, c2] = g[rs, cs]
+        return out
+    if family == "fill":
+        out = g.copy()
+        out[g == 0] = int(rule["colour"])
+        return out
+    if family == "swap":
+        a, b = (int(x) for x in rule["pair"])
+        out = g.copy()
+        out[g == a], out[g == b] = b, a
+        return out
+    raise ValueError(f"unknown family {family!r}; valid: {list(FAMILIES)}")
+
+
+def num_blind_rules(family: str, rule: dict, query_input: np.ndarray) -> int:
+    """How many rules of the family a rule-blind solver must choose between for this query
+    (pass@k of the best blind guess is at most k / this)."""
+    colours = set(np.unique(query_input).tolist()) - {0}
+    if family == "colour_map":
+        k = len(rule["map"])
+        return int(np.prod([8 - i for i in range(k)]))  # about: injective maps into 1-9 moving every colour
+    if family == "dihedral":
+        return 7
+    if family == "shift":
+        return len(SHIFTS)
+    if family == "fill":
+        return 9 - len(colours)
+    if family == "swap":
+        n = len(colours)
+        return n * (n - 1) // 2
+    raise ValueError(family)
+
+
+def _candidates(family: str, rule: dict, grids: list[np.ndarray]) -> list[dict]:
+    """Rules of the family worth checking for identifiability (all of them where finite)."""
+    if family == "dihedral":
+        return [{"dihedral": d} for d in range(1, 8)]
+    if family == "shift":
+        return [{"shift": list(s)} for s in SHIFTS]
+    if family == "fill":
+        return [{"colour": c} for c in range(1, 10)]
+    if family == "swap":
+        colours = sorted(set(np.unique(np.concatenate([g.ravel() for g in grids])).tolist()) - {0})
+        return [{"pair": [a, b]} for a, b in itertools.combinations(colours, 2)]
+    return []  # colour_map: identifiable when every test colour appears in a demo input (checked directly)
+
+
+def _safe_apply(family: str, rule: dict, g: np.ndarray):
+    try:
+        return apply_rule(family, rule, g)
+    except ValueError:
+        return None
+
+
+def identifiable(family: str, rule: dict, demos: list[tuple[np.ndarray, np.ndarray]], tests: list[np.ndarray]) -> bool:
+    """True when every rule of the family that reproduces all demos gives the true answers."""
+    if family == "colour_map":
+        seen = set(np.unique(np.concatenate([a.ravel() for a, _ in demos])).tolist())
+        return all(set(np.unique(t).tolist()) <= seen for t in tests)
+    truth = [apply_rule(family, rule, t) for t in tests]
+    for cand in _candidates(family, rule, [g for pair in demos for g in pair] + list(tests)):
+        outs = [_safe_apply(family, cand, a) for a, _ in demos]
+        if any(o is None or o.shape != b.shape or not np.array_equal(o, b) for o, (_, b) in zip(outs, demos)):
+            continue
+        for t, y in zip(tests, truth):
+            o = _safe_apply(family, cand, t)
+            if o is None or o.shape != y.shape or not np.array_equal(o, y):
+                return False
+    return True
+
+
+# ------------------------------------------------------------------------------ drawing
+
+def _random_grid(rng: np.random.Generator, h: int, w: int, colours: list[int], density: float,
+                 require_all: bool = True) -> np.ndarray:
+    """Background 0 with foreground cells of `colours`; with require_all every colour appears."""
+    for _ in range(MAX_TRIES):
+        g = np.where(rng.random((h, w)) < density, rng.choice(colours, size=(h, w)), 0).astype(np.uint8)
+        present = set(np.unique(g).tolist())
+        if (not require_all or set(colours) <= present) and (present - {0}):
+            return g
+    # small grids: place each colour once by hand
+    g = np.zeros((h, w), dtype=np.uint8)
+    cells = rng.permutation(h * w)[: len(colours)]
+    g.flat[cells] = colours
+    return g
+
+
+def _draw_rule(family: str, rng: np.random.Generator) -> tuple[dict, dict]:
+    """(rule, input spec) for one puzzle."""
+    if family == "colour_map":
+        k = int(rng.integers(2, 4))
+        src = sorted(rng.choice(np.arange(1, 10), size=k, replace=False).tolist())
+        while True:
+            dst = rng.choice(np.arange(1, 10), size=k, replace=False).tolist()
+            if all(s != d for s, d in zip(src, dst)):
+                break
+        return {"map": [[int(s), int(d)] for s, d in zip(src, dst)]}, {"colours": src}
+    if family == "dihedral":
+        n = int(rng.integers(2, 4))
+        return {"dihedral": int(rng.integers(1, 8))}, {"colours": sorted(rng.choice(np.arange(1, 10), n, replace=False).tolist())}
+    if family == "shift":
+        n = int(rng.integers(1, 4))
+        return ({"shift": list(SHIFTS[int(rng.integers(len(SHIFTS)))])},
+                {"colours": sorted(rng.choice(np.arange(1, 10), n, replace=False).tolist()), "frame": True})
+    if family == "fill":
+        c = int(rng.integers(1, 10))
+        others = [x for x in range(1, 10) if x != c]
+        n = int(rng.integers(1, 4))
+        return {"colour": c}, {"colours": sorted(rng.choice(others, n, replace=False).tolist()), "optional": True}
+    if family == "swap":
+        n = int(rng.integers(4, 6))
+        colours = sorted(rng.choice(np.arange(1, 10), n, replace=False).tolist())
+        pair = sorted(rng.choice(colours, 2, replace=False).tolist())
+        return {"pair": [int(x) for x in pair]}, {"colours": colours}
+    raise ValueError(f"unknown family {family!r}; valid: {list(FAMILIES)}")
+
+
+def _draw_input(family: str, spec: dict, rng: np.random.Generator) -> np.ndarray:
+    lo = 4 if spec.get("frame") else MIN_SIDE
+    h, w = (int(x) for x in rng.integers(lo, MAX_SIDE + 1, size=2))
+    colours = list(spec["colours"])
+    if spec.get("frame"):
+        g = np.zeros((h, w), dtype=np.uint8)
+        g[1:-1, 1:-1] = _random_grid(rng, h - 2, w - 2, colours, float(rng.uniform(0.2, 0.5)), require_all=False)
+        return g
+    density = float(rng.uniform(0.3, 0.7))
+    if spec.get("optional"):  # fill: some foreground, not necessarily every colour, some background
+        for _ in range(MAX_TRIES):
+            g = _random_grid(rng, h, w, colours, density, require_all=False)
+            if (g == 0).any():
+                return g
+        return g
+    if family == "swap":
+        density = float(rng.uniform(0.6, 0.95))
+    return _random_grid(rng, h, w, colours, density, require_all=True)
+
+
+def make_puzzle(family: str, rng: np.random.Generator, num_demos: int | None = None,
+                num_tests: int | None = None) -> tuple[dict, list, list]:
+    """(rule, demos, tests): demos and tests are lists of (input, output) uint8 arrays. Redraws
+    the inputs until the puzzle is identifiable from its demos."""
+    rule, spec = _draw_rule(family, rng)
+    nd = int(rng.integers(2, 5)) if num_demos is None else num_demos
+    nt = int(rng.integers(1, 3)) if num_tests is None else num_tests
+    for _ in range(MAX_TRIES):
+        inputs = [_draw_input(family, spec, rng) for _ in range(nd + nt)]
+        keys = {g.tobytes() + bytes(g.shape) for g in inputs}
+        if len(keys) < len(inputs):
+            continue  # every pair distinct
+        pairs = [(g, apply_rule(family, rule, g)) for g in inputs]
+        demos, tests = pairs[:nd], pairs[nd:]
+        if family == "fill" and any(not (a == 0).any() for a, _ in pairs):
+            continue
+        if identifiable(family, rule, demos, [a for a, _ in tests]):
+            return rule, demos, tests
+    raise RuntimeError(f"could not draw an identifiable {family} puzzle in {MAX_TRIES} tries")
+
+
+def _grid_key(family: str, rule: dict, g: np.ndarray) -> str:
+    return hashlib.sha1(json.dumps([family, rule, list(g.shape)]).encode() + g.tobytes()).hexdigest()
+
+
+def _to_json(pairs) -> list[dict]:
+    return [{"input": a.tolist(), "output": b.tolist()} for a, b in pairs]
+
+
+def generate(num_train: int, num_eval: int, seed: int = 0, families: list[str] | tuple[str, ...] = FAMILIES) -> dict:
+    """All puzzles, in memory: {"train"|"eval": [{"id", "family", "rule", "demos", "tests"}]}.
+    Families are assigned round-robin; puzzle i of a split depends only on (seed, split, i)."""
+    families = list(families)
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise ValueError(f"unknown or no families {bad}; valid: {list(FAMILIES)}")
+    out: dict[str, list[dict]] = {"train": [], "eval": []}
+    train_keys: set[str] = set()
+    for split, n in (("train", num_train), ("eval", num_eval)):
+        seen: set[str] = set()
+        for i in range(n):
+            family = families[i % len(families)]
+            for attempt in itertools.count():
+                rng = np.random.default_rng([seed, SPLIT_CODES[split], i, attempt])
+                rule, demos, tests = make_puzzle(family, rng)
+                keys = [_grid_key(family, rule, a) for a, _ in (*demos, *tests)]
+                whole = hashlib.sha1("".join(sorted(keys)).encode()).hexdigest()
+                # no repeated puzzle in a split; no eval input already seen with the same rule in train
+                if whole in seen or (split == "eval" and any(k in train_keys for k in keys)):
+                    if attempt > 50:
+                        raise RuntimeError(f"cannot draw a fresh {family} puzzle (too many duplicates)")
+                    continue
+                break
+            seen.add(whole)
+            if split == "train":
+                train_keys.update(keys)
+            out[split].append({"id": f"{split[0]}{i:05d}-{family}", "family": family, "rule": rule,
+                               "demos": demos, "tests": tests})
+    return out
+
+
+def write_dataset(puzzles: dict, output_dir: str | os.PathLike, overwrite: bool = False, meta: dict | None = None) -> Path:
+    """Write the puzzles as ARC task files + manifest.json; atomically (temp dir, then rename)."""
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    manifest = dict(meta or {}, puzzles={})
+    try:
+        for split in ("train", "eval"):
+            (tmp / split).mkdir(parents=True)
+            for p in puzzles[split]:
+                path = tmp / split / p["family"] / f"{p['id']}.json"
+                path.parent.mkdir(exist_ok=True)
+                path.write_text(json.dumps({"train": _to_json(p["demos"]), "test": _to_json(p["tests"])}))
+                manifest["puzzles"][p["id"]] = {"split": split, "family": p["family"], "rule": p["rule"]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=0))
+        if out.exists():
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise
+    return out
+
+
+def load_manifest(output_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(output_dir) / "manifest.json").read_text())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m dataset.synthetic", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--num-train", type=int, default=300)
+    ap.add_argument("--num-eval", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--overwrite", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        puzzles = generate(args.num_train, args.num_eval, args.seed, args.families)
+        meta = {"seed": args.seed, "families": list(args.families), "num_train": args.num_train, "num_eval": args.num_eval}
+        out = write_dataset(puzzles, args.output_dir, overwrite=args.overwrite, meta=meta)
+    except (ValueError, FileExistsError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = {s: {f: sum(p["family"] == f for p in puzzles[s]) for f in args.families} for s in ("train", "eval")}
+    print(f"synthetic puzzles written to {out}: " + "; ".join(f"{s} {sum(c.values())} {c}" for s, c in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Pieces shared by the demo encoders: config, output type, the per-pair transformer, pooling,
+the cross-attention set encoder and the variational bottleneck.
+
+Every encoder maps (demo_inputs [B, D, S], demo_labels [B, D, S], demo_mask [B, D] bool) to
+EncoderOutput(context [B, P, H], kl [B] | None). PAD tokens and masked-out demo slots never
+influence the context: PAD keys are masked in attention and excluded from pooling, and masked
+demo slots are excluded from aggregation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.layers import Attention, Block, CrossBlock, Embedding, Linear, grid_positions, rms_norm, rope_2d, trunc_normal_
+
+POOLING_METHODS = ("mean", "attention")
+
+
+@dataclass
+class EncoderConfig:
+    hidden_size: int
+    num_heads: int
+    seq_len: int                 # S = side * side tokens per grid
+    vocab_size: int = 12
+    puzzle_emb_len: int = 16     # P context tokens produced
+    num_layers: int = 2          # pair-encoder transformer blocks
+    expansion: float = 4.0
+    pooling: str = "mean"        # standard encoder: "mean" | "attention"
+    set_layers: int = 2          # hybrid encoders: cross-attention set-encoder layers
+    latent_dim: int = 0          # variational: latent size (0 -> hidden_size)
+    rope_theta: float = 10000.0
+    pad_id: int = 0
+    packed: bool = True          # encode each real demo pair at its own size (see PairEncoder)
+
+    def __post_init__(self):
+        side = math.isqrt(self.seq_len)
+        if side * side != self.seq_len:
+            raise ValueError(f"seq_len {self.seq_len} is not a square canvas")
+        if self.pooling not in POOLING_METHODS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; valid: {list(POOLING_METHODS)}")
+
+    @property
+    def side(self) -> int:
+        return math.isqrt(self.seq_len)
+
+
+@dataclass
+class EncoderOutput:
+    context: torch.Tensor            # [B, P, H]
+    kl: torch.Tensor | None = None   # [B] KL(q || N(0, I)) per sample, variational only
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x [..., L, H] over L where mask [..., L] is True; 0 where nothing is True."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+# Packed lengths are rounded up to one of these (then capped at the padded length), so a batch
+# runs a handful of shapes (few torch.compile recompiles) while wasting at most ~25% of a bucket.
+PACK_BUCKETS = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
+
+
+def pack_bucket(n: int, cap: int) -> int:
+    """Smallest bucket length >= n, at most `cap` (the padded length)."""
+    for b in PACK_BUCKETS:
+        if b >= n:
+            return min(b, cap)
+    return min(-(-n // 256) * 256, cap)
+
+
+class PairEncoder(nn.Module):
+    """Transformer over one demo pair: the input grid's S tokens then the output grid's S tokens.
+
+    Positions: 2-D rotary (row, col) inside each grid, the same for input and output cells, which
+    are told apart by a learned segment embedding. Attention offsets therefore depend only on
+    row/column differences, so a grid keeps its meaning whatever the canvas size. PAD tokens are
+    masked as keys. With `cls_token`, a learned CLS token is prepended (identity rotation).
+
+    Two layouts, the same math (to float tolerance):
+    - padded (`forward`, and `pooled` with packed=False): every pair at 2S tokens, PAD masked;
+    - packed (`pooled` with packed=True, the default): only the real demo slots are encoded, each
+      as its non-PAD tokens only (in canvas order, each keeping its own rotary position and
+      segment), grouped into buckets of similar length (PACK_BUCKETS) with the bucket's tail
+      masked. PAD tokens are never attended to, and pooling ignores them, so dropping them
+      changes nothing but the cost (on ARC-AGI-1 ~95% of the padded encoder tokens are PAD)."""
+
+    def __init__(self, cfg: EncoderConfig, cls_token: bool = False):
+        super().__init__()
+        H = cfg.hidden_size
+        self.pad_id = cfg.pad_id
+        self.packed = cfg.packed
+        self.embed_scale = math.sqrt(H)
+        self.embed_tokens = Embedding(cfg.vocab_size, H, init_std=1.0 / self.embed_scale)
+        self.embed_segment = Embedding(2, H, init_std=1.0 / self.embed_scale)  # 0 input, 1 output
+        self.cls = nn.Parameter(trunc_normal_(torch.empty(H), std=1.0)) if cls_token else None
+        self.layers = nn.ModuleList([Block(H, cfg.num_heads, cfg.expansion) for _ in range(cfg.num_layers)])
+
+        rows, cols = grid_positions(cfg.side)
+        rows, cols = rows.repeat(2), cols.repeat(2)
+        if cls_token:
+            rows = torch.cat([torch.zeros(1, dtype=rows.dtype), rows])
+            cols = torch.cat([torch.zeros(1, dtype=cols.dtype), cols])
+        cos, sin = rope_2d(rows, cols, H // cfg.num_heads, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("segment_ids", torch.arange(2).repeat_interleave(cfg.seq_len), persistent=False)
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded layout. inputs, labels: [N, S] -> hidden [N, L, H], key mask [N, L] (L = 2S,
+        +1 with CLS)."""
+        tokens = torch.cat([inputs, labels], dim=1)  # [N, 2S]
+        mask = tokens != self.pad_id
+        h = self.embed_scale * (self.embed_tokens(tokens) + self.embed_segment(self.segment_ids)[None])
+        if self.cls is not None:
+            N = tokens.shape[0]
+            h = torch.cat([self.cls.to(h.dtype).expand(N, 1, -1), h], dim=1)
+            mask = torch.cat([mask.new_ones(N, 1), mask], dim=1)
+        cos_sin = (self.rope_cos, self.rope_sin)
+        for layer in self.layers:
+            h = layer(h, cos_sin=cos_sin, key_mask=mask)
+        return h, mask
+
+    def forward_tokens(self, tokens: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Packed layout for a group of pairs. tokens, index, mask: [n, l]; `index` is each token's
+        place in the padded [input | output] layout (0..2S-1), which gives its segment and its
+        rotary position; mask = real token. -> hidden [n, l (+1 with CLS), H]."""
+        h = self.embed_scale * (self.embed_tokens(tokens) + self.embed_segment(self.segment_ids[index]))
+        pos = index
+        if self.cls is not None:
+            n = tokens.shape[0]
+            h = torch.cat([self.cls.to(h.dtype).expand(n, 1, -1), h], dim=1)
+            mask = torch.cat([mask.new_ones(n, 1), mask], dim=1)
+            pos = torch.cat([index.new_zeros(n, 1), index + 1], dim=1)
+        cos_sin = (self.rope_cos[pos], self.rope_sin[pos])  # [n, l, head_dim]: per-token positions
+        for layer in self.layers:
+            h = layer(h, cos_sin=cos_sin, key_mask=mask)
+        return h
+
+    def pooled(self, inputs: torch.Tensor, labels: torch.Tensor, select: torch.Tensor, pool) -> torch.Tensor:
+        """Encode pairs and pool each to one vector. inputs, labels: [N, S]; select: [N] bool, the
+        pairs that matter (real demo slots); pool(h [n, L, H], key mask [n, L]) -> [n, H].
+        -> [N, H]. Packed: unselected rows are 0 and are never computed. Padded: every row is
+        computed (unselected ones are garbage, to be masked out by the caller)."""
+        if not self.packed:
+            h, mask = self.forward(inputs, labels)
+            return pool(h, mask)
+        tokens = torch.cat([inputs, labels], dim=1)              # [N, 2S]
+        real = tokens != self.pad_id
+        L_full = tokens.shape[1]
+        rows = select.nonzero().squeeze(1)                       # the pairs to encode
+        lengths = real[rows].sum(1)
+        buckets = [pack_bucket(n, L_full) for n in lengths.tolist()]  # host sync: sizes pick shapes
+        out = None
+        for b in sorted(set(buckets)):
+            group = rows[torch.tensor([x == b for x in buckets], device=rows.device)]
+            g_real = real[group]
+            # real tokens first, in canvas order (stable sort of the PAD flag), then the tail
+            order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b]
+            h = self.forward_tokens(tokens[group].gather(1, order), order, g_real.gather(1, order))
+            mask = g_real.gather(1, order)
+            if self.cls is not None:
+                mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+            pooled = pool(h, mask)
+            if out is None:
+                out = pooled.new_zeros(tokens.shape[0], pooled.shape[-1])
+            out = out.index_copy(0, group, pooled)
+        if out is None:  # no real pair at all
+            out = self.embed_tokens.weight.new_zeros(tokens.shape[0], self.embed_tokens.weight.shape[1])
+        return out
+
+
+class AttentionPool(nn.Module):
+    """Learned-query attention pooling over the non-PAD tokens: [N, L, H] -> [N, H]."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.query = nn.Parameter(trunc_normal_(torch.empty(1, 1, hidden_size), std=1.0))
+        self.attn = Attention(hidden_size, num_heads, cross=True)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.query.to(h.dtype).expand(h.shape[0], -1, -1)
+        return rms_norm(self.attn(q, context=h, key_mask=mask)[:, 0])
+
+
+class SetEncoder(nn.Module):
+    """P learned queries cross-attend (masked) over a set of D demo vectors: [B, D, H] -> [B, P, H].
+    No positions on the demos, so the result is invariant to demo order."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.queries = nn.Parameter(trunc_normal_(torch.empty(cfg.puzzle_emb_len, H), std=1.0))
+        self.layers = nn.ModuleList([CrossBlock(H, cfg.num_heads, cfg.expansion) for _ in range(cfg.set_layers)])
+
+    def forward(self, demos: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+        q = self.queries.to(demos.dtype).expand(demos.shape[0], -1, -1)
+        for layer in self.layers:
+            q = layer(q, demos, key_mask=demo_mask)
+        return q
+
+
+class VariationalBottleneck(nn.Module):
+    """[B, H] -> mu, logvar [B, latent] -> z (sampled in training, mu in eval) -> [B, P, H].
+    The logvar projection starts at zero (std 1); logvar is clamped to [-10, 10]."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        H, latent = cfg.hidden_size, cfg.latent_dim or cfg.hidden_size
+        self.P, self.H = cfg.puzzle_emb_len, H
+        self.mu = Linear(H, latent, bias=True)
+        self.logvar = Linear(H, latent, bias=True, init_std=0.0)
+        self.decode = Linear(latent, cfg.puzzle_emb_len * H)
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = self.mu(pooled).float()
+        logvar = self.logvar(pooled).float().clamp(-10.0, 10.0)
+        if self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)  # [B]
+        context = rms_norm(self.decode(z.to(pooled.dtype)).view(-1, self.P, self.H))
+        return context, kl

@@ -1,0 +1,105 @@
+"""Losses and the ACT loss head.
+
+ACTLossHead wraps the model: head(carry, batch) -> (carry, loss, metrics, outputs, all_halted).
+`loss` is a SUM over the batch (the trainer divides by the global batch size). Metrics are
+detached float32 sums over the samples that halted this step (plus `count`), and batch sums of
+the loss terms; the trainer all-reduces and divides by `count`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_LABEL_ID = -100
+
+
+def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
+    """s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0 (positive, monotone, linear growth)."""
+    return torch.where(x < 0, 1.0 / (1.0 - torch.clamp_max(x, 0.0)), x + 1.0)
+
+
+def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s = _stablemax_s(x)
+    return torch.log(s / s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
+    """Per-token -log p(label) with p = s(logits) / sum s(logits), in float64.
+    logits [..., V], labels [...] -> loss [...] (float64), 0 where labels == ignore_index."""
+    logp = log_stablemax(logits.to(torch.float64), dim=-1)
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    picked = torch.gather(logp, -1, safe.unsqueeze(-1)).squeeze(-1)
+    return torch.where(valid, -picked, torch.zeros_like(picked))
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
+    """Per-token softmax cross-entropy in float32, 0 where labels == ignore_index."""
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.long().reshape(-1),
+        ignore_index=ignore_index, reduction="none",
+    )
+    return loss.view(labels.shape)
+
+
+LOSS_FUNCTIONS = {
+    "stablemax_cross_entropy": stablemax_cross_entropy,
+    "softmax_cross_entropy": softmax_cross_entropy,
+}
+
+
+class ACTLossHead(nn.Module):
+    def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy", kl_weight: float = 1e-4):
+        super().__init__()
+        if loss_type not in LOSS_FUNCTIONS:
+            raise ValueError(f"unknown loss_type {loss_type!r}; valid choices: {sorted(LOSS_FUNCTIONS)}")
+        self.model = model
+        self.loss_type = loss_type
+        self.loss_fn = LOSS_FUNCTIONS[loss_type]
+        self.kl_weight = kl_weight
+
+    def initial_carry(self, batch):
+        return self.model.initial_carry(batch)
+
+    def forward(self, carry, batch):
+        new_carry, outputs = self.model(carry, batch)
+        data = new_carry.current_data
+        labels = data["labels"]
+        logits = outputs["logits"]
+        valid_row = data["valid"].bool() if "valid" in data else torch.ones_like(new_carry.halted)
+
+        with torch.no_grad():
+            preds = logits.argmax(-1)
+            outputs["preds"] = preds
+            token_mask = labels != IGNORE_LABEL_ID
+            n_tokens = token_mask.sum(-1)
+            divisor = n_tokens.clamp_min(1).unsqueeze(-1)
+            correct = token_mask & (preds == labels)
+            seq_correct = correct.sum(-1) == n_tokens
+            q_halt = outputs["q_halt_logits"]
+
+            done = new_carry.halted & valid_row & (n_tokens > 0)  # samples counted in the metrics
+            metrics = {
+                "count": done.sum(),
+                "accuracy": torch.where(done, (correct.float() / divisor).sum(-1), 0.0).sum(),
+                "exact_accuracy": (done & seq_correct).sum(),
+                "q_halt_accuracy": (done & ((q_halt >= 0) == seq_correct)).sum(),
+                "steps": torch.where(done, new_carry.steps, 0).sum(),
+            }
+
+        row_w = valid_row.to(torch.float32)
+        lm_loss = ((self.loss_fn(logits, labels) / divisor).sum(-1).float() * row_w).sum()
+        q_halt_loss = (F.binary_cross_entropy_with_logits(q_halt.float(), seq_correct.float(), reduction="none") * row_w).sum()
+        loss = lm_loss + 0.5 * q_halt_loss
+        metrics["lm_loss"] = lm_loss.detach()
+        metrics["q_halt_loss"] = q_halt_loss.detach()
+        if "kl" in outputs and self.kl_weight > 0:
+            kl_loss = (outputs["kl"].float() * row_w).sum()
+            loss = loss + self.kl_weight * kl_loss
+            metrics["kl_loss"] = kl_loss.detach()
+        else:  # logged every step all the same, so dashboards of every encoder share the key
+            metrics["kl_loss"] = lm_loss.new_zeros(())
+
+        metrics = {k: v.detach().float() for k, v in metrics.items()}
+        return new_carry, loss, metrics, outputs, new_carry.halted.all()

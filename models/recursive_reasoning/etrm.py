@@ -1,0 +1,254 @@
+"""ETRM: TRM's tiny recursive reasoner whose first `puzzle_emb_len` positions hold context tokens
+produced by a demo encoder (instead of TRM's learned per-puzzle embedding), wrapped in TRM's
+adaptive computation time (ACT) loop.
+
+One ACT step (TRMWithEncoder.forward):
+  1. slots that halted last step load the new batch's rows and reset z_H, z_L, steps;
+  2. the encoder re-encodes every slot's current demos (full gradient, never cached);
+  3. the inner model runs H_cycles x (L_cycles x z_L <- net(z_L, z_H + x); z_H <- net(z_H, z_L)),
+     all but the last H cycle without grad, and reads logits and (q_halt, q_continue) from z_H;
+  4. steps += 1 and the halting rule decides which slots are done.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from models.config import config_from_dict
+from models.encoders import ENCODERS, build_encoder
+from models.layers import Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
+
+POS_ENCODINGS = ("rope", "rope_2d", "none")
+EVAL_HALTING = ("max", "q")
+
+
+@dataclass
+class ETRMConfig:
+    batch_size: int
+    seq_len: int
+    vocab_size: int
+    max_demos: int
+    puzzle_emb_len: int = 16
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    H_cycles: int = 3
+    L_cycles: int = 6
+    H_layers: int = 0                  # unused (TRM config compatibility)
+    L_layers: int = 2
+    pos_encodings: str = "rope"        # "rope" (1-D flat) | "rope_2d" (row/col) | "none"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    forward_dtype: str = "bfloat16"    # informational: the trainer autocasts; params are float32
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    eval_halting: str = "max"          # "max": eval runs halt_max_steps; "q": also halt on q_halt > 0
+    encoder_type: str = "standard"
+    encoder_num_layers: int = 2
+    encoder_pooling_method: str = "mean"
+    encoder_set_layers: int = 2        # hybrid encoders: cross-attention set-encoder layers
+    encoder_latent_dim: int = 0        # hybrid_variational: latent size (0 -> hidden_size)
+    context_ablation: bool = False     # replace the encoder output by zeros
+    encoder_packed: bool = True        # encode real demo pairs at their own size (False: padded 2S layout)
+
+    def __post_init__(self):
+        if self.pos_encodings not in POS_ENCODINGS:
+            raise ValueError(f"unknown pos_encodings {self.pos_encodings!r}; valid: {list(POS_ENCODINGS)}")
+        if self.eval_halting not in EVAL_HALTING:
+            raise ValueError(f"unknown eval_halting {self.eval_halting!r}; valid: {list(EVAL_HALTING)}")
+        if self.encoder_type not in ENCODERS:
+            raise ValueError(f"unknown encoder_type {self.encoder_type!r}; valid: {sorted(ENCODERS)}")
+        if self.halt_max_steps < 1:
+            raise ValueError("halt_max_steps must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ETRMConfig":
+        return config_from_dict(cls, dict(d))
+
+
+@dataclass
+class ETRMCarry:
+    z_H: torch.Tensor                  # [B, P+S, H]
+    z_L: torch.Tensor                  # [B, P+S, H]
+    steps: torch.Tensor                # [B] int32, ACT steps taken on the slot's current sample
+    halted: torch.Tensor               # [B] bool, the slot finished its sample last step
+    min_halt_steps: torch.Tensor       # [B] int32, exploration: may not halt before this
+    current_data: dict[str, torch.Tensor] = field(default_factory=dict)  # the slot's batch rows
+
+
+class ETRMInner(nn.Module):
+    """The recursive reasoner: token embedding + context tokens, one block stack, lm and Q heads."""
+
+    def __init__(self, cfg: ETRMConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, P = cfg.hidden_size, cfg.puzzle_emb_len
+        self.embed_scale = math.sqrt(H)
+        self.embed_tokens = Embedding(cfg.vocab_size, H, init_std=1.0 / self.embed_scale)
+        self.layers = nn.ModuleList([Block(H, cfg.num_heads, cfg.expansion, cfg.rms_norm_eps) for _ in range(cfg.L_layers)])
+        self.lm_head = Linear(H, cfg.vocab_size)
+        self.q_head = Linear(H, 2, bias=True, init_std=0.0)
+        with torch.no_grad():
+            self.q_head.bias.fill_(-5.0)
+        self.register_buffer("H_init", trunc_normal_(torch.empty(H), std=1.0), persistent=True)
+        self.register_buffer("L_init", trunc_normal_(torch.empty(H), std=1.0), persistent=True)
+
+        head_dim = H // cfg.num_heads
+        if cfg.pos_encodings == "rope":
+            cos, sin = rope_1d(torch.arange(P + cfg.seq_len), head_dim, cfg.rope_theta)
+        elif cfg.pos_encodings == "rope_2d":
+            side = math.isqrt(cfg.seq_len)
+            if side * side != cfg.seq_len:
+                raise ValueError(f"rope_2d needs a square canvas, seq_len {cfg.seq_len}")
+            rows, cols = grid_positions(side)
+            zeros = torch.zeros(P, dtype=rows.dtype)  # context tokens: one fixed position (identity)
+            cos, sin = rope_2d(torch.cat([zeros, rows]), torch.cat([zeros, cols]), head_dim, cfg.rope_theta)
+        else:
+            cos = sin = None
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def cos_sin(self) -> CosSin | None:
+        return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
+
+    def input_embeddings(self, inputs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """[B, S] tokens + [B, P, H] context -> [B, P+S, H]. Tokens are scaled by sqrt(H) (unit
+        RMS); the context comes out of the encoder at unit RMS already and is not rescaled."""
+        tokens = self.embed_scale * self.embed_tokens(inputs)
+        return torch.cat([context.to(tokens.dtype), tokens], dim=1)
+
+    def net(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos_sin=cos_sin)
+        return h
+
+    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor):
+        """One ACT step of recursion. Returns (z_H, z_L) detached, logits [B,S,V], q [B,2]."""
+        cfg, cos_sin = self.cfg, self.cos_sin()
+        with torch.no_grad():
+            for _ in range(cfg.H_cycles - 1):
+                for _ in range(cfg.L_cycles):
+                    z_L = self.net(z_L, z_H + x, cos_sin)
+                z_H = self.net(z_H, z_L, cos_sin)
+        for _ in range(cfg.L_cycles):
+            z_L = self.net(z_L, z_H + x, cos_sin)
+        z_H = self.net(z_H, z_L, cos_sin)
+        logits = self.lm_head(z_H[:, cfg.puzzle_emb_len:])
+        q = self.q_head(z_H[:, 0]).float()
+        return z_H.detach(), z_L.detach(), logits, q
+
+
+class TRMWithEncoder(nn.Module):
+    """ETRM with ACT. `model.initial_carry(batch)`, then `model(carry, batch) -> (carry, outputs)`."""
+
+    def __init__(self, config: dict | ETRMConfig):
+        super().__init__()
+        self.config = config if isinstance(config, ETRMConfig) else ETRMConfig.from_dict(config)
+        cfg = self.config
+        self.encoder = build_encoder(
+            cfg.encoder_type,
+            hidden_size=cfg.hidden_size,
+            num_heads=cfg.num_heads,
+            seq_len=cfg.seq_len,
+            vocab_size=cfg.vocab_size,
+            puzzle_emb_len=cfg.puzzle_emb_len,
+            num_layers=cfg.encoder_num_layers,
+            expansion=cfg.expansion,
+            pooling=cfg.encoder_pooling_method,
+            set_layers=cfg.encoder_set_layers,
+            latent_dim=cfg.encoder_latent_dim,
+            rope_theta=cfg.rope_theta,
+            packed=cfg.encoder_packed,
+        )
+        self.inner = ETRMInner(cfg)
+
+    def set_encoder_packing(self, packed: bool) -> None:
+        """Switch the encoder between the packed (default) and the padded layout (same math;
+        the padded one is the reproducible baseline of bench/train_step.py --compare)."""
+        self.config.encoder_packed = packed
+        for m in self.encoder.modules():
+            if hasattr(m, "packed"):
+                m.packed = packed
+
+    @property
+    def q_head(self) -> nn.Module:
+        """The halting head (lives in the inner model; exposed for convenience)."""
+        return self.inner.q_head
+
+    # ------------------------------------------------------------------ carry
+
+    def initial_carry(self, batch: dict[str, torch.Tensor]) -> ETRMCarry:
+        """Every slot starts halted, so the first forward loads the batch into all of them."""
+        cfg = self.config
+        B = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        shape = (B, cfg.puzzle_emb_len + cfg.seq_len, cfg.hidden_size)
+        return ETRMCarry(
+            z_H=self.inner.H_init.expand(shape).clone(),
+            z_L=self.inner.L_init.expand(shape).clone(),
+            steps=torch.zeros(B, dtype=torch.int32, device=device),
+            halted=torch.ones(B, dtype=torch.bool, device=device),
+            min_halt_steps=torch.zeros(B, dtype=torch.int32, device=device),
+            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
+        )
+
+    # ------------------------------------------------------------------ step
+
+    def forward(self, carry: ETRMCarry, batch: dict[str, torch.Tensor]) -> tuple[ETRMCarry, dict[str, torch.Tensor]]:
+        cfg = self.config
+        reset = carry.halted  # [B]
+
+        # 1. halted slots take the new rows and start over; the others keep theirs
+        data = {k: torch.where(reset.view(-1, *([1] * (v.ndim - 1))), batch[k], v) for k, v in carry.current_data.items()}
+        z_H = torch.where(reset[:, None, None], self.inner.H_init.to(carry.z_H.dtype), carry.z_H)
+        z_L = torch.where(reset[:, None, None], self.inner.L_init.to(carry.z_L.dtype), carry.z_L)
+        steps = torch.where(reset, torch.zeros_like(carry.steps), carry.steps)
+        if self.training and cfg.halt_exploration_prob > 0:
+            explore = torch.rand(reset.shape, device=reset.device) < cfg.halt_exploration_prob
+            drawn = torch.randint_like(carry.min_halt_steps, low=2, high=max(cfg.halt_max_steps, 2) + 1)
+            new_min = torch.where(explore, drawn, torch.zeros_like(drawn))
+            min_halt_steps = torch.where(reset, new_min, carry.min_halt_steps)
+        else:
+            min_halt_steps = torch.where(reset, torch.zeros_like(carry.min_halt_steps), carry.min_halt_steps)
+
+        # 2. encode the current demos (every step, with grad)
+        kl = None
+        if cfg.context_ablation:  # the encoder is skipped: the model can only guess from the query
+            B = data["inputs"].shape[0]
+            context = z_H.new_zeros(B, cfg.puzzle_emb_len, cfg.hidden_size)
+        else:
+            enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+            context, kl = enc.context, enc.kl
+
+        # 3. recursion
+        x = self.inner.input_embeddings(data["inputs"], context)
+        z_H, z_L, logits, q = self.inner(z_H, z_L, x)
+        q_halt, q_continue = q[:, 0], q[:, 1]
+
+        # 4. halting
+        with torch.no_grad():
+            steps = steps + 1
+            halted = steps >= cfg.halt_max_steps
+            if self.training:  # q may stop a sample early, but not before its exploration minimum
+                halted = halted | ((q_halt > 0) & (steps >= min_halt_steps))
+            elif cfg.eval_halting == "q":
+                halted = halted | (q_halt > 0)
+
+        outputs = {
+            "logits": logits,
+            "q_halt_logits": q_halt,
+            "q_continue_logits": q_continue,
+            "context": context,
+            "steps": steps,
+        }
+        if kl is not None:
+            outputs["kl"] = kl
+        new_carry = ETRMCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, min_halt_steps=min_halt_steps, current_data=data)
+        return new_carry, outputs
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)

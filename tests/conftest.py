@@ -1,0 +1,26 @@
+"""Shared pytest fixtures. Keep this small: fixtures for one area belong in its test files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def _write_arc_task(path, train, test, raw: str | None = None) -> Path:
+    """Write an ARC task JSON file ({"train": [{"input", "output"}], "test": [...]}); `train` and
+    `test` are lists of (input, output) nested lists. `raw` writes that text instead."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if raw is not None:
+        path.write_text(raw)
+    else:
+        pair = lambda io: {"input": io[0], "output": io[1]}  # noqa: E731
+        path.write_text(json.dumps({"train": [pair(p) for p in train], "test": [pair(p) for p in test]}))
+    return path
+
+
+@pytest.fixture
+def write_arc_task():
+    """write_arc_task(path, train_pairs, test_pairs) -> Path of a small ARC task file."""
+    return _write_arc_task

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
+from models.recursive_reasoning.etrm import TRMWithEncoder
+from tests.test_models_fixtures import make_batch, tiny_config
+
+
+def test_stablemax_matches_formula():
+    logits = torch.tensor([[2.0, -1.0, 0.0], [0.5, -3.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    # s = [3, 1/2, 1] and [1.5, 1/4, 2]
+    expected = torch.tensor([-math.log(3 / 4.5), -math.log(0.25 / 3.75)], dtype=torch.float64)
+    loss = stablemax_cross_entropy(logits, labels)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)
+
+
+def test_stablemax_ignores_and_grad_finite():
+    logits = torch.tensor([[[5.0, -2.0, 1.0], [1.0, 2.0, 3.0]]], requires_grad=True)
+    labels = torch.tensor([[2, -100]])
+    loss = stablemax_cross_entropy(logits, labels)
+    assert loss[0, 1] == 0 and loss[0, 0] > 0
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[0, 1] == 0).all()
+
+
+def test_softmax_cross_entropy_ignores():
+    logits = torch.randn(2, 5, 12)
+    labels = torch.randint(0, 12, (2, 5))
+    labels[0, 2] = -100
+    loss = softmax_cross_entropy(logits, labels)
+    assert loss.shape == (2, 5) and loss[0, 2] == 0
+    ref = F.cross_entropy(logits[1], labels[1], reduction="none")
+    torch.testing.assert_close(loss[1], ref)
+
+
+def test_unknown_loss_type():
+    with pytest.raises(ValueError, match="softmax_cross_entropy"):
+        ACTLossHead(torch.nn.Linear(1, 1), loss_type="focal")
+
+
+@pytest.mark.parametrize("encoder,kl_weight,has_kl", [
+    ("hybrid_variational", 1e-2, True),
+    ("hybrid_variational", 0.0, False),
+    ("standard", 1e-2, False),
+])
+def test_loss_composition_and_kl(encoder, kl_weight, has_kl):
+    torch.manual_seed(0)
+    head = ACTLossHead(TRMWithEncoder(tiny_config(encoder_type=encoder)), kl_weight=kl_weight)
+    batch = make_batch()
+    torch.manual_seed(1)
+    carry, loss, m, out, _ = head(head.initial_carry(batch), batch)
+    assert ("kl" in out) == (encoder == "hybrid_variational")
+    assert (float(m["kl_loss"]) > 0) == has_kl  # always logged, 0 when the term is off
+    expected = m["lm_loss"] + 0.5 * m["q_halt_loss"] + (kl_weight * m["kl_loss"] if has_kl else 0)
+    torch.testing.assert_close(loss.detach().float(), expected.float())
+    # lm_loss = sum over samples of mean token loss
+    labels = batch["labels"]
+    tok = stablemax_cross_entropy(out["logits"].detach(), labels)
+    per_sample = tok.sum(-1) / (labels != -100).sum(-1)
+    torch.testing.assert_close(m["lm_loss"], per_sample.sum().float())
+    if has_kl:
+        torch.testing.assert_close(m["kl_loss"], out["kl"].detach().sum())
+    assert all(not v.requires_grad for v in m.values())
+
+
+def test_metrics_over_halted_samples():
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(halt_max_steps=2)).eval()
+    head = ACTLossHead(model)
+    batch = make_batch()
+    with torch.no_grad():
+        carry, loss, m, out, all_halted = head(head.initial_carry(batch), batch)
+        assert m["count"] == 0 and not all_halted and m["lm_loss"] > 0
+        carry, loss, m, out, all_halted = head(carry, batch)
+    assert all_halted and m["count"] == 4 and m["steps"] == 8
+    assert torch.equal(out["preds"], out["logits"].argmax(-1))
+    labels = batch["labels"]
+    valid = labels != -100
+    acc = ((out["preds"] == labels) & valid).sum(-1) / valid.sum(-1)
+    torch.testing.assert_close(m["accuracy"], acc.sum().float())
+    exact = (((out["preds"] == labels) | ~valid).all(-1))
+    assert m["exact_accuracy"] == exact.sum()
+    assert m["q_halt_accuracy"] == ((out["q_halt_logits"] >= 0) == exact).sum()
+
+
+def test_invalid_rows_excluded():
+    torch.manual_seed(0)
+    head = ACTLossHead(TRMWithEncoder(tiny_config(halt_max_steps=1))).eval()
+    batch = make_batch()
+    batch["valid"] = torch.tensor([True, True, False, False])
+    with torch.no_grad():
+        _, loss_half, m, _, _ = head(head.initial_carry(batch), batch)
+        batch2 = {k: v[:2] for k, v in batch.items()}
+        _, loss_two, m2, _, _ = head(head.initial_carry(batch2), batch2)
+    assert m["count"] == 2
+    torch.testing.assert_close(loss_half.float(), loss_two.float(), atol=1e-4, rtol=1e-4)

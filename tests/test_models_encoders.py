@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from models.encoders import ENCODERS, build_encoder
+from tests.test_models_fixtures import make_batch
+
+VARIANTS = [
+    ("standard", "mean"),
+    ("standard", "attention"),
+    ("hybrid_standard", "mean"),
+    ("hybrid_variational", "mean"),
+]
+
+
+def _enc(kind, pooling="mean", side=5, seed=0):
+    torch.manual_seed(seed)
+    return build_encoder(kind, hidden_size=32, num_heads=4, seq_len=side * side, puzzle_emb_len=4,
+                         num_layers=1, expansion=2.0, pooling=pooling, set_layers=1)
+
+
+def _demos(batch):
+    return batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
+
+
+@pytest.mark.parametrize("kind,pooling", VARIANTS)
+def test_forward_backward_finite(kind, pooling):
+    enc = _enc(kind, pooling).train()
+    batch = make_batch(B=3, D=3, n_demos=[1, 2, 3])
+    out = enc(*_demos(batch))
+    assert out.context.shape == (3, 4, 32)
+    assert (out.kl is not None) == (kind == "hybrid_variational")
+    loss = out.context.square().sum() + (out.kl.sum() if out.kl is not None else 0) + out.context.sum()
+    loss.backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("kind,pooling", VARIANTS)
+def test_padding_invariance(kind, pooling):
+    enc = _enc(kind, pooling).eval()
+    batch = make_batch(B=2, D=3, n_demos=[2, 1])
+    di, dl, dm = _demos(batch)
+    with torch.no_grad():
+        ref = enc(di, dl, dm).context
+        # extra masked-out demo slot (all PAD)
+        pad = torch.zeros_like(di[:, :1])
+        extra = enc(torch.cat([di, pad], 1), torch.cat([dl, pad], 1), torch.cat([dm, torch.zeros_like(dm[:, :1])], 1)).context
+        # garbage tokens in the masked slots
+        di2, dl2 = di.clone(), dl.clone()
+        di2[~dm] = torch.randint(0, 12, di2[~dm].shape)
+        dl2[~dm] = torch.randint(0, 12, dl2[~dm].shape)
+        garbage = enc(di2, dl2, dm).context
+        # demo order does not matter
+        perm = enc(di[:, [1, 0, 2]], dl[:, [1, 0, 2]], dm[:, [1, 0, 2]]).context
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(extra, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(garbage, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(perm, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,pooling", VARIANTS)
+def test_canvas_size_invariance(kind, pooling):
+    """2-D relative positions + PAD masking: the same grids on a 5x5 or a 7x7 canvas (more PAD
+    around them) give the same context."""
+    small = _enc(kind, pooling, side=5).eval()
+    large = _enc(kind, pooling, side=7, seed=1).eval()
+    large.load_state_dict(small.state_dict())
+    batch = make_batch(B=2, D=2, side=5, n_demos=[2, 1])
+    di, dl, dm = _demos(batch)
+
+    def grow(t):  # [B, D, 25] -> [B, D, 49], same top-left placement
+        g = torch.zeros(*t.shape[:2], 7, 7, dtype=t.dtype)
+        g[..., :5, :5] = t.view(*t.shape[:2], 5, 5)
+        return g.view(*t.shape[:2], 49)
+
+    with torch.no_grad():
+        a = small(di, dl, dm).context
+        b = large(grow(di), grow(dl), dm).context
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_demos_matter():
+    enc = _enc("standard").eval()
+    b1, b2 = make_batch(B=2, seed=0), make_batch(B=2, seed=1)
+    with torch.no_grad():
+        assert not torch.allclose(enc(*_demos(b1)).context, enc(*_demos(b2)).context, atol=1e-3)
+
+
+def test_variational_eval_is_deterministic_and_kl():
+    enc = _enc("hybrid_variational")
+    batch = make_batch(B=2)
+    enc.eval()
+    with torch.no_grad():
+        a, b = enc(*_demos(batch)), enc(*_demos(batch))
+    torch.testing.assert_close(a.context, b.context)
+    assert a.kl.shape == (2,) and (a.kl >= 0).all()
+    enc.train()
+    with torch.no_grad():
+        c, d = enc(*_demos(batch)), enc(*_demos(batch))
+    assert not torch.allclose(c.context, d.context)
+    # logvar projection starts at zero
+    assert enc.bottleneck.logvar.weight.abs().sum() == 0 and enc.bottleneck.logvar.bias.abs().sum() == 0
+
+
+def test_registry_errors_list_choices():
+    with pytest.raises(ValueError) as e:
+        build_encoder("nope", hidden_size=32, num_heads=4, seq_len=25)
+    for name in ENCODERS:
+        assert name in str(e.value)
+    with pytest.raises(ValueError, match="valid keys"):
+        build_encoder("standard", hidden_size=32, num_heads=4, seq_len=25, bogus=1)
+    with pytest.raises(ValueError, match="attention"):
+        build_encoder("standard", hidden_size=32, num_heads=4, seq_len=25, pooling="max")

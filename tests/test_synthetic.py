@@ -1,0 +1,124 @@
+"""dataset/synthetic.py: deterministic per seed, every pair follows its puzzle's rule, grid and
+pair counts in bounds, train/eval disjoint, identifiable from the demos, and the normal builder
+accepts the output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataset import synthetic
+from dataset.loader import load_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*.json")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _tasks(root: Path, split: str) -> dict[str, tuple[str, dict]]:
+    return {p.stem: (p.parent.name, json.loads(p.read_text())) for p in (root / split).rglob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "data"
+    assert synthetic.main(["--output-dir", str(out), "--num-train", "60", "--num-eval", "25", "--seed", "3"]) == 0
+    return out
+
+
+def test_deterministic_per_seed(generated, tmp_path):
+    again = tmp_path / "again"
+    other = tmp_path / "other"
+    assert synthetic.main(["--output-dir", str(again), "--num-train", "60", "--num-eval", "25", "--seed", "3"]) == 0
+    assert synthetic.main(["--output-dir", str(other), "--num-train", "60", "--num-eval", "25", "--seed", "4"]) == 0
+    assert _tree_digest(again) == _tree_digest(generated)
+    assert _tree_digest(other) != _tree_digest(generated)
+
+
+def test_layout_counts_and_families(generated):
+    manifest = synthetic.load_manifest(generated)
+    for split, n in (("train", 60), ("eval", 25)):
+        tasks = _tasks(generated, split)
+        assert len(tasks) == n
+        fams = [fam for fam, _ in tasks.values()]
+        assert set(fams) == set(synthetic.FAMILIES)
+        assert max(fams.count(f) for f in synthetic.FAMILIES) - min(fams.count(f) for f in synthetic.FAMILIES) <= 1
+        for tid, (fam, _) in tasks.items():
+            assert manifest["puzzles"][tid]["split"] == split and manifest["puzzles"][tid]["family"] == fam
+
+
+def test_rule_holds_on_every_pair_and_bounds(generated):
+    manifest = synthetic.load_manifest(generated)
+    for split in ("train", "eval"):
+        for tid, (fam, task) in _tasks(generated, split).items():
+            rule = manifest["puzzles"][tid]["rule"]
+            assert 2 <= len(task["train"]) <= 4 and 1 <= len(task["test"]) <= 2
+            for pair in task["train"] + task["test"]:
+                a, b = np.array(pair["input"]), np.array(pair["output"])
+                for g in (a, b):
+                    assert synthetic.MIN_SIDE <= min(g.shape) and max(g.shape) <= synthetic.MAX_SIDE
+                    assert g.min() >= 0 and g.max() <= 9
+                np.testing.assert_array_equal(synthetic.apply_rule(fam, rule, a), b)
+                assert not np.array_equal(a, b) or a.shape != b.shape, f"{tid}: a pair that changes nothing"
+            demos = [(np.array(p["input"]), np.array(p["output"])) for p in task["train"]]
+            tests = [np.array(p["input"]) for p in task["test"]]
+            assert synthetic.identifiable(fam, rule, demos, tests), tid
+
+
+def test_rules_vary_per_puzzle(generated):
+    """The rule is drawn per puzzle: within a family, several different rules occur."""
+    manifest = synthetic.load_manifest(generated)["puzzles"]
+    for fam in synthetic.FAMILIES:
+        rules = {json.dumps(m["rule"]) for m in manifest.values() if m["family"] == fam}
+        assert len(rules) >= 4, (fam, rules)
+
+
+def test_train_and_eval_disjoint(generated):
+    manifest = synthetic.load_manifest(generated)["puzzles"]
+    train, evaluation = _tasks(generated, "train"), _tasks(generated, "eval")
+    assert not set(train) & set(evaluation)
+    seen = set()
+    for tid, (fam, task) in train.items():
+        rule = json.dumps(manifest[tid]["rule"])
+        seen |= {(fam, rule, json.dumps(p["input"])) for p in task["train"] + task["test"]}
+    for tid, (fam, task) in evaluation.items():
+        rule = json.dumps(manifest[tid]["rule"])
+        assert not any((fam, rule, json.dumps(p["input"])) in seen for p in task["train"] + task["test"]), tid
+
+
+def test_identifiable_rejects_ambiguous_demos():
+    g = np.array([[1, 0, 1], [0, 2, 0], [1, 0, 1]], dtype=np.uint8)  # fully symmetric: every dihedral fits
+    demos = [(g, synthetic.apply_rule("dihedral", {"dihedral": 1}, g))]
+    test = np.array([[1, 2, 0], [0, 0, 0], [0, 0, 0]], dtype=np.uint8)
+    assert not synthetic.identifiable("dihedral", {"dihedral": 1}, demos, [test])
+
+
+def test_existing_output_dir_is_an_error(generated, capsys):
+    assert synthetic.main(["--output-dir", str(generated), "--num-train", "5", "--num-eval", "5"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not list(generated.parent.glob(".*tmp*"))
+
+
+def test_builder_accepts_the_output(generated, tmp_path):
+    out = tmp_path / "built"
+    proc = subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", str(generated / "train"),
+                           "--eval-sources", str(generated / "eval"), "--output-dir", str(out), "--max-grid-size", "8",
+                           "--max-demos", "4", "--num-aug", "4", "--seed", "0", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["counts"]["train"]["puzzles"] == 60 and meta["counts"]["eval"]["puzzles"] == 25
+    assert meta["skipped"] == []
+    split = load_split(str(out), "eval")
+    assert split.side == 8 and set(split.puzzle_ids) == set(_tasks(generated, "eval"))
