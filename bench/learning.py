@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results"
 CONFIG_NAME = "cfg_pretrain_etrm_synthetic"
-DEFAULT_ENCODERS = "cell_perceiver,standard,hybrid_standard"
+DEFAULT_ENCODERS = "colour_slots,cell_perceiver,standard,hybrid_standard"
 
 
 # ------------------------------------------------------------------------------------- data
@@ -103,7 +103,10 @@ def row_overrides(row: dict, built: Path, run_dir: Path, args) -> list[str]:
     o.append(f"max_train_minutes={args.minutes}" if args.minutes else "max_train_minutes=null")
     if args.max_steps:
         o.append(f"max_steps={args.max_steps}")
-    o += [f"arch.encoder_type={row['encoder']}"]
+    from models.encoders import ENCODERS
+
+    table = bool(getattr(ENCODERS[row["encoder"]], "colour_table", False))
+    o += [f"arch.encoder_type={row['encoder']}", f"arch.context_colour_table={str(table).lower()}"]
     if row["ablation"]:
         o.append("arch.context_ablation=true")
     return o + list(args.set or [])
@@ -223,6 +226,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-variants", type=int, default=8, help="augmented variants voted over per held-out puzzle")
     ap.add_argument("--threads", type=int, default=1,
                     help="OMP_NUM_THREADS of each training process (1: on a shared 2-core CPU two threads were 5x slower)")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="rows trained at once (each with --threads threads); wall times then include the sharing")
     ap.add_argument("--config-name", default=CONFIG_NAME)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra Hydra override for every row (repeatable)")
     ap.add_argument("--tag", default=None, help="name of this benchmark run (default: a timestamp)")
@@ -248,10 +253,18 @@ def main(argv=None) -> int:
     if abl != "none":
         rows.append({"name": "ablation (context=0)", "encoder": abl, "ablation": True})
     runs = out / "runs" / tag
-    results = []
     for row in rows:
         row["name"] = row["name"].replace(" ", "_").replace("(", "").replace(")", "").replace("=", "")
-        results.append(run_row(row, built, runs, args, truths))
+    results: list[dict] = []
+    if args.parallel > 1:  # rows side by side (each with --threads threads): for idle multi-core machines
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.parallel) as pool:
+            done = list(pool.map(lambda r: run_row(r, built, runs, args, truths), rows))
+    else:
+        done = (run_row(row, built, runs, args, truths) for row in rows)
+    for res in done:
+        results.append(res)
         header = (f"ETRM learning benchmark '{tag}': {args.num_train} train / {args.num_eval} held-out generated puzzles "
                   f"(seed {args.seed}), config {args.config_name}, budget per row: "
                   f"{str(args.minutes) + ' min' if args.minutes else ''}{' / ' if args.minutes and args.max_steps else ''}"

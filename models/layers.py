@@ -64,11 +64,11 @@ class Embedding(nn.Embedding):
 # ----------------------------------------------------------------------------- norm
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm without a learned scale, computed in float32, returned in the input dtype."""
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)
-    return x32.to(dtype)
+    """RMSNorm without a learned scale, computed in float32, returned in the input dtype
+    (torch's fused rms_norm: x * rsqrt(mean(x^2) + eps))."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- rotary
@@ -106,21 +106,35 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin in three passes over x (mul, cat, addcmul); cos/sin are
+    already shaped to broadcast against x. Both halves of a rotary table share their angles, so
+    rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin1)."""
+    half = x.shape[-1] // 2
+    sin_signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # table-sized, cheap
+    swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    return torch.addcmul(x * cos, swapped, sin_signed)
+
+
 def apply_rotary(x: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
     """x: [B, heads, L, head_dim]; cos/sin: [L, head_dim] (shared by the batch) or [B, L, head_dim]
-    (per-sample positions, e.g. packed tokens gathered from a canvas).
-
-    Computed on the two halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), which is
-    x * cos + rotate_half(x) * sin for the "rotate half" table (both halves share the angles)
-    with fewer passes over memory."""
+    (per-sample positions, e.g. packed tokens gathered from a canvas)."""
     cos, sin = cos_sin
     if cos.dim() == 3:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[..., :half], sin[..., :half]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    return _rotary(x, cos.to(x.dtype), sin.to(x.dtype))
+
+
+def apply_rotary_qk(qk: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+    """Rotate queries and keys together in the projection's own layout (one set of passes for
+    both). qk: [B, L, 2, heads, head_dim]; cos/sin: [L, head_dim] or [B, L, head_dim]."""
+    cos, sin = cos_sin
+    cos, sin = cos.to(qk.dtype), sin.to(qk.dtype)
+    if cos.dim() == 3:
+        cos, sin = cos[:, :, None, None, :], sin[:, :, None, None, :]
+    else:
+        cos, sin = cos[:, None, None, :], sin[:, None, None, :]
+    return _rotary(qk, cos, sin)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -168,10 +182,15 @@ class Attention(nn.Module):
         if self.cross:
             q = self._heads(self.q_proj(x))
             k, v = (self._heads(t) for t in self.kv_proj(context).chunk(2, dim=-1))
+            if cos_sin is not None:
+                q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
         else:
-            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
-        if cos_sin is not None:
-            q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
+            B, L, _ = x.shape
+            qkv = self.qkv_proj(x).view(B, L, 3, self.num_heads, self.head_dim)
+            qk = qkv[:, :, :2]
+            if cos_sin is not None:
+                qk = apply_rotary_qk(qk, cos_sin)
+            q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         attn_mask = None
         if key_mask is not None:
             attn_mask = _safe_key_mask(key_mask)[:, None, None, :]  # [B, 1, 1, Lk]

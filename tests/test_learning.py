@@ -23,8 +23,8 @@ def test_encoder_beats_zeroed_context_on_held_out_puzzles(tmp_path):
                                            args.num_aug, args.train_queries, log=lambda *_: None)
     truths = learning.eval_truths(puzzles)
     blind = learning.rule_blind_bound(puzzles)["all"]["pass@2"]
-    rows = [{"name": "etrm", "encoder": "cell_perceiver", "ablation": False},
-            {"name": "ablation", "encoder": "cell_perceiver", "ablation": True}]
+    rows = [{"name": "etrm", "encoder": "colour_slots", "ablation": False},
+            {"name": "ablation", "encoder": "colour_slots", "ablation": True}]
     runs = tmp_path / "runs"
     with ThreadPoolExecutor(2) as pool:
         etrm, ablation = pool.map(lambda r: learning.run_row(r, built, runs, args, truths, log=lambda *_: None), rows)

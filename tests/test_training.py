@@ -230,3 +230,44 @@ def _descendants(pid: int) -> list[int]:
             if ppid == pid:
                 children.append(int(entry.name))
     return children + [d for c in children for d in _descendants(c)]
+
+
+def compose_eval(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name="cfg_evaluate_etrm", overrides=overrides)
+
+
+def test_evaluate_checkpoint_reproduces_the_training_eval(tiny_data, tmp_path):
+    from training.evaluate import evaluate_checkpoint
+
+    run_dir = tmp_path / "run"
+    trained = trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=4)))
+    ckpt = run_dir / "checkpoints" / "step_4"
+    again = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", f"run_dir={tmp_path / 'eval_again'}"]))
+    assert {k: v for k, v in again.items() if k.startswith("ARC/")} == \
+        {k: v for k, v in trained.items() if k.startswith("ARC/")}
+    assert (tmp_path / "eval_again" / "eval" / "step_4" / "submission.json").is_file()
+    # eval overrides apply: fewer puzzles, Q-head halting reports its mean steps
+    fewer = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=2", "eval_halting=q",
+                                              f"run_dir={tmp_path / 'eval_q'}"]))
+    assert fewer["ARC/num_puzzles"] <= 2 and 1 <= fewer["ARC/mean_steps"] <= 3
+
+
+def test_evaluate_rejects_missing_or_incomplete_checkpoints(tiny_data, tmp_path):
+    from training.evaluate import evaluate_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        evaluate_checkpoint(compose_eval([f"checkpoint={tmp_path / 'nope'}"]))
+    run_dir = tmp_path / "run"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=2)))
+    ckpt = run_dir / "checkpoints" / "step_2"
+    (ckpt / checkpoint.MARKER).unlink()
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}"]))
+    (ckpt / checkpoint.MARKER).write_text("2")
+    other = tmp_path / "data8"
+    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
+                    "--eval-sources", "arc-agi-1:eval", "--output-dir", str(other), "--max-grid-size", "8",
+                    "--num-aug", "1"], cwd=REPO, check=True, capture_output=True)
+    with pytest.raises(ValueError, match="grid size does not fit"):
+        evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", f"data_paths=[{other}]"]))

@@ -140,6 +140,10 @@ class PairEncoder(nn.Module):
             h = layer(h, cos_sin=cos_sin, key_mask=mask)
         return h
 
+    # torch.compile: this frame (the data-dependent packing plan and the bucket loop) runs eagerly;
+    # the frames it calls (forward_tokens, pool) are still compiled, each once per bucket shape
+    # until automatic dynamic shapes makes n and l symbolic. One break instead of one per bucket.
+    @torch.compiler.disable(recursive=False)
     def pooled(self, inputs: torch.Tensor, labels: torch.Tensor, select: torch.Tensor, pool) -> torch.Tensor:
         """Encode pairs and pool each to one vector. inputs, labels: [N, S]; select: [N] bool, the
         pairs that matter (real demo slots); pool(h [n, L, H], key mask [n, L]) -> [n, H].
@@ -154,9 +158,10 @@ class PairEncoder(nn.Module):
         rows = select.nonzero().squeeze(1)                       # the pairs to encode
         lengths = real[rows].sum(1)
         buckets = [pack_bucket(n, L_full) for n in lengths.tolist()]  # host sync: sizes pick shapes
+        bucket_of = torch.tensor(buckets, dtype=torch.long, device=rows.device)
         out = None
         for b in sorted(set(buckets)):
-            group = rows[torch.tensor([x == b for x in buckets], device=rows.device)]
+            group = rows[bucket_of == b]
             g_real = real[group]
             # real tokens first, in canvas order (stable sort of the PAD flag), then the tail
             order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b]

@@ -22,6 +22,8 @@ from models.encoders import ENCODERS, build_encoder
 from models.layers import Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
 
 POS_ENCODINGS = ("rope", "rope_2d", "none")
+COLOUR_TOKEN_OFFSET = 2   # token of colour 0 (dataset/grids.py)
+NUM_TABLE_COLOURS = 10
 EVAL_HALTING = ("max", "q")
 
 
@@ -52,6 +54,8 @@ class ETRMConfig:
     encoder_set_layers: int = 2        # hybrid encoders: cross-attention set-encoder layers
     encoder_latent_dim: int = 0        # hybrid_variational: latent size (0 -> hidden_size)
     context_ablation: bool = False     # replace the encoder output by zeros
+    context_colour_table: bool = False # add context token v to the input embedding of query cells of colour v
+                                       # (encoders whose first 10 context tokens are per-colour slots: colour_slots)
     encoder_packed: bool = True        # encode real demo pairs at their own size (False: padded 2S layout)
 
     def __post_init__(self):
@@ -118,7 +122,12 @@ class ETRMInner(nn.Module):
         """[B, S] tokens + [B, P, H] context -> [B, P+S, H]. Tokens are scaled by sqrt(H) (unit
         RMS); the context comes out of the encoder at unit RMS already and is not rescaled."""
         tokens = self.embed_scale * self.embed_tokens(inputs)
-        return torch.cat([context.to(tokens.dtype), tokens], dim=1)
+        context = context.to(tokens.dtype)
+        if self.cfg.context_colour_table:  # cell of colour c (token c + 2) += context[:, c]
+            colour = (inputs - COLOUR_TOKEN_OFFSET).clamp(0, NUM_TABLE_COLOURS - 1)
+            rows = torch.gather(context[:, :NUM_TABLE_COLOURS], 1, colour.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            tokens = tokens + rows * (inputs >= COLOUR_TOKEN_OFFSET).unsqueeze(-1).to(tokens.dtype)
+        return torch.cat([context, tokens], dim=1)
 
     def net(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
         h = h + injection
@@ -164,6 +173,9 @@ class TRMWithEncoder(nn.Module):
             rope_theta=cfg.rope_theta,
             packed=cfg.encoder_packed,
         )
+        if cfg.context_colour_table and not getattr(self.encoder, "colour_table", False):
+            raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_TABLE_COLOURS} context tokens "
+                             f"are per-colour slots (colour_slots), got encoder_type={cfg.encoder_type!r}")
         self.inner = ETRMInner(cfg)
 
     def set_encoder_packing(self, packed: bool) -> None:
