@@ -7,17 +7,16 @@ written on a 30x30 canvas with dataset/grids.encode_grid (labels -100 on PAD).
 from __future__ import annotations
 
 import gc
-import math
 import os
 import resource
 import statistics
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
-from dataset.grids import IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE, encode_grid
+from dataset.grids import PAD_ID, VOCAB_SIZE
+from dataset.random_batch import batch_from_pairs
 
 SIDE = 30
 SEQ_LEN = SIDE * SIDE
@@ -50,28 +49,7 @@ def load_arc_tasks(split: str = "train") -> list:
 def arc_batch(B: int, max_demos: int = 10, tasks: list | None = None, side: int = SIDE) -> dict[str, torch.Tensor]:
     """The first B tasks, all their demos (up to max_demos), their first test pair as the query."""
     tasks = (tasks if tasks is not None else load_arc_tasks("train"))[:B]
-    S = side * side
-    inputs = np.zeros((B, S), np.int64)
-    labels = np.zeros((B, S), np.int64)
-    d_in = np.zeros((B, max_demos, S), np.int64)
-    d_out = np.zeros((B, max_demos, S), np.int64)
-    d_mask = np.zeros((B, max_demos), bool)
-    for b, task in enumerate(tasks):
-        for d, (x, y) in enumerate(task.train[:max_demos]):
-            d_in[b, d] = encode_grid(np.asarray(x), side)
-            d_out[b, d] = encode_grid(np.asarray(y), side)
-            d_mask[b, d] = True
-        x, y = task.test[0]
-        inputs[b] = encode_grid(np.asarray(x), side)
-        labels[b] = encode_grid(np.asarray(y), side)
-    labels = np.where(labels == PAD_ID, IGNORE_LABEL_ID, labels)
-    return {
-        "inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
-        "demo_inputs": torch.from_numpy(d_in), "demo_labels": torch.from_numpy(d_out),
-        "demo_mask": torch.from_numpy(d_mask),
-        "puzzle_identifiers": torch.arange(B), "query_index": torch.arange(B),
-        "valid": torch.ones(B, dtype=torch.bool),
-    }
+    return batch_from_pairs([(task.test[0], task.train) for task in tasks], side, max_demos)
 
 
 def model_config(preset: str | dict, batch: int, max_demos: int = 10, **overrides) -> dict:

@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_directory
 from .grids import EOS_ID, IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE
 from .sources import InvalidTaskError, Task, read_source
 from .variants import draw_variants, puzzle_rng
@@ -225,12 +225,7 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
     }
 
     # ---- write to a temporary directory, then rename into place
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         for split in SPLITS:
             (tmp / split).mkdir(parents=True)
             np.savez_compressed(tmp / split / "arrays.npz", **arrays[split])
@@ -240,19 +235,6 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
                 json.dump([{"source": t.source, "file": t.file} for t in tasks[split]], f)
         with open(tmp / "metadata.json", "w") as f:
             json.dump(metadata, f, indent=1)
-        if out.exists():
-            if not overwrite:
-                raise FileExistsError(f"output directory {out} appeared while building; not replacing it")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        raise
 
     summary = {"output_dir": str(out), "counts": counts, "skipped": metadata["skipped"],
                "bytes": _dir_size(out), "seconds": time.perf_counter() - t0}

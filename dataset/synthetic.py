@@ -33,12 +33,12 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_directory
 from .augment import dihedral
 
 FAMILIES = ("colour_map", "dihedral", "shift", "fill", "swap")
@@ -272,13 +272,8 @@ def write_dataset(puzzles: dict, output_dir: str | os.PathLike, overwrite: bool 
     out = Path(output_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     manifest = dict(meta or {}, puzzles={})
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         for split in ("train", "eval"):
             (tmp / split).mkdir(parents=True)
             for p in puzzles[split]:
@@ -287,17 +282,6 @@ def write_dataset(puzzles: dict, output_dir: str | os.PathLike, overwrite: bool 
                 path.write_text(json.dumps({"train": _to_json(p["demos"]), "test": _to_json(p["tests"])}))
                 manifest["puzzles"][p["id"]] = {"split": split, "family": p["family"], "rule": p["rule"]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=0))
-        if out.exists():
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.rename(old, out)
-        raise
     return out
 
 
