@@ -271,3 +271,18 @@ def test_evaluate_rejects_missing_or_incomplete_checkpoints(tiny_data, tmp_path)
                     "--num-aug", "1"], cwd=REPO, check=True, capture_output=True)
     with pytest.raises(ValueError, match="grid size does not fit"):
         evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", f"data_paths=[{other}]"]))
+
+
+def test_collapse_warning_fires_for_a_constant_context_only(tiny_data, tmp_path, caplog):
+    """The public ETRM encoder collapsed to one context for every puzzle; training must say so."""
+    ablated, healthy = tmp_path / "ablated", tmp_path / "healthy"
+    with caplog.at_level("WARNING", logger="etrm"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, ablated, collapse_patience=3,
+                                                   **{"arch.context_ablation": "true"})))
+    flags = [r["train/encoder_collapse_warning"] for r in read_metrics(ablated) if "train/lr" in r]
+    assert flags == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert "encoder collapse?" in caplog.text
+    trainer.train(compose_tiny(small_overrides(tiny_data, healthy, collapse_patience=3)))
+    records = [r for r in read_metrics(healthy) if "train/lr" in r]
+    assert all(r["train/encoder_collapse_warning"] == 0 for r in records)
+    assert min(r["train/encoder_cross_sample_var"] for r in records) > 0.01

@@ -18,12 +18,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # colour c is token c + 2
 from models.encoders.cell_perceiver import CellPerceiverEncoder
 from models.encoders.common import EncoderConfig, EncoderOutput, SetEncoder
 from models.layers import Linear, rms_norm, trunc_normal_
 
-NUM_COLOURS = 10
-COLOUR_OFFSET = 2  # token of colour 0 (dataset/grids.py)
 
 
 class ColourSlotEncoder(CellPerceiverEncoder):

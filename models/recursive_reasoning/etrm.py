@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import config_from_dict
 from models.encoders import ENCODERS, build_encoder
 from models.layers import Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
 
 POS_ENCODINGS = ("rope", "rope_2d", "none")
-COLOUR_TOKEN_OFFSET = 2   # token of colour 0 (dataset/grids.py)
-NUM_TABLE_COLOURS = 10
 EVAL_HALTING = ("max", "q")
 
 
@@ -124,9 +123,9 @@ class ETRMInner(nn.Module):
         tokens = self.embed_scale * self.embed_tokens(inputs)
         context = context.to(tokens.dtype)
         if self.cfg.context_colour_table:  # cell of colour c (token c + 2) += context[:, c]
-            colour = (inputs - COLOUR_TOKEN_OFFSET).clamp(0, NUM_TABLE_COLOURS - 1)
-            rows = torch.gather(context[:, :NUM_TABLE_COLOURS], 1, colour.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-            tokens = tokens + rows * (inputs >= COLOUR_TOKEN_OFFSET).unsqueeze(-1).to(tokens.dtype)
+            colour = (inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1)
+            rows = torch.gather(context[:, :NUM_COLOURS], 1, colour.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            tokens = tokens + rows * (inputs >= COLOUR_OFFSET).unsqueeze(-1).to(tokens.dtype)
         return torch.cat([context, tokens], dim=1)
 
     def net(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
@@ -174,7 +173,7 @@ class TRMWithEncoder(nn.Module):
             packed=cfg.encoder_packed,
         )
         if cfg.context_colour_table and not getattr(self.encoder, "colour_table", False):
-            raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_TABLE_COLOURS} context tokens "
+            raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_COLOURS} context tokens "
                              f"are per-colour slots (colour_slots), got encoder_type={cfg.encoder_type!r}")
         self.inner = ETRMInner(cfg)
 
