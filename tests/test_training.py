@@ -78,10 +78,15 @@ def test_tiny_config_trains_evaluates_and_checkpoints(tiny_data, tmp_path):
     cfg = compose_tiny(small_overrides(tiny_data, run_dir))
     results = trainer.train(cfg)
     records = read_metrics(run_dir)
-    train_keys = {"train/lm_loss", "train/q_halt_loss", "train/kl_loss", "train/accuracy", "train/exact_accuracy",
-                  "train/q_halt_accuracy", "train/steps", "train/lr", "grad/encoder_norm", "grad/inner_norm",
-                  "train/encoder_cross_sample_var"}
-    assert train_keys <= set(records[0]), train_keys - set(records[0])
+    every_step = {"train/lm_loss", "train/q_halt_loss", "train/kl_loss", "train/lr", "grad/encoder_norm",
+                  "grad/inner_norm", "train/encoder_cross_sample_var"}
+    halting_steps = {"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps"}
+    train_records = [r for r in records if "train/lr" in r]
+    assert all(every_step <= set(r) for r in train_records)
+    # accuracies are over the samples that halted this step, so only steps where some did have them
+    assert [r["step"] for r in train_records if halting_steps <= set(r)] == \
+        [r["step"] for r in train_records if r["train/count"] > 0] != []
+    assert all(1 <= r["train/steps"] <= 3 for r in train_records if "train/steps" in r)
     assert [r["step"] for r in records if "train/lr" in r] == list(range(1, 9))
     assert all(r["grad/encoder_norm"] > 0 for r in records if "grad/encoder_norm" in r)
     assert "ARC/pass@2" in results and 0.0 <= results["ARC/pass@2"] <= 1.0
@@ -186,8 +191,9 @@ def test_kill9_then_rerun_matches_uninterrupted(tiny_data, tmp_path):
     assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
     run_cli(overrides)
     a, b = last_train_record(read_metrics(clean), steps), last_train_record(read_metrics(killed), steps)
-    for key in ("train/total_loss", "train/lm_loss", "train/exact_accuracy", "grad/total_norm"):
-        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9) or key == "train/steps_per_s", key
     eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
     eval_b = json.loads((killed / "eval" / f"step_{steps}" / "metrics.json").read_text())
     assert eval_a == eval_b

@@ -61,7 +61,10 @@ def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
     totals = all_reduce_sum(stacked).tolist()
     values = dict(zip(keys, totals[:len(keys)]))
     count = values.pop("count", 0.0)
-    out = {f"{prefix}/{k}": v / batch_size if k.endswith("_loss") else v / max(count, 1.0) for k, v in values.items()}
+    # a step on which no sample halted has no accuracy or step count: leave those keys out rather
+    # than logging zeros that would read as a collapse on the dashboard
+    out = {f"{prefix}/{k}": v / batch_size if k.endswith("_loss") else v / count
+           for k, v in values.items() if k.endswith("_loss") or count > 0}
     out[f"{prefix}/count"] = count
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     out.update({f"{prefix}/{k}": v / world for k, v in zip(mean_keys, totals[len(keys):])})
