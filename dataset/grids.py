@@ -33,20 +33,32 @@ def encode_grid(grid: np.ndarray, side: int, offset: tuple[int, int] = (0, 0), o
     return canvas.reshape(-1)
 
 
+def crop_sizes(canvases: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The EOS-boundary crop of N flat canvases [N, side*side]: (h, w) of the largest top-left
+    rectangle of colour tokens, both 0 where the top-left cell is no colour."""
+    canvases = np.asarray(canvases)
+    n = canvases.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    c = canvases.reshape(n, side, side)
+    is_colour = (c >= COLOUR_OFFSET) & (c < COLOUR_OFFSET + NUM_COLOURS)
+    # width of the leading run of colours in each row, then the narrowest so far going down
+    run = np.where(is_colour.all(axis=2), side, np.argmin(is_colour, axis=2))
+    width = np.minimum.accumulate(run, axis=1)
+    area = width * np.arange(1, side + 1)
+    h = np.argmax(area, axis=1) + 1
+    w = width[np.arange(n), h - 1]
+    h = np.where(w == 0, 0, h)
+    return h.astype(np.int64), w.astype(np.int64)
+
+
 def decode_grid(tokens: np.ndarray, side: int | None = None) -> np.ndarray | None:
-    """Crop a predicted canvas at its EOS boundary: the largest top-left rectangle of colour
-    tokens. Returns the h x w grid of colours 0-9, or None when the top-left cell is no colour."""
+    """Crop a predicted canvas at its EOS boundary (see `crop_sizes`). Returns the h x w grid of
+    colours 0-9, or None when the top-left cell is no colour."""
     tokens = np.asarray(tokens)
     if side is None:
         side = int(round(np.sqrt(tokens.size)))
-    canvas = tokens.reshape(side, side)
-    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_COLOURS)
-    # width of the leading run of colours in each row, then the narrowest so far going down
-    run = np.where(is_colour.all(axis=1), side, np.argmin(is_colour, axis=1))
-    width = np.minimum.accumulate(run)
-    area = width * np.arange(1, side + 1)
-    h = int(np.argmax(area)) + 1
-    w = int(width[h - 1])
+    (h,), (w,) = crop_sizes(tokens.reshape(1, -1), side)
     if w == 0:
         return None
-    return (canvas[:h, :w] - COLOUR_OFFSET).astype(np.uint8)
+    return (tokens.reshape(side, side)[:h, :w] - COLOUR_OFFSET).astype(np.uint8)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dataset.augment import DIHEDRAL_INVERSE, dihedral
-from dataset.grids import COLOUR_OFFSET, NUM_COLOURS
+from dataset.grids import COLOUR_OFFSET, crop_sizes
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,8 @@ _FIELDS = ("variant", "query", "h", "w", "q", "steps", "cells")
 
 
 # --------------------------------------------------------------------------------------
-# vectorised versions of the grid/variant helpers (tests check them against the originals)
+# vectorised inverses of the variant helpers (tests check them against the originals)
 # --------------------------------------------------------------------------------------
-def crop_sizes(canvases: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batched ``decode_grid`` size rule: for N flat canvases [N, side*side] return (h, w)
-    of the crop, both 0 where ``decode_grid`` would return None (top-left is no colour)."""
-    n = canvases.shape[0]
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    c = canvases.reshape(n, side, side)
-    is_colour = (c >= COLOUR_OFFSET) & (c < COLOUR_OFFSET + NUM_COLOURS)
-    run = np.where(is_colour.all(axis=2), side, np.argmin(is_colour, axis=2))
-    width = np.minimum.accumulate(run, axis=1)
-    area = width * np.arange(1, side + 1)
-    h = np.argmax(area, axis=1) + 1
-    w = width[np.arange(n), h - 1]
-    h = np.where(w == 0, 0, h)
-    return h.astype(np.int64), w.astype(np.int64)
-
-
 def inverse_colour_tables(variants: np.ndarray) -> np.ndarray:
     """[nv, 10] lookup tables undoing each variant's colour permutation (as invert_variant)."""
     return np.argsort(np.asarray(variants)[:, 1:], axis=1).astype(np.uint8)

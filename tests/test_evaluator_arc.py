@@ -16,7 +16,8 @@ import torch
 from dataset.augment import apply_variant, identity_variant, invert_variant
 from dataset.grids import EOS_ID, decode_grid, encode_grid
 from evaluators import load_evaluator_class
-from evaluators.arc import ARC, crop_sizes, inverse_colour_tables, inverse_dihedral_index
+from dataset.grids import crop_sizes
+from evaluators.arc import ARC, inverse_colour_tables, inverse_dihedral_index
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 8
@@ -167,6 +168,16 @@ def test_crop_sizes_match_decode_grid():
     canv = np.stack(canv)
     h, w = crop_sizes(canv, SIDE)
     for i, c in enumerate(canv):
+        # brute force: the largest top-left all-colour rectangle (smallest height on ties)
+        colour = (c.reshape(SIDE, SIDE) >= 2)
+        best = (0, 0, 0)
+        for hh in range(1, SIDE + 1):
+            ww = 0
+            while ww < SIDE and colour[:hh, ww].all():
+                ww += 1
+            if hh * ww > best[0]:
+                best = (hh * ww, hh, ww)
+        assert (h[i], w[i]) == best[1:]
         ref = decode_grid(c, SIDE)
         if ref is None:
             assert w[i] == 0 and h[i] == 0
