@@ -59,14 +59,22 @@ def ensure_dataset(cfg: DictConfig, is_main: bool) -> None:
     subprocess.run(cmd, check=True)
 
 
+def eval_paths(cfg: DictConfig) -> list[str]:
+    """Where the eval split comes from: `data_paths_test` when set, else `data_paths`."""
+    return list(cfg.data_paths_test) if cfg.get("data_paths_test") else list(cfg.data_paths)
+
+
+def load_eval_split(cfg: DictConfig):
+    return load_split(eval_paths(cfg), "eval")
+
+
 def load_data(cfg: DictConfig):
     """(train_split, eval_split), checked to agree with each other."""
     train = load_split(list(cfg.data_paths), "train")
-    eval_paths = list(cfg.data_paths_test) if cfg.get("data_paths_test") else list(cfg.data_paths)
-    evaluation = load_split(eval_paths, "eval")
+    evaluation = load_eval_split(cfg)
     if (train.side, train.vocab_size) != (evaluation.side, evaluation.vocab_size):
         raise ValueError(f"train data {list(cfg.data_paths)} (grid {train.side}, vocab {train.vocab_size}) and eval data "
-                         f"{eval_paths} (grid {evaluation.side}, vocab {evaluation.vocab_size}) do not agree")
+                         f"{eval_paths(cfg)} (grid {evaluation.side}, vocab {evaluation.vocab_size}) do not agree")
     return train, evaluation
 
 

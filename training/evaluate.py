@@ -37,7 +37,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         step = int(saved["step"])
         run_dir = Path(cfg.run_dir) if cfg.run_dir else path.parent.parent
 
-        _, eval_split = build.load_data(train_cfg)
+        eval_split = build.load_eval_split(train_cfg)  # the train split is not needed
         kwargs = dict(saved["model_kwargs"], eval_halting=train_cfg.get("eval_halting", "max"))
         build.check_data_fits(kwargs, eval_split, f"checkpoint {path}")
         model, head = build.build_model(train_cfg, kwargs)
