@@ -102,7 +102,20 @@ class ARCSplit:
             counts["puzzles"] += len(a["puzzle_num_demos"])
             counts["queries"] += len(a["query_puzzle"])
             counts["variants"] += len(a["variants"])
-        a = {k: np.concatenate(v) for k, v in cols.items()}
+        self._set_arrays({k: np.concatenate(v) for k, v in cols.items()})
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], puzzle_ids: list[str], metadata: dict, split: str,
+                    paths: list[str]) -> "ARCSplit":
+        """A split made in memory from arrays in the on-disk layout (dataset/build_arc_dataset.py),
+        e.g. a view of another split that holds only some of its grids (dataset/adaptation.py)."""
+        self = cls.__new__(cls)
+        self.split, self.paths, self.metadata = split, list(paths), dict(metadata)
+        self.puzzle_ids = list(puzzle_ids)
+        self._set_arrays(arrays)
+        return self
+
+    def _set_arrays(self, a: dict[str, np.ndarray]) -> None:
         self.grid_cells: np.ndarray = a["grid_cells"].astype(np.uint8)
         self.grid_offsets: np.ndarray = a["grid_offsets"].astype(np.int64)
         self.grid_shapes: np.ndarray = a["grid_shapes"].astype(np.int64)
@@ -277,6 +290,7 @@ class ARCSplit:
             "demo_mask": torch.from_numpy(mask[queries]),
             "puzzle_identifiers": torch.from_numpy(variants.copy()),
             "query_index": torch.from_numpy(queries.copy()),
+            "puzzle_index": torch.from_numpy(self.query_puzzle[queries]),
             "valid": torch.from_numpy(np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)),
         }
 
@@ -308,13 +322,13 @@ class TrainLoader:
     """Infinite iterator of training batches (see the module docstring of dataset.loader).
 
     Epoch e: puzzle groups are shuffled with an RNG seeded from (seed, e), each group draws one
-    of its variants, and the epoch's samples are all queries of each group under that variant.
-    The sample stream runs across epoch boundaries, so every global batch is full; rank r takes
-    rows [r*local, (r+1)*local) of each global batch.
+    of its variants (of its first `max_variants` when given), and the epoch's samples are all
+    queries of each group under that variant. The sample stream runs across epoch boundaries, so
+    every global batch is full; rank r takes rows [r*local, (r+1)*local) of each global batch.
     """
 
     def __init__(self, split: ARCSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 max_demos: int | None = None):
+                 max_demos: int | None = None, max_variants: int | None = None):
         self.local_batch_size = _check_sharding(int(global_batch_size), int(rank), int(world_size))
         if split.num_queries == 0:
             raise ValueError(f"split {split.split!r} of {split.paths} has no queries")
@@ -331,6 +345,8 @@ class TrainLoader:
         v_off = split.puzzle_variant_offsets
         self._q_start, self._q_count = q_off[:-1], np.diff(q_off)
         self._v_start, self._v_count = v_off[:-1], np.diff(v_off)
+        if max_variants is not None:  # draw only each puzzle's first max_variants (as EvalLoader's max_variants)
+            self._v_count = np.minimum(self._v_count, int(max_variants))
 
     @property
     def samples_per_epoch(self) -> int:

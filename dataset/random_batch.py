@@ -33,7 +33,7 @@ def batch_from_pairs(samples: Sequence[tuple[Pair, Sequence[Pair]]], side: int, 
         "demo_inputs": torch.from_numpy(demo_inputs), "demo_labels": torch.from_numpy(demo_labels),
         "demo_mask": torch.from_numpy(demo_mask),
         "puzzle_identifiers": torch.arange(B), "query_index": torch.arange(B),
-        "valid": torch.ones(B, dtype=torch.bool),
+        "puzzle_index": torch.arange(B), "valid": torch.ones(B, dtype=torch.bool),
     }
 
 

@@ -4,7 +4,8 @@ adaptive computation time (ACT) loop.
 
 One ACT step (TRMWithEncoder.forward):
   1. slots that halted last step load the new batch's rows and reset z_H, z_L, steps;
-  2. the encoder re-encodes every slot's current demos (full gradient, never cached);
+  2. the encoder re-encodes every slot's current demos (full gradient, never cached); an optional
+     batch key `context_offset` [B, P, H] is added to its output (a per-puzzle correction);
   3. the inner model runs H_cycles x (L_cycles x z_L <- net(z_L, z_H + x); z_H <- net(z_H, z_L)),
      all but the last H cycle without grad, and reads logits and (q_halt, q_continue) from z_H;
   4. steps += 1 and the halting rule decides which slots are done.
@@ -234,6 +235,8 @@ class TRMWithEncoder(nn.Module):
         else:
             enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
             context, kl = enc.context, enc.kl
+        if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
+            context = context + data["context_offset"].to(context.dtype)
 
         # 3. recursion
         x = self.inner.input_embeddings(data["inputs"], context)
