@@ -112,6 +112,28 @@ def row_overrides(row: dict, built: Path, run_dir: Path, args) -> list[str]:
     return o + list(args.set or [])
 
 
+def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
+    """Held-out pass@1 / pass@2 per family (and "all") of a submission.json against the generated
+    answers (per-test-input credit, as ARC/pass@k)."""
+    fam_scores: dict[str, dict[str, list[float]]] = {}
+    if not sub_file.exists():
+        return {}
+    submission = json.loads(sub_file.read_text())
+    for pid, (fam, outs) in truths.items():
+        attempts = submission.get(pid, [])
+        s1, s2 = [], []
+        for i, truth in enumerate(outs):
+            a = attempts[i] if i < len(attempts) else {}
+            hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
+            s1.append(float(hit[0]))
+            s2.append(float(hit[0] or hit[1]))
+        for f in (fam, "all"):
+            d = fam_scores.setdefault(f, {"pass@1": [], "pass@2": []})
+            d["pass@1"].append(float(np.mean(s1)))
+            d["pass@2"].append(float(np.mean(s2)))
+    return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in fam_scores.items()}
+
+
 def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if "train/total_loss" in r]
@@ -136,24 +158,7 @@ def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
         "collapse_warning": any(r.get("train/encoder_collapse_warning", 0) for r in train),
         "steps": steps, "train_loss": float(np.mean([r["train/total_loss"] for r in tail])),
     }
-    # per family, from the submission against the generated answers
-    sub_file = run_dir / "eval" / f"step_{ev['step']}" / "submission.json"
-    fam_scores: dict[str, dict[str, list[float]]] = {}
-    if sub_file.exists():
-        submission = json.loads(sub_file.read_text())
-        for pid, (fam, outs) in truths.items():
-            attempts = submission.get(pid, [])
-            s1, s2 = [], []
-            for i, truth in enumerate(outs):
-                a = attempts[i] if i < len(attempts) else {}
-                hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
-                s1.append(float(hit[0]))
-                s2.append(float(hit[0] or hit[1]))
-            for f in (fam, "all"):
-                d = fam_scores.setdefault(f, {"pass@1": [], "pass@2": []})
-                d["pass@1"].append(float(np.mean(s1)))
-                d["pass@2"].append(float(np.mean(s2)))
-    out["families"] = {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in fam_scores.items()}
+    out["families"] = family_scores(run_dir / "eval" / f"step_{ev['step']}" / "submission.json", truths)
     return out
 
 
@@ -179,6 +184,52 @@ def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -
     res.update(name=row["name"], encoder=row["encoder"], ablation=row["ablation"], wall_s=wall, run_dir=str(run_dir))
     log(f"[{row['name']}] pass@2 {res['pass@2']:.3f} pass@1 {res['pass@1']:.3f} train exact {res['train_exact']:.3f} "
         f"steps {res['steps']} wall {wall / 60:.1f} min")
+    return res
+
+
+# ------------------------------------------------------------------------------------- test-time adaptation
+
+TTA_MODES = ("none", "context", "full")
+
+
+def tta_plan(rows: list[dict], modes: list[str]) -> list[tuple[dict, str]]:
+    """(trained row, mode) pairs: every mode on the first encoder row's checkpoint, and `full` also
+    on the zeroed-context row's (is the encoder a better starting point than nothing?)."""
+    encoder_rows = [r for r in rows if not r["ablation"]]
+    plan = [(encoder_rows[0], m) for m in modes] if encoder_rows else []
+    plan += [(r, "full") for r in rows if r["ablation"] and "full" in modes]
+    return plan
+
+
+def run_tta_row(start: dict, mode: str, runs: Path, args, truths: dict, log=print) -> dict:
+    """Evaluate a trained row's final checkpoint through evaluate_etrm.py with `tta=<mode>`."""
+    from training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(start["run_dir"])
+    if ckpt is None:
+        raise RuntimeError(f"row {start['name']} left no checkpoint in {start['run_dir']}")
+    name = f"{start['name']}+tta-{mode}"
+    out_dir = runs / name
+    cmd = [sys.executable, "evaluate_etrm.py", f"checkpoint={ckpt}", f"run_dir={out_dir}", f"tta={mode}",
+           f"max_eval_variants={args.eval_variants}", *(args.tta_set or [])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), WANDB_MODE="disabled")
+    log(f"[{name}] $ " + " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    runs.mkdir(parents=True, exist_ok=True)
+    log_file = runs / f"{name}.log"
+    with open(log_file, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    folders = sorted((out_dir / "eval").glob("*/settings.json"), key=lambda p: p.stat().st_mtime)
+    if proc.returncode != 0 or not folders:
+        raise RuntimeError(f"row {name} failed (exit {proc.returncode}); log {log_file}:\n{log_file.read_text()[-3000:]}")
+    metrics = json.loads(folders[-1].read_text())["metrics"]
+    res = {"name": name, "start": start["name"], "mode": mode, "pass@1": metrics["ARC/pass@1"],
+           "pass@2": metrics["ARC/pass@2"], "task_pass@2": metrics.get("ARC/task_pass@2"),
+           "families": family_scores(folders[-1].parent / "submission.json", truths), "wall_s": wall,
+           "eval_dir": str(folders[-1].parent), **{k: v for k, v in metrics.items() if k.startswith("tta/")}}
+    log(f"[{name}] pass@2 {res['pass@2']:.3f} (start {start['pass@2']:.3f}), adaptation "
+        f"{res.get('tta/wall_s', 0.0) / 60:.1f} min, wall {wall / 60:.1f} min")
     return res
 
 
@@ -208,6 +259,26 @@ def format_table(rows: list[dict], blind: dict, families: list[str], header: str
     return "\n".join(lines)
 
 
+def format_tta_table(tta_rows: list[dict], families: list[str]) -> str:
+    """Held-out pass@2 overall and per family after each test-time adaptation, its cost, and the
+    leave-one-out fit on the demos (loss before -> after; with other puzzles' corrections)."""
+    if not tta_rows:
+        return ""
+    lines = ["", "test-time adaptation of the trained checkpoints (evaluate_etrm.py tta=<mode>; same eval variants):"]
+    head = (f"{'row':<34} {'pass@2':>6} " + " ".join(f"{f[:10]:>10}" for f in families)
+            + f" {'adapt_min':>9} {'steps':>5} {'smp/s':>6} {'smp/puz':>7} {'demo loss before->after (swapped)':>34}")
+    lines += [head, "-" * len(head)]
+    for r in tta_rows:
+        fam = r.get("families", {})
+        fit = (f"{r['tta/fit_before_loss']:.3f} -> {r['tta/fit_after_loss']:.3f} ({r.get('tta/fit_swapped_loss', float('nan')):.3f})"
+               if "tta/fit_after_loss" in r else "")
+        lines.append(f"{r['name']:<34} {r['pass@2']:>6.3f} "
+                     + " ".join(f"{fam.get(f, {}).get('pass@2', float('nan')):>10.2f}" for f in families)
+                     + f" {r.get('tta/wall_s', 0.0) / 60:>9.1f} {int(r.get('tta/steps_done', 0)):>5d}"
+                     f" {r.get('tta/samples_per_s', 0.0):>6.1f} {r.get('tta/samples_per_puzzle', 0.0):>7.0f} {fit:>34}")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +304,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tag", default=None, help="name of this benchmark run (default: a timestamp)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--resume", action="store_true", help="keep existing run dirs (a finished row is not retrained)")
+    ap.add_argument("--tta", default="context,full",
+                    help="test-time adaptation rows: comma-separated modes (none, context, full) evaluated on the first "
+                         "encoder row's checkpoint, plus `full` on the zeroed-context row's; '' for none")
+    ap.add_argument("--tta-set", action="append", metavar="KEY=VALUE",
+                    help="extra Hydra override for every TTA evaluation, e.g. tta.steps=600 (repeatable)")
     return ap.parse_args(argv)
 
 
@@ -248,6 +324,9 @@ def main(argv=None) -> int:
     truths = eval_truths(puzzles)
     blind = rule_blind_bound(puzzles)
     encoders = [e for e in args.encoders.split(",") if e]
+    tta_modes = [m for m in args.tta.split(",") if m]
+    if any(m not in TTA_MODES for m in tta_modes):
+        raise SystemExit(f"--tta {args.tta!r}: modes must be among {list(TTA_MODES)}")
     rows = [{"name": e, "encoder": e, "ablation": False} for e in encoders]
     abl = args.ablation_encoder or (encoders[0] if encoders else "standard")
     if abl != "none":
@@ -263,18 +342,27 @@ def main(argv=None) -> int:
             done = list(pool.map(lambda r: run_row(r, built, runs, args, truths), rows))
     else:
         done = (run_row(row, built, runs, args, truths) for row in rows)
-    for res in done:
-        results.append(res)
+    tta_results: list[dict] = []
+
+    def write() -> str:
         header = (f"ETRM learning benchmark '{tag}': {args.num_train} train / {args.num_eval} held-out generated puzzles "
                   f"(seed {args.seed}), config {args.config_name}, budget per row: "
                   f"{str(args.minutes) + ' min' if args.minutes else ''}{' / ' if args.minutes and args.max_steps else ''}"
                   f"{str(args.max_steps) + ' steps' if args.max_steps else ''}, {args.threads} threads; "
-                  f"extra overrides: {args.set or []}")
-        table = format_table(results, blind, families, header)
+                  f"extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
+        table = format_table(results, blind, families, header) + format_tta_table(tta_results, families)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
         (out / f"learning-{tag}.json").write_text(json.dumps(
-            {"tag": tag, "args": vars(args), "rule_blind": blind, "rows": results}, indent=1))
+            {"tag": tag, "args": vars(args), "rule_blind": blind, "rows": results, "tta_rows": tta_results}, indent=1))
+        return table
+
+    for res in done:
+        results.append(res)
+        table = write()
+    for start, mode in tta_plan(results, tta_modes):
+        tta_results.append(run_tta_row(start, mode, runs, args, truths))
+        table = write()
     print(table)
     print(f"\nwritten: {out / f'learning-{tag}.txt'} and .json")
     return 0

@@ -22,8 +22,9 @@ import numpy as np
 from .loader import ARCSplit
 
 
-def adaptation_split(split: ARCSplit) -> ARCSplit:
-    """The leave-one-out demo split of `split` (see the module docstring)."""
+def adaptation_split(split: ARCSplit, puzzles: np.ndarray | None = None) -> ARCSplit:
+    """The leave-one-out demo split of `split` (see the module docstring). `puzzles` (bool per
+    puzzle) keeps the queries of those puzzles only; the others stay in, without queries."""
     cells, shapes, pair_input, pair_output = [], [], [], []
     pair_offsets, num_demos, q_puzzle, q_pair, query_offsets = [0], [], [], [], [0]
     for p in range(split.num_puzzles):
@@ -37,7 +38,7 @@ def adaptation_split(split: ARCSplit) -> ARCSplit:
             pair_output.append(len(shapes) - 1)
         pair_offsets.append(len(pair_input))
         num_demos.append(len(demos))
-        if len(demos) > 1:
+        if len(demos) > 1 and (puzzles is None or puzzles[p]):
             q_puzzle += [p] * len(demos)
             q_pair += range(first, first + len(demos))
         query_offsets.append(len(q_puzzle))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from dataset import EvalLoader
 from training import build, checkpoint
 from training.distributed import init_distributed, shutdown
-from training.trainer import run_evaluation
+from training.tta import TTASettings, evaluate_with_tta
 
 log = logging.getLogger("etrm")
 OVERRIDABLE = ("data_paths", "data_paths_test", "max_eval_groups", "max_eval_variants", "eval_global_batch_size",
@@ -54,6 +54,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         overridden = {key: cfg[key] for key in OVERRIDABLE if cfg.get(key) is not None}
         for key, value in overridden.items():
             OmegaConf.update(train_cfg, key, value, force_add=True)
+        # the evaluation's own test-time adaptation (not the one the run used for its evals)
+        tta = TTASettings.from_config(cfg.get("tta"), dist_info.world_size)
+        OmegaConf.update(train_cfg, "tta", cfg.get("tta"), force_add=True, merge=False)
         build.check_data_paths(OmegaConf.merge(train_cfg, {"build_if_missing": None}))
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["step"])
@@ -80,8 +83,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                             max_demos=train_cfg.get("max_demos"))
         evaluators = build.build_evaluators(train_cfg, eval_split, wandb_log=False)
         log.info("evaluating %s (%s weights) on %d samples", path, weights_file.stem, loader.num_samples)
-        results = run_evaluation(head, loader, evaluators, dist_info, train_cfg.arch.forward_dtype, out_dir, step,
-                                 settings={**settings, "checkpoint": str(path)})
+        results = evaluate_with_tta(head, eval_split, loader, evaluators, dist_info, train_cfg.arch.forward_dtype,
+                                    out_dir, step, tta, settings={**settings, "checkpoint": str(path)},
+                                    max_eval_variants=train_cfg.get("max_eval_variants"),
+                                    max_demos=train_cfg.get("max_demos"))
         if dist_info.is_main:
             print(json.dumps(results, indent=1))
             log.info("outputs in %s", out_dir)

@@ -26,6 +26,7 @@ from training.distributed import DistInfo, all_reduce_sum, barrier, init_distrib
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, lr_at
 from training.progress import Progress
+from training.tta import TTASettings, evaluate_with_tta
 
 log = logging.getLogger("etrm")
 
@@ -101,7 +102,7 @@ def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
                    out_dir: Path | None, step: int, settings: dict | None = None,
-                   show_progress: bool = True) -> dict[str, float]:
+                   show_progress: bool = True, extra_metrics: dict | None = None) -> dict[str, float]:
     """Run every eval batch to halting (halt_max_steps, or the Q head with eval_halting=q),
     feed the halting step's predictions to the evaluators, and return their metrics (rank 0).
     Rank 0 writes the evaluators' outputs and `settings.json` into `out_dir` as one folder, made
@@ -143,7 +144,8 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
     progress.close()
     # exact accuracy of single augmented samples, before any voting
     exact_sum, valid_count = all_reduce_sum(torch.stack([exact_sum, valid_count]).float()).tolist()
-    results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count}
+    results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count,
+               **(extra_metrics or {})}
 
     def collect(folder: Path | None) -> None:
         for evaluator in evaluators:
@@ -216,6 +218,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     eval_gbs = int(cfg.eval_global_batch_size or gbs)
     if eval_gbs % world_size:
         raise ValueError(f"eval_global_batch_size={eval_gbs} does not divide evenly over world_size={world_size} ranks")
+    tta = TTASettings.from_config(cfg.get("tta"), world_size)
     build.ensure_dataset(cfg, dist_info.is_main)
     barrier()
     train_split, eval_split = build.load_data(cfg)
@@ -313,8 +316,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     eval_settings = build.eval_settings(cfg, weights="ema" if ema is not None else "model")
 
     def evaluate(at_step: int) -> dict:
-        results = run_evaluation(eval_head, eval_loader, evaluators, dist_info, forward_dtype,
-                                 run_dir / "eval" / f"step_{at_step}", at_step, settings=eval_settings)
+        results = evaluate_with_tta(eval_head, eval_split, eval_loader, evaluators, dist_info, forward_dtype,
+                                    run_dir / "eval" / f"step_{at_step}", at_step, tta, settings=eval_settings,
+                                    max_eval_variants=cfg.get("max_eval_variants"), max_demos=cfg.get("max_demos"))
         if dist_info.is_main:
             logger.log(results, at_step)
             shown = {k: round(v, 4) for k, v in results.items() if "pass@" in k or k.endswith("exact_accuracy")}

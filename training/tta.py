@@ -18,72 +18,101 @@ each sample's correction: all variants, inverse augmentation, voting, pass@k, su
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
 from torch.nn.parallel import DistributedDataParallel
 
-from dataset import ARCSplit, TrainLoader
+from dataset import ARCSplit, EvalLoader, TrainLoader
 from dataset.adaptation import adaptation_split
-from training.distributed import DistInfo
+from dataset.grids import NUM_COLOURS
+from models.losses import IGNORE_LABEL_ID
+from training.distributed import DistInfo, all_reduce_sum
 from training.optim import lr_at
 
 log = logging.getLogger("etrm")
 
 TTA_MODES = ("none", "context", "full")
 OFFSET_SCOPES = ("puzzle", "variant")
+PUZZLE_CHOICES = ("all", "unsolved")
+MAX_VARIANT_SLOTS = 64  # per-(puzzle, variant) corrections: a table of N x V x P x H floats
+SELECT_VARIANTS = 8     # tta.puzzles=unsolved judges a puzzle on (at most) its first 8 variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class TTASettings:
-    """The `tta` config group (config/tta/*.yaml). Every value is checked in __post_init__."""
-    mode: str = "none"
-    steps: int = 300                # optimizer steps (one ACT step of the whole batch each)
-    global_batch_size: int = 32     # adaptation samples per step, over all ranks
-    lr: float = 1e-3                # weights (full)
-    context_lr: float = 1e-2        # the per-puzzle context corrections
-    lr_warmup_steps: int = 0
-    lr_min_ratio: float = 1.0       # cosine to lr * lr_min_ratio at the last step (1.0 = constant)
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip_norm: float = 1.0
-    offsets: str = "variant"        # one correction per puzzle, or per (puzzle, variant)
-    num_variants: int | None = None  # adapt on each puzzle's first N variants (null: the evaluation's max_eval_variants)
-    seed: int = 0
-    save_weights: bool = False      # full: write the adapted weights beside the eval outputs
+    """The `tta` config group; config/tta/none.yaml holds every key with its default and meaning."""
+    mode: str
+    steps: int
+    global_batch_size: int
+    lr: float
+    context_lr: float
+    lr_warmup_steps: int
+    lr_min_ratio: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip_norm: float
+    offsets: str
+    puzzles: str
+    num_variants: int | None
+    seed: int
+    save_weights: bool
+    fit_variants: int
 
     def __post_init__(self):
         if self.mode not in TTA_MODES:
             raise ValueError(f"tta.mode={self.mode!r} is not one of {list(TTA_MODES)}")
         if self.offsets not in OFFSET_SCOPES:
             raise ValueError(f"tta.offsets={self.offsets!r} is not one of {list(OFFSET_SCOPES)}")
+        if self.puzzles not in PUZZLE_CHOICES:
+            raise ValueError(f"tta.puzzles={self.puzzles!r} is not one of {list(PUZZLE_CHOICES)}")
         for key in ("steps", "global_batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"tta.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "context_lr"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"tta.{key} must be an integer >= 1, got {getattr(self, key)!r}")
+        for key in ("lr", "context_lr", "weight_decay", "grad_clip_norm"):
             if not float(getattr(self, key)) >= 0:
-                raise ValueError(f"tta.{key} must be >= 0, got {getattr(self, key)}")
-        if self.num_variants is not None and int(self.num_variants) < 1:
-            raise ValueError(f"tta.num_variants must be >= 1 or null, got {self.num_variants}")
+                raise ValueError(f"tta.{key} must be >= 0, got {getattr(self, key)!r}")
+        if not 0 < float(self.lr_min_ratio) <= 1:
+            raise ValueError(f"tta.lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
+        if not isinstance(self.fit_variants, int) or self.fit_variants < 0:
+            raise ValueError(f"tta.fit_variants must be an integer >= 0, got {self.fit_variants!r}")
+        if self.num_variants is not None and (not isinstance(self.num_variants, int) or self.num_variants < 1):
+            raise ValueError(f"tta.num_variants must be an integer >= 1 or null, got {self.num_variants!r}")
 
     @classmethod
-    def from_config(cls, node: DictConfig | dict | None) -> "TTASettings":
-        data = {} if node is None else (OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig)
-                                         else dict(node))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown tta option(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+    def from_config(cls, node: DictConfig | dict | None, world_size: int = 1) -> "TTASettings | None":
+        """Settings from the `tta` config node, checked (also that the adaptation batch divides over
+        `world_size` ranks) before any expensive work; None when the config has no `tta`."""
+        if node is None:
+            return None
+        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(data) - set(known)), [k for k in known if k not in data]
+        if unknown or missing:
+            raise ValueError(f"tta config: unknown key(s) {unknown}, missing key(s) {missing}; "
+                             f"the keys are those of config/tta/none.yaml: {known}")
+        settings = cls(**data)
+        if settings.active and settings.global_batch_size % world_size:
+            raise ValueError(f"tta.global_batch_size={settings.global_batch_size} does not divide evenly over "
+                             f"world_size={world_size} ranks")
+        return settings
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
 
     def metrics(self) -> dict:
         """The settings as eval metrics (tta/<key>)."""
@@ -98,18 +127,55 @@ class ContextOffsets(nn.Module):
     """A learned correction of the context tokens per puzzle ([N, 1, P, H]) or per (puzzle,
     variant) ([N, V, P, H], variants counted within their puzzle); zero at the start. Looked up
     per sample from the batch's `puzzle_index` and `puzzle_identifiers` (global variant index);
-    a variant beyond the first V gets no correction."""
+    a variant beyond the first V gets no correction.
 
-    def __init__(self, split: ARCSplit, puzzle_emb_len: int, hidden_size: int, num_slots: int):
+    With `colour_source` (models whose first 10 context tokens are per-colour slots, i.e. the
+    colour table), one correction serves every variant of its puzzle: its colour rows are kept in
+    the puzzle's own colours and moved with each variant's colour permutation (the slot of colour
+    c in a variant gets the row of the original colour that became c), so what a puzzle learns
+    about "colour 3 becomes 5" holds under every recolouring."""
+
+    def __init__(self, num_puzzles: int, num_slots: int, puzzle_emb_len: int, hidden_size: int,
+                 slot_of_variant: np.ndarray, colour_source: np.ndarray | None = None):
         super().__init__()
-        self.table = nn.Parameter(torch.zeros(split.num_puzzles, num_slots, puzzle_emb_len, hidden_size))
+        self.table = nn.Parameter(torch.zeros(num_puzzles, num_slots, puzzle_emb_len, hidden_size))
+        self.register_buffer("slot_of_variant", torch.as_tensor(slot_of_variant, dtype=torch.int64), persistent=False)
+        source = None if colour_source is None else torch.as_tensor(colour_source, dtype=torch.int64)
+        self.register_buffer("colour_source", source, persistent=False)  # [num_variants, 10] or None
+
+    @classmethod
+    def for_split(cls, split: ARCSplit, num_slots: int, puzzle_emb_len: int, hidden_size: int,
+                  colour_slots: bool = False) -> "ContextOffsets":
+        """Slot of each global variant: its index within its puzzle (-1 beyond num_slots), or 0 for all
+        with one slot per puzzle (then colour-equivariant when the model has colour slots)."""
         local = np.arange(split.num_variants) - split.puzzle_variant_offsets[split.variant_puzzle]
         slot = np.where(local < num_slots, local, -1) if num_slots > 1 else np.zeros_like(local)
-        self.register_buffer("slot_of_variant", torch.from_numpy(slot.astype(np.int64)), persistent=False)
+        # variant perm maps original colour c -> perm[c]; slot c' reads the row of perm^-1[c']
+        source = np.argsort(split.variants[:, 1:], axis=1) if colour_slots and num_slots == 1 else None
+        return cls(split.num_puzzles, num_slots, puzzle_emb_len, hidden_size, slot, source)
+
+    @contextlib.contextmanager
+    def swapped_between_puzzles(self, puzzles: np.ndarray):
+        """Within the block, each of `puzzles` gets the correction of the next one (cyclically):
+        the fit then says how much each correction is about its own puzzle."""
+        saved = self.table.detach().clone()
+        idx = torch.as_tensor(puzzles, device=saved.device)
+        with torch.no_grad():
+            self.table[idx] = saved[torch.roll(idx, 1)]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                self.table.copy_(saved)
 
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        slot = self.slot_of_variant[data["puzzle_identifiers"]]
-        rows = self.table[data["puzzle_index"], slot.clamp_min(0)]
+        variant = data["puzzle_identifiers"]
+        slot = self.slot_of_variant[variant]
+        rows = self.table[data["puzzle_index"], slot.clamp_min(0)]  # [B, P, H]
+        if self.colour_source is not None:
+            source = self.colour_source[variant]  # [B, 10]
+            colours = rows[:, :NUM_COLOURS].gather(1, source[:, :, None].expand(-1, -1, rows.shape[-1]))
+            rows = torch.cat([colours, rows[:, NUM_COLOURS:]], dim=1)
         return rows * (slot >= 0).to(rows.dtype)[:, None, None]
 
 
@@ -149,85 +215,201 @@ def _adapted_copy(head: nn.Module, mode: str) -> nn.Module:
     return head
 
 
+def adaptation_optimizer(adapted: AdaptedHead, settings: TTASettings) -> torch.optim.Optimizer:
+    """The training optimizer (AdamATan2) over the context corrections (lr context_lr, no weight
+    decay) and, in `full` mode, the weights (lr, weight_decay)."""
+    groups = [{"params": [adapted.offsets.table], "lr": settings.context_lr, "weight_decay": 0.0,
+               "base_lr": settings.context_lr}]
+    weights = [p for p in adapted.head.parameters() if p.requires_grad]
+    if weights:
+        groups.append({"params": weights, "lr": settings.lr, "weight_decay": settings.weight_decay, "base_lr": settings.lr})
+    return AdamAtan2(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
+
+
+def adaptation_step(train_head: nn.Module, optimizer: torch.optim.Optimizer, carry, batch: dict, step: int,
+                    settings: TTASettings, local_batch_size: int, forward_dtype: str):
+    """One adaptation step, as a training step: one ACT step of every slot through the loss head,
+    backward of the loss / the global batch, clipping, the optimizer (skipped when the loss or the
+    gradient norm is not finite: every slot then restarts). Returns (carry, metrics under tta/)."""
+    from training.trainer import autocast_for, reduce_metrics  # noqa: PLC0415 (trainer imports us)
+
+    for g in optimizer.param_groups:
+        g["lr"] = lr_at(step, g["base_lr"], settings.lr_warmup_steps, settings.steps, settings.lr_min_ratio)
+    with autocast_for(batch["inputs"].device, forward_dtype):
+        carry, loss, metrics, _, _ = train_head(carry, batch)
+    # a sum over this rank's samples; DDP averages over ranks -> gradients of sum / global batch
+    (loss / local_batch_size).backward()
+    reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "tta", settings.global_batch_size)
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
+    if math.isfinite(reduced["tta/total_loss"]) and math.isfinite(norm):
+        if settings.grad_clip_norm and norm > settings.grad_clip_norm:
+            torch._foreach_mul_(grads, settings.grad_clip_norm / (norm + 1e-6))
+        optimizer.step()
+    else:
+        carry = None  # latents may hold NaN: restart every slot
+        log.warning("tta step %d: non-finite loss or gradient norm, update skipped", step)
+    optimizer.zero_grad(set_to_none=True)
+    return carry, reduced
+
+
 def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_info: DistInfo, forward_dtype: str,
-          eval_variants: int | None = None, max_demos: int | None = None) -> tuple[nn.Module, dict]:
+          eval_variants: int | None = None, max_demos: int | None = None) -> tuple["AdaptedHead", dict]:
     """Adapt a copy of `head` to the demos of `eval_split` (see the module docstring). Returns
-    (the adapted head, to pass to run_evaluation; metrics: settings and cost under tta/)."""
-    from training.trainer import autocast_for, reduce_metrics, to_device  # the trainer's own helpers
+    (the adapted head, for run_evaluation; metrics under tta/: the settings, the cost, the loss
+    over the run, and with fit_variants the leave-one-out fit before/after adaptation and with
+    every puzzle given another puzzle's correction, which says how puzzle-specific they are)."""
+    from training.trainer import to_device  # noqa: PLC0415 (trainer imports us)
 
     device, world = dist_info.device, dist_info.world_size
-    if settings.global_batch_size % world:
-        raise ValueError(f"tta.global_batch_size={settings.global_batch_size} does not divide over world_size={world}")
     ada = adaptation_split(eval_split)  # demos only: the test pairs are not in it
     num_variants = settings.num_variants or eval_variants
-    slots = 1 if settings.offsets == "puzzle" else int(num_variants or np.diff(eval_split.puzzle_variant_offsets).max())
+    if settings.offsets == "puzzle":
+        slots = 1
+    elif num_variants is None or num_variants > MAX_VARIANT_SLOTS:
+        raise ValueError(f"tta.offsets=variant keeps a correction per (puzzle, variant) and needs tta.num_variants "
+                         f"(or max_eval_variants) <= {MAX_VARIANT_SLOTS}, got {num_variants}; "
+                         f"use tta.offsets=puzzle to adapt on many variants")
+    else:
+        slots = int(num_variants)
     cfg = head.model.config
     adapted = AdaptedHead(_adapted_copy(head, settings.mode),
-                          ContextOffsets(eval_split, cfg.puzzle_emb_len, cfg.hidden_size, slots)).to(device)
-    stats = settings.metrics()
-    stats.update({"tta/num_variants": num_variants, "tta/adapted_puzzles": int((np.diff(ada.puzzle_query_offsets) > 0).sum()),
-                  "tta/single_demo_puzzles": int((ada.puzzle_num_demos == 1).sum())})
+                          ContextOffsets.for_split(eval_split, slots, cfg.puzzle_emb_len, cfg.hidden_size,
+                                                   colour_slots=cfg.context_colour_table)).to(device)
+    adapted_puzzles = int((np.diff(ada.puzzle_query_offsets) > 0).sum())
+    stats = {**settings.metrics(), "tta/num_variants": num_variants, "tta/adapted_puzzles": adapted_puzzles,
+             "tta/single_demo_puzzles": int((ada.puzzle_num_demos == 1).sum()), "tta/demo_queries": ada.num_queries}
+
+    def fit(prefix: str) -> None:
+        if settings.fit_variants and ada.num_queries:
+            out = adaptation_fit(adapted, ada, dist_info, forward_dtype, min(settings.fit_variants, num_variants or 1),
+                                 max_demos=max_demos)
+            stats.update({f"tta/fit_{prefix}_loss": out["loss"], f"tta/fit_{prefix}_exact": out["exact"]})
+
+    fit("before")
+    if settings.puzzles == "unsolved" and ada.num_queries:
+        # spend the steps where they are needed: leave out puzzles whose every leave-one-out demo
+        # the model already answers exactly under every adapted variant
+        select = adaptation_fit(adapted, ada, dist_info, forward_dtype, min(num_variants or SELECT_VARIANTS,
+                                                                             SELECT_VARIANTS), max_demos=max_demos)
+        ada = adaptation_split(eval_split, puzzles=select["puzzle_wrong"] > 0)
+        adapted_puzzles = int((np.diff(ada.puzzle_query_offsets) > 0).sum())
+        stats.update({"tta/adapted_puzzles": adapted_puzzles, "tta/demo_queries": ada.num_queries,
+                      "tta/fit_select_exact": select["exact"]})
     if ada.num_queries == 0:
-        log.warning("tta: no eval puzzle has two demos; nothing to adapt on")
+        log.warning("tta: no eval puzzle to adapt on (none has two demos, or every one is already solved)")
         stats.update({"tta/steps_done": 0, "tta/wall_s": 0.0, "tta/samples_per_s": 0.0})
         return adapted.eval(), stats
 
     loader = TrainLoader(ada, settings.global_batch_size, rank=dist_info.rank, world_size=world, seed=settings.seed,
                          max_demos=max_demos, max_variants=num_variants)
-    weights = [p for p in adapted.head.parameters() if p.requires_grad]
-    groups = [{"params": [adapted.offsets.table], "lr": settings.context_lr, "weight_decay": 0.0, "base_lr": settings.context_lr}]
-    if weights:
-        groups.append({"params": weights, "lr": settings.lr, "weight_decay": settings.weight_decay, "base_lr": settings.lr})
-    from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
-    optimizer = AdamAtan2(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
+    optimizer = adaptation_optimizer(adapted, settings)
     train_head: nn.Module = adapted
     if world > 1:
         train_head = DistributedDataParallel(adapted, device_ids=[device.index] if device.type == "cuda" else None,
                                              find_unused_parameters=bool(cfg.context_ablation))
 
     torch.manual_seed(settings.seed * 1000 + dist_info.rank)  # halting exploration, as in training
-    params = [p for g in groups for p in g["params"]]
-    carry, it, history = None, iter(loader), []
-    start = time.perf_counter()
+    carry, batches, history = None, iter(loader), []
     adapted.train()
+    start = time.perf_counter()
     for step in range(settings.steps):
-        batch = to_device(next(it), device)
+        batch = to_device(next(batches), device)
         if carry is None:
             carry = adapted.initial_carry(batch)
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, g["base_lr"], settings.lr_warmup_steps, settings.steps, settings.lr_min_ratio)
-        with autocast_for(device, forward_dtype):
-            carry, loss, metrics, _, _ = train_head(carry, batch)
-        (loss / loader.local_batch_size).backward()
-        reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "tta", settings.global_batch_size)
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-        if math.isfinite(reduced["tta/total_loss"]) and math.isfinite(float(norm)):
-            if settings.grad_clip_norm and float(norm) > settings.grad_clip_norm:
-                torch._foreach_mul_(grads, settings.grad_clip_norm / (float(norm) + 1e-6))
-            optimizer.step()
-        else:
-            carry = None
-            log.warning("tta step %d: non-finite loss or gradient norm, update skipped", step)
-        optimizer.zero_grad(set_to_none=True)
+        carry, reduced = adaptation_step(train_head, optimizer, carry, batch, step, settings, loader.local_batch_size,
+                                         forward_dtype)
         history.append(reduced)
     wall = time.perf_counter() - start
     adapted.eval()
 
-    def mean_of(key, rows):
+    def mean_of(key: str, rows: list[dict]) -> float:
         vals = [r[key] for r in rows if key in r]
         return float(np.mean(vals)) if vals else float("nan")
 
     tenth = max(1, len(history) // 10)
+    samples = len(history) * settings.global_batch_size
     stats.update({
-        "tta/steps_done": len(history), "tta/wall_s": wall,
-        "tta/samples_per_s": len(history) * settings.global_batch_size / max(wall, 1e-9),
+        "tta/steps_done": len(history), "tta/wall_s": wall, "tta/samples_per_s": samples / max(wall, 1e-9),
+        "tta/samples_per_puzzle": samples / max(adapted_puzzles, 1),
         "tta/loss_first": mean_of("tta/total_loss", history[:tenth]),
         "tta/loss_last": mean_of("tta/total_loss", history[-tenth:]),
-        "tta/exact_first": mean_of("tta/exact_accuracy", history[:tenth]),
-        "tta/exact_last": mean_of("tta/exact_accuracy", history[-tenth:]),
-        "tta/updates_per_puzzle": len(history) * settings.global_batch_size / max(ada.num_queries, 1),
     })
-    log.info("tta %s: %d steps in %.1f s, loss %.3f -> %.3f, exact %.3f -> %.3f", settings.mode, len(history), wall,
-             stats["tta/loss_first"], stats["tta/loss_last"], stats["tta/exact_first"], stats["tta/exact_last"])
+    fit("after")
+    if settings.fit_variants and adapted_puzzles > 1:
+        with adapted.offsets.swapped_between_puzzles(np.flatnonzero(np.diff(ada.puzzle_query_offsets) > 0)):
+            fit("swapped")
+    log.info("tta %s: %d steps in %.1f s (%.1f samples/s); loss %.3f -> %.3f; leave-one-out fit %s",
+             settings.mode, len(history), wall, stats["tta/samples_per_s"], stats["tta/loss_first"],
+             stats["tta/loss_last"], {k.split("/")[1]: round(v, 3) for k, v in stats.items() if "/fit_" in k})
     return adapted, stats
+
+
+@torch.no_grad()
+def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_dtype: str, num_variants: int = 1,
+                   batch_size: int = 64, max_demos: int | None = None) -> dict[str, float]:
+    """How well `head` answers the adaptation set's leave-one-out queries, the way the evaluation
+    predicts (eval mode, each sample's outputs at its halting step), over each puzzle's first
+    `num_variants` variants: {"loss": mean per-sample token loss, "exact": exact accuracy,
+    "puzzle_wrong": per puzzle, the number of its samples not answered exactly (numpy)}."""
+    from training.trainer import autocast_for, to_device  # noqa: PLC0415
+
+    head.eval()
+    device = dist_info.device
+    loss_fn = head.head.loss_fn if isinstance(head, AdaptedHead) else head.loss_fn
+    loader = EvalLoader(ada, batch_size * dist_info.world_size, rank=dist_info.rank, world_size=dist_info.world_size,
+                        max_variants=num_variants, max_demos=max_demos)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, exact, count
+    wrong = torch.zeros(ada.num_puzzles, device=device, dtype=torch.float64)
+    for batch in loader:
+        batch = to_device(batch, device)
+        carry, done = head.model.initial_carry(batch), torch.zeros_like(batch["valid"])
+        loss = torch.zeros(batch["valid"].shape, device=device, dtype=torch.float64)
+        exact = torch.zeros_like(done)
+        labels = batch["labels"]
+        n_tokens = (labels != IGNORE_LABEL_ID).sum(-1).clamp_min(1)
+        for _ in range(head.model.config.halt_max_steps):
+            with autocast_for(device, forward_dtype):
+                carry, _, _, outputs, _ = head(carry, batch)
+            newly = carry.halted & ~done
+            sample_loss = loss_fn(outputs["logits"], labels).sum(-1) / n_tokens
+            loss = torch.where(newly, sample_loss.to(loss.dtype), loss)
+            exact = torch.where(newly, ((outputs["preds"] == labels) | (labels == IGNORE_LABEL_ID)).all(-1), exact)
+            done |= carry.halted
+            if bool(done.all()):
+                break
+        valid = batch["valid"]
+        sums += torch.stack([(loss * valid).sum(), (exact & valid).sum().double(), valid.sum().double()])
+        wrong.index_add_(0, batch["puzzle_index"], (valid & ~exact).double())
+    loss_sum, exact_sum, count = all_reduce_sum(sums).tolist()
+    return {"loss": loss_sum / max(count, 1.0), "exact": exact_sum / max(count, 1.0),
+            "puzzle_wrong": all_reduce_sum(wrong).cpu().numpy()}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation with adaptation (training-time evals and evaluate_etrm.py)
+
+
+def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators: list, dist_info: DistInfo,
+                      forward_dtype: str, out_dir: Path | None, step: int, tta: TTASettings | None,
+                      settings: dict | None = None, max_eval_variants: int | None = None,
+                      max_demos: int | None = None) -> dict[str, float]:
+    """`run_evaluation`, after adapting a copy of `head` to the eval puzzles' demos when `tta` is
+    active. The metrics (and out_dir/settings.json) then hold tta/<setting> and the cost
+    (tta/wall_s, tta/steps_done, tta/samples_per_s, ...); with tta.save_weights the adapted model
+    and context corrections go to out_dir/tta_adapted.pt."""
+    from training.trainer import run_evaluation  # noqa: PLC0415 (trainer imports this module)
+
+    if tta is None or not tta.active:
+        return run_evaluation(head, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings)
+    adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
+                           max_demos=max_demos)
+    results = run_evaluation(adapted, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings,
+                             extra_metrics=stats)
+    if tta.save_weights and out_dir is not None and dist_info.is_main:
+        path = Path(out_dir) / "tta_adapted.pt"
+        tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
+        torch.save({"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
+                    "tta": dataclasses.asdict(tta)}, tmp)
+        os.replace(tmp, path)
+    return results

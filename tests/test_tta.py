@@ -1,0 +1,257 @@
+"""Test-time adaptation (training/tta.py, dataset/adaptation.py): the adaptation set holds only
+demos, so corrupting every test output changes neither the adapted weights nor a prediction;
+adaptation lowers the leave-one-out loss; `full` solves a puzzle the frozen model cannot;
+bad settings fail with the key and the choices; DDP gives the one-process result."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dataset import EvalLoader, load_split
+from dataset.adaptation import adaptation_split
+from dataset.build_arc_dataset import build_dataset
+from dataset.loader import ARCSplit
+from dataset.synthetic import generate, write_dataset
+from training import build
+from training.distributed import DistInfo
+from training.trainer import run_evaluation
+from training.tta import TTASettings, adapt, adaptation_fit
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def fill_data(tmp_path_factory) -> Path:
+    """Generated `fill` puzzles (the background takes a colour drawn per puzzle): 8 train, 6 eval."""
+    root = tmp_path_factory.mktemp("tta")
+    puzzles = write_dataset(generate(8, 6, seed=3, families=["fill"]), root / "puzzles")
+    build_dataset([str(puzzles / "train")], [str(puzzles / "eval")], root / "built", num_aug=8, seed=0,
+                  max_grid_size=8, max_demos=4, progress=False, log=lambda *a, **k: None)
+    return root / "built"
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        return compose(config_name=name, overrides=overrides)
+
+
+SMALL_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.H_cycles=1", "arch.L_cycles=1", "arch.L_layers=1",
+              "arch.halt_max_steps=2", "arch.halt_exploration_prob=0.0", "arch.encoder_num_layers=1",
+              "arch.puzzle_emb_len=12"]
+
+
+def small_model(data: Path, extra: list[str] = (), seed: int = 0):
+    """(cfg, head) of the synthetic benchmark's config at a few thousand parameters."""
+    cfg = compose_cfg("cfg_pretrain_etrm_synthetic", [f"data_paths=[{data}]", *SMALL_ARCH, *extra])
+    split = load_split(str(data), "eval")
+    torch.manual_seed(seed)
+    _, head = build.build_model(cfg, build.model_kwargs(cfg, split, 8))
+    return cfg, head
+
+
+def tta_settings(cfg, **over) -> TTASettings:
+    return TTASettings.from_config({**dict(cfg.tta), **over})
+
+
+class Collect:
+    """An evaluator that keeps every prediction, in order."""
+
+    def begin(self):
+        self.preds = []
+
+    def update(self, batch, outputs):
+        self.preds.append(outputs["preds"].clone())
+
+    def result(self, run_dir, step):
+        return {}
+
+
+def predict(head, split: ARCSplit) -> torch.Tensor:
+    collect = Collect()
+    run_evaluation(head, EvalLoader(split, 16, max_variants=4), [collect], CPU, "float32", None, 0, show_progress=False)
+    return torch.cat(collect.preds)
+
+
+def with_corrupted_test_outputs(split: ARCSplit, seed: int = 0) -> ARCSplit:
+    """The same split with every test output replaced by a random grid of another shape."""
+    rng = np.random.default_rng(seed)
+    test_outputs = set()
+    for p in range(split.num_puzzles):
+        start = int(split.puzzle_pair_offsets[p]) + int(split.puzzle_num_demos[p])
+        test_outputs.update(int(split.pair_output[i]) for i in range(start, int(split.puzzle_pair_offsets[p + 1])))
+    cells, shapes = [], []
+    for g in range(split.num_grids):
+        grid = split.grid(g)
+        if g in test_outputs:
+            h, w = (int(x) for x in rng.integers(1, split.side + 1, size=2))
+            if (h, w) == grid.shape:
+                h = h % split.side + 1
+            grid = rng.integers(0, 10, size=(h, w)).astype(np.uint8)
+        cells.append(grid.ravel())
+        shapes.append(grid.shape)
+    arrays = {"grid_cells": np.concatenate(cells), "grid_offsets": np.concatenate([[0], np.cumsum([c.size for c in cells])]),
+              "grid_shapes": np.array(shapes), "pair_input": split.pair_input, "pair_output": split.pair_output,
+              "puzzle_pair_offsets": split.puzzle_pair_offsets, "puzzle_num_demos": split.puzzle_num_demos,
+              "query_puzzle": split.query_puzzle, "query_pair": split.query_pair_index,
+              "query_test_index": split.query_test_index, "puzzle_query_offsets": split.puzzle_query_offsets,
+              "variants": split.variants, "variant_puzzle": split.variant_puzzle,
+              "puzzle_variant_offsets": split.puzzle_variant_offsets}
+    return ARCSplit.from_arrays(arrays, split.puzzle_ids, split.metadata, split.split, split.paths)
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def test_adaptation_split_holds_the_demos_only_as_leave_one_out_queries(fill_data):
+    split = load_split(str(fill_data), "eval")
+    ada = adaptation_split(split)
+    assert ada.puzzle_ids == split.puzzle_ids and np.array_equal(ada.variants, split.variants)
+    assert ada.num_grids == 2 * int(split.puzzle_num_demos.sum())  # no test grid copied
+    assert (ada.query_test_index == -1).all()
+    for p in range(split.num_puzzles):
+        demos = split.demos(p)
+        q0, q1 = ada.puzzle_query_range(p)
+        assert q1 - q0 == (len(demos) if len(demos) > 1 else 0)
+        for q in range(q0, q1):
+            query = ada.query_pair(q)
+            context = ada.query_demos(q)
+            assert len(context) == len(demos) - 1
+            others = [d for d in demos if not (np.array_equal(d[0], query[0]) and np.array_equal(d[1], query[1]))]
+            assert all(any(np.array_equal(c[0], o[0]) and np.array_equal(c[1], o[1]) for o in others) for c in context)
+
+
+# ------------------------------------------------------------------------------------ no peeking
+
+
+@pytest.mark.parametrize("mode", ["context", "full"])
+def test_corrupting_every_test_output_changes_no_adapted_weight_and_no_prediction(fill_data, mode):
+    split = load_split(str(fill_data), "eval")
+    corrupted = with_corrupted_test_outputs(split)
+    assert not all(np.array_equal(a[1], b[1]) for p in range(split.num_puzzles)
+                   for a, b in zip(split.test_pairs(p), corrupted.test_pairs(p)))
+    results = []
+    for s in (split, corrupted):
+        cfg, head = small_model(fill_data)
+        adapted, _ = adapt(head, s, tta_settings(cfg, mode=mode, steps=4, global_batch_size=8), CPU, "float32",
+                           eval_variants=4)
+        results.append(({k: v.clone() for k, v in adapted.state_dict().items()}, predict(adapted, s)))
+    (w_clean, p_clean), (w_bad, p_bad) = results
+    assert w_clean.keys() == w_bad.keys()
+    assert all(torch.equal(w_clean[k], w_bad[k]) for k in w_clean)
+    assert torch.equal(p_clean, p_bad)
+    assert w_clean["offsets.table"].abs().sum() > 0  # something was adapted
+
+
+# ------------------------------------------------------------------------------------ learning
+
+
+def held_out_pass2(head, cfg, split: ARCSplit, variants: int) -> float:
+    evaluators = build.build_evaluators(cfg, split, wandb_log=False)
+    loader = EvalLoader(split, 16, max_variants=variants)
+    return run_evaluation(head, loader, evaluators, CPU, "float32", None, 0, show_progress=False)["ARC/pass@2"]
+
+
+def test_context_adaptation_lowers_the_leave_one_out_loss_with_corrections_of_its_own(fill_data):
+    split = load_split(str(fill_data), "eval")
+    cfg, head = small_model(fill_data)
+    frozen = {k: v.clone() for k, v in head.state_dict().items()}
+    adapted, stats = adapt(head, split, tta_settings(cfg, mode="context", steps=60, global_batch_size=8,
+                                                     context_lr=0.1, fit_variants=4), CPU, "float32", eval_variants=4)
+    assert stats["tta/fit_after_loss"] < 0.8 * stats["tta/fit_before_loss"], stats
+    # another puzzle's correction fits worse: the corrections are about their own puzzle
+    assert stats["tta/fit_swapped_loss"] > stats["tta/fit_after_loss"], stats
+    # weights frozen, and the caller's model untouched
+    assert all(torch.equal(v, adapted.head.state_dict()[k]) for k, v in frozen.items())
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in frozen.items())
+
+
+@pytest.fixture(scope="module")
+def one_puzzle(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one")
+    puzzles = write_dataset(generate(1, 1, seed=5, families=["colour_map"]), root / "puzzles")
+    build_dataset([str(puzzles / "train")], [str(puzzles / "eval")], root / "built", num_aug=8, seed=0,
+                  max_grid_size=8, max_demos=4, progress=False, log=lambda *a, **k: None)
+    return root / "built"
+
+
+def test_full_adaptation_solves_a_puzzle_the_frozen_model_cannot(one_puzzle):
+    split = load_split(str(one_puzzle), "eval")
+    cfg, head = small_model(one_puzzle)  # untrained: it cannot infer any rule
+    assert held_out_pass2(head, cfg, split, variants=4) == 0.0
+    settings = tta_settings(cfg, mode="full", steps=60, global_batch_size=8, lr=3e-3, context_lr=3e-2, num_variants=4)
+    adapted, stats = adapt(head, split, settings, CPU, "float32")
+    assert held_out_pass2(adapted, cfg, split, variants=4) == 1.0, stats
+    assert held_out_pass2(head, cfg, split, variants=4) == 0.0  # the given model is not modified
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tta.mode=sometimes", "tta.mode='sometimes' is not one of ['none', 'context', 'full']"),
+    ("tta.offsets=task", "tta.offsets='task' is not one of ['puzzle', 'variant']"),
+    ("tta.steps=0", "tta.steps must be an integer >= 1"),
+    ("tta.lr=-1", "tta.lr must be >= 0"),
+    ("+tta.learning_rate=1", "unknown key(s) ['learning_rate']"),
+])
+def test_bad_tta_settings_name_the_key_and_the_choices(override, message):
+    cfg = compose_cfg("cfg_evaluate_etrm", ["checkpoint=x", override])
+    with pytest.raises(ValueError) as err:
+        TTASettings.from_config(cfg.tta)
+    assert message in str(err.value)
+
+
+def test_tta_group_selects_a_mode_with_every_key_and_checks_the_batch_against_ranks():
+    full = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["tta=full"]).tta
+    assert TTASettings.from_config(full).mode == "full"
+    assert TTASettings.from_config(compose_cfg("cfg_pretrain_etrm_arc_agi_1", []).tta).active is False
+    assert TTASettings.from_config(compose_cfg("cfg_evaluate_etrm", ["checkpoint=x", "tta.mode=context"]).tta).mode == "context"
+    with pytest.raises(ValueError, match="tta.global_batch_size=32 does not divide evenly over world_size=3"):
+        TTASettings.from_config(full, world_size=3)
+
+
+# ------------------------------------------------------------------------------------ DDP
+
+
+def run_evaluate(overrides: list[str], nproc: int = 0) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc
+                else [sys.executable])
+    proc = subprocess.run([*launcher, "evaluate_etrm.py", *overrides], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_adapt_like_one_rank(fill_data, tmp_path):
+    """tta.global_batch_size 8 on one process == 4 + 4 on two gloo ranks: the same adapted weights
+    and context corrections (to float tolerance) and the same held-out scores."""
+    from training import trainer
+
+    run = tmp_path / "run"
+    trainer.train(compose_cfg("cfg_pretrain_etrm_synthetic", [
+        f"data_paths=[{fill_data}]", f"run_dir={run}", *SMALL_ARCH, "global_batch_size=8", "max_steps=4",
+        "max_train_minutes=null", "eval_interval=null", "max_eval_variants=2", "wandb_mode=disabled"]))
+    ckpt = run / "checkpoints" / "step_4"
+    common = [f"checkpoint={ckpt}", "tta=full", "tta.steps=6", "tta.global_batch_size=8", "tta.save_weights=true",
+              "max_eval_variants=2", "eval_global_batch_size=8"]
+    run_evaluate([*common, f"run_dir={tmp_path / 'one'}"])
+    run_evaluate([*common, f"run_dir={tmp_path / 'two'}"], nproc=2)
+    (one,), (two,) = (list((tmp_path / d / "eval").glob("*/tta_adapted.pt")) for d in ("one", "two"))
+    a, b = torch.load(one), torch.load(two)
+    assert torch.allclose(a["context_offsets"], b["context_offsets"], atol=1e-5)
+    assert a["context_offsets"].abs().sum() > 0
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
+    ma, mb = (json.loads((p.parent / "settings.json").read_text())["metrics"] for p in (one, two))
+    for key in ("ARC/pass@2", "eval/exact_accuracy", "tta/steps_done", "tta/fit_after_loss"):
+        assert ma[key] == pytest.approx(mb[key], rel=1e-4), key
