@@ -3,6 +3,8 @@
     python -m bench.learning                      # default rows, 10 minutes of training each
     python -m bench.learning --minutes 5 --encoders cell_perceiver,standard
     python -m bench.learning --max-steps 1100     # a step budget instead (comparable across machines)
+    python -m bench.learning --max-steps 1100 --minutes 0 --encoders colour_slots --tag base --resume \
+        --tta context,full --tta-set tta.steps=1600  # TTA rows on already trained rows
 
 Generates puzzles whose rule is drawn per puzzle (dataset/synthetic.py: colour_map, dihedral,
 shift, fill, swap), builds them with the normal builder (dataset/build_arc_dataset.py, grids up
@@ -21,6 +23,16 @@ that halted, averaged over the last 10% of steps), encoder cross-sample variance
 (train/encoder_cross_sample_var, same window), collapse warning, steps done, wall time (training
 + evaluation). A per-family table of held-out pass@2 follows, recomputed from each run's
 submission.json against the generated answers (its mean matches ARC/pass@2).
+
+Test-time adaptation rows (--tta, default "context,full"): the first encoder row's final
+checkpoint evaluated through `evaluate_etrm.py tta=<mode>` (training/tta.py: adapt to each
+held-out puzzle's demos, then the same evaluation), and `full` also from the zeroed-context row's
+checkpoint (same adaptation settings and steps: is the encoder a better starting point than
+nothing?). Their table adds the adaptation's wall time, steps, samples/s, samples per adapted
+puzzle and the leave-one-out loss on the demos before -> after (and with every puzzle given
+another puzzle's context correction: how puzzle-specific the corrections are). --tta-set passes
+overrides (e.g. tta.steps=1600); --encoders/--set pick the model, so the rows run for any encoder
+or config; with --resume the trained rows of an earlier --tag are reused, not retrained.
 
 Outputs: bench/results/learning-<tag>.{txt,json}, runs under bench/results/runs/<tag>/<row>/,
 data under bench/results/data/. Rows run one after another, each in its own process with

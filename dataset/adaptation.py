@@ -19,46 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .build_arc_dataset import split_arrays
 from .loader import ARCSplit
 
 
 def adaptation_split(split: ARCSplit, puzzles: np.ndarray | None = None) -> ARCSplit:
     """The leave-one-out demo split of `split` (see the module docstring). `puzzles` (bool per
     puzzle) keeps the queries of those puzzles only; the others stay in, without queries."""
-    cells, shapes, pair_input, pair_output = [], [], [], []
-    pair_offsets, num_demos, q_puzzle, q_pair, query_offsets = [0], [], [], [], [0]
+    entries, tables = [], []
     for p in range(split.num_puzzles):
         demos = split.demos(p)  # the only grids read: demo inputs and outputs
-        first = len(pair_input)
-        for a, b in demos:
-            for g in (a, b):
-                cells.append(g.ravel())
-                shapes.append(g.shape)
-            pair_input.append(len(shapes) - 2)
-            pair_output.append(len(shapes) - 1)
-        pair_offsets.append(len(pair_input))
-        num_demos.append(len(demos))
-        if len(demos) > 1 and (puzzles is None or puzzles[p]):
-            q_puzzle += [p] * len(demos)
-            q_pair += range(first, first + len(demos))
-        query_offsets.append(len(q_puzzle))
-    sizes = np.array([c.size for c in cells], dtype=np.int64)
-    arrays = {
-        "grid_cells": np.concatenate(cells) if cells else np.zeros(0, np.uint8),
-        "grid_offsets": np.concatenate([[0], np.cumsum(sizes)]),
-        "grid_shapes": np.array(shapes, dtype=np.int64).reshape(-1, 2),
-        "pair_input": np.array(pair_input, dtype=np.int64),
-        "pair_output": np.array(pair_output, dtype=np.int64),
-        "puzzle_pair_offsets": np.array(pair_offsets, dtype=np.int64),
-        "puzzle_num_demos": np.array(num_demos, dtype=np.int64),
-        "query_puzzle": np.array(q_puzzle, dtype=np.int64),
-        "query_pair": np.array(q_pair, dtype=np.int64),
-        "query_test_index": np.full(len(q_puzzle), -1, dtype=np.int64),  # no query is a test input
-        "puzzle_query_offsets": np.array(query_offsets, dtype=np.int64),
-        "variants": split.variants.copy(),
-        "variant_puzzle": split.variant_puzzle.copy(),
-        "puzzle_variant_offsets": split.puzzle_variant_offsets.copy(),
-    }
+        adapt = len(demos) > 1 and (puzzles is None or bool(puzzles[p]))
+        entries.append((demos, len(demos), [(i, -1) for i in range(len(demos))] if adapt else []))
+        v0, v1 = split.puzzle_variant_range(p)
+        tables.append(split.variants[v0:v1])
     meta = {k: v for k, v in split.metadata.items() if k != "datasets"}
     meta["translate"] = False  # adapt on the canvas layout the evaluation predicts on
-    return ARCSplit.from_arrays(arrays, split.puzzle_ids, meta, "adaptation", split.paths)
+    return ARCSplit.from_arrays(split_arrays(entries, tables), split.puzzle_ids, meta, "adaptation", split.paths)

@@ -113,48 +113,35 @@ def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demo
     return kept, skipped
 
 
-def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: int, seed: int, bar=None) -> dict:
-    """Arrays of one split. Puzzles in the given order; per puzzle its pairs are demos then tests."""
+def split_arrays(puzzles: list[tuple[list, int, list[tuple[int, int]]]], variant_tables: list[np.ndarray]) -> dict:
+    """One split in the on-disk layout (what arrays.npz holds). Per puzzle: its pairs (input,
+    output grids; demos first), its number of demos and its queries as (pair index within the
+    puzzle, test index or -1 for a demo used as a query); and its variant table [n, 11] uint8."""
     cells, grid_shapes = [], []
-    pair_input, pair_output = [], []
     pair_offsets, num_demos = [0], []
     q_puzzle, q_pair, q_test = [], [], []
     query_offsets = [0]
-    variant_tables, variant_offsets = [], [0]
-    num_grids = 0
-    for p, t in enumerate(tasks):
-        first_pair = len(pair_input)
-        for a, b in (*t.demos, *t.tests):
-            cells += [a.ravel(), b.ravel()]
-            grid_shapes += [a.shape, b.shape]
-            pair_input.append(num_grids)
-            pair_output.append(num_grids + 1)
-            num_grids += 2
-        pair_offsets.append(len(pair_input))
-        num_demos.append(len(t.demos))
-        if is_train and train_queries == "all" and len(t.demos) > 1:
-            for i in range(len(t.demos)):
-                q_puzzle.append(p)
-                q_pair.append(first_pair + i)
-                q_test.append(-1)
-        for i in range(len(t.tests)):
+    for p, (pairs, n_demos, queries) in enumerate(puzzles):
+        first_pair = pair_offsets[-1]
+        for a, b in pairs:
+            cells += [np.asarray(a, np.uint8).ravel(), np.asarray(b, np.uint8).ravel()]
+            grid_shapes += [np.shape(a), np.shape(b)]
+        pair_offsets.append(first_pair + len(pairs))
+        num_demos.append(n_demos)
+        for i, test_index in queries:
             q_puzzle.append(p)
-            q_pair.append(first_pair + len(t.demos) + i)
-            q_test.append(i)
+            q_pair.append(first_pair + i)
+            q_test.append(test_index)
         query_offsets.append(len(q_puzzle))
-        table, _ = draw_variants(t.grids(), num_aug, puzzle_rng(seed, t.task_id))
-        variant_tables.append(table)
-        variant_offsets.append(variant_offsets[-1] + len(table))
-        if bar is not None:
-            bar.update(1)
     sizes = [c.size for c in cells]
+    n_pairs = pair_offsets[-1]
     variants = np.concatenate(variant_tables) if variant_tables else np.zeros((0, 11), np.uint8)
     return {
         "grid_cells": np.concatenate(cells) if cells else np.zeros(0, np.uint8),
         "grid_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "grid_shapes": np.array(grid_shapes, dtype=np.int16).reshape(-1, 2),
-        "pair_input": np.array(pair_input, dtype=np.int32),
-        "pair_output": np.array(pair_output, dtype=np.int32),
+        "pair_input": np.arange(0, 2 * n_pairs, 2, dtype=np.int32),
+        "pair_output": np.arange(1, 2 * n_pairs, 2, dtype=np.int32),
         "puzzle_pair_offsets": np.array(pair_offsets, dtype=np.int64),
         "puzzle_num_demos": np.array(num_demos, dtype=np.int32),
         "query_puzzle": np.array(q_puzzle, dtype=np.int32),
@@ -162,9 +149,22 @@ def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: 
         "query_test_index": np.array(q_test, dtype=np.int32),
         "puzzle_query_offsets": np.array(query_offsets, dtype=np.int64),
         "variants": variants,
-        "variant_puzzle": np.repeat(np.arange(len(tasks), dtype=np.int32), np.diff(variant_offsets)),
-        "puzzle_variant_offsets": np.array(variant_offsets, dtype=np.int64),
+        "variant_puzzle": np.repeat(np.arange(len(variant_tables), dtype=np.int32), [len(t) for t in variant_tables]),
+        "puzzle_variant_offsets": np.concatenate([[0], np.cumsum([len(t) for t in variant_tables])]).astype(np.int64),
     }
+
+
+def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: int, seed: int, bar=None) -> dict:
+    """Arrays of one split. Puzzles in the given order; per puzzle its pairs are demos then tests."""
+    puzzles, variant_tables = [], []
+    for t in tasks:
+        queries = [(i, -1) for i in range(len(t.demos))] if is_train and train_queries == "all" and len(t.demos) > 1 else []
+        queries += [(len(t.demos) + i, i) for i in range(len(t.tests))]
+        puzzles.append(([*t.demos, *t.tests], len(t.demos), queries))
+        variant_tables.append(draw_variants(t.grids(), num_aug, puzzle_rng(seed, t.task_id))[0])
+        if bar is not None:
+            bar.update(1)
+    return split_arrays(puzzles, variant_tables)
 
 
 def _dir_size(path: Path) -> int:

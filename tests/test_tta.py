@@ -17,26 +17,30 @@ from hydra import compose, initialize_config_dir
 
 from dataset import EvalLoader, load_split
 from dataset.adaptation import adaptation_split
-from dataset.build_arc_dataset import build_dataset
+from dataset.build_arc_dataset import build_dataset, split_arrays
 from dataset.loader import ARCSplit
 from dataset.synthetic import generate, write_dataset
 from training import build
 from training.distributed import DistInfo
 from training.trainer import run_evaluation
+from training import tta
 from training.tta import TTASettings, adapt, adaptation_fit
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def fill_data(tmp_path_factory) -> Path:
-    """Generated `fill` puzzles (the background takes a colour drawn per puzzle): 8 train, 6 eval."""
-    root = tmp_path_factory.mktemp("tta")
-    puzzles = write_dataset(generate(8, 6, seed=3, families=["fill"]), root / "puzzles")
+def synthetic_data(root: Path, num_train: int, num_eval: int, seed: int, family: str) -> Path:
+    puzzles = write_dataset(generate(num_train, num_eval, seed=seed, families=[family]), root / "puzzles")
     build_dataset([str(puzzles / "train")], [str(puzzles / "eval")], root / "built", num_aug=8, seed=0,
                   max_grid_size=8, max_demos=4, progress=False, log=lambda *a, **k: None)
     return root / "built"
+
+
+@pytest.fixture(scope="module")
+def fill_data(tmp_path_factory) -> Path:
+    """Generated `fill` puzzles (the background takes a colour drawn per puzzle): 8 train, 6 eval."""
+    return synthetic_data(tmp_path_factory.mktemp("tta"), 8, 6, seed=3, family="fill")
 
 
 def compose_cfg(name: str, overrides: list[str]):
@@ -84,28 +88,22 @@ def predict(head, split: ARCSplit) -> torch.Tensor:
 def with_corrupted_test_outputs(split: ARCSplit, seed: int = 0) -> ARCSplit:
     """The same split with every test output replaced by a random grid of another shape."""
     rng = np.random.default_rng(seed)
-    test_outputs = set()
+
+    def corrupt(grid: np.ndarray) -> np.ndarray:
+        h, w = (int(x) for x in rng.integers(1, split.side + 1, size=2))
+        h = h % split.side + 1 if (h, w) == grid.shape else h
+        return rng.integers(0, 10, size=(h, w)).astype(np.uint8)
+
+    puzzles, tables = [], []
     for p in range(split.num_puzzles):
-        start = int(split.puzzle_pair_offsets[p]) + int(split.puzzle_num_demos[p])
-        test_outputs.update(int(split.pair_output[i]) for i in range(start, int(split.puzzle_pair_offsets[p + 1])))
-    cells, shapes = [], []
-    for g in range(split.num_grids):
-        grid = split.grid(g)
-        if g in test_outputs:
-            h, w = (int(x) for x in rng.integers(1, split.side + 1, size=2))
-            if (h, w) == grid.shape:
-                h = h % split.side + 1
-            grid = rng.integers(0, 10, size=(h, w)).astype(np.uint8)
-        cells.append(grid.ravel())
-        shapes.append(grid.shape)
-    arrays = {"grid_cells": np.concatenate(cells), "grid_offsets": np.concatenate([[0], np.cumsum([c.size for c in cells])]),
-              "grid_shapes": np.array(shapes), "pair_input": split.pair_input, "pair_output": split.pair_output,
-              "puzzle_pair_offsets": split.puzzle_pair_offsets, "puzzle_num_demos": split.puzzle_num_demos,
-              "query_puzzle": split.query_puzzle, "query_pair": split.query_pair_index,
-              "query_test_index": split.query_test_index, "puzzle_query_offsets": split.puzzle_query_offsets,
-              "variants": split.variants, "variant_puzzle": split.variant_puzzle,
-              "puzzle_variant_offsets": split.puzzle_variant_offsets}
-    return ARCSplit.from_arrays(arrays, split.puzzle_ids, split.metadata, split.split, split.paths)
+        q0, q1 = split.puzzle_query_range(p)
+        first = int(split.puzzle_pair_offsets[p])
+        queries = [(int(split.query_pair_index[q]) - first, int(split.query_test_index[q])) for q in range(q0, q1)]
+        puzzles.append((split.demos(p) + [(a, corrupt(b)) for a, b in split.test_pairs(p)],
+                        int(split.puzzle_num_demos[p]), queries))
+        v0, v1 = split.puzzle_variant_range(p)
+        tables.append(split.variants[v0:v1])
+    return ARCSplit.from_arrays(split_arrays(puzzles, tables), split.puzzle_ids, split.metadata, split.split, split.paths)
 
 
 # ------------------------------------------------------------------------------------ data
@@ -176,11 +174,7 @@ def test_context_adaptation_lowers_the_leave_one_out_loss_with_corrections_of_it
 
 @pytest.fixture(scope="module")
 def one_puzzle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("one")
-    puzzles = write_dataset(generate(1, 1, seed=5, families=["colour_map"]), root / "puzzles")
-    build_dataset([str(puzzles / "train")], [str(puzzles / "eval")], root / "built", num_aug=8, seed=0,
-                  max_grid_size=8, max_demos=4, progress=False, log=lambda *a, **k: None)
-    return root / "built"
+    return synthetic_data(tmp_path_factory.mktemp("one"), 1, 1, seed=5, family="colour_map")
 
 
 def test_full_adaptation_solves_a_puzzle_the_frozen_model_cannot(one_puzzle):
@@ -191,6 +185,22 @@ def test_full_adaptation_solves_a_puzzle_the_frozen_model_cannot(one_puzzle):
     adapted, stats = adapt(head, split, settings, CPU, "float32")
     assert held_out_pass2(adapted, cfg, split, variants=4) == 1.0, stats
     assert held_out_pass2(head, cfg, split, variants=4) == 0.0  # the given model is not modified
+
+
+def test_unsolved_focus_adapts_only_the_puzzles_whose_demos_the_model_gets_wrong(fill_data, monkeypatch):
+    split = load_split(str(fill_data), "eval")
+    solved = np.arange(split.num_puzzles) % 2 == 0  # pretend the model answers the even puzzles' demos
+
+    def fake_fit(head, ada, *args, **kwargs):
+        return {"loss": 1.0, "exact": 0.5, "puzzle_exact": np.where(solved, 0.75, 0.5)}
+
+    monkeypatch.setattr(tta, "adaptation_fit", fake_fit)
+    cfg, head = small_model(fill_data)
+    adapted, stats = adapt(head, split, tta_settings(cfg, mode="context", steps=6, puzzles="unsolved"), CPU,
+                           "float32", eval_variants=4)
+    moved = adapted.offsets.table.detach().abs().flatten(1).sum(1) > 0
+    assert moved.tolist() == (~solved).tolist()
+    assert stats["tta/adapted_puzzles"] == int((~solved).sum())
 
 
 # ------------------------------------------------------------------------------------ settings

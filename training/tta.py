@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
 from torch.nn.parallel import DistributedDataParallel
 
 from dataset import ARCSplit, EvalLoader, TrainLoader
@@ -48,7 +48,8 @@ TTA_MODES = ("none", "context", "full")
 OFFSET_SCOPES = ("puzzle", "variant")
 PUZZLE_CHOICES = ("all", "unsolved")
 MAX_VARIANT_SLOTS = 64  # per-(puzzle, variant) corrections: a table of N x V x P x H floats
-SELECT_VARIANTS = 8     # tta.puzzles=unsolved judges a puzzle on (at most) its first 8 variants
+SELECT_VARIANTS = 8     # tta.puzzles=unsolved judges a puzzle on (at most) its first 8 variants;
+SOLVED_FRACTION = 0.5   # solved when more than half of its leave-one-out samples are answered exactly
 
 
 @dataclass(frozen=True)
@@ -280,19 +281,21 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     stats = {**settings.metrics(), "tta/num_variants": num_variants, "tta/adapted_puzzles": adapted_puzzles,
              "tta/single_demo_puzzles": int((ada.puzzle_num_demos == 1).sum()), "tta/demo_queries": ada.num_queries}
 
+    every_demo = ada  # the fit is always measured on every puzzle's demos, before and after
+
     def fit(prefix: str) -> None:
-        if settings.fit_variants and ada.num_queries:
-            out = adaptation_fit(adapted, ada, dist_info, forward_dtype, min(settings.fit_variants, num_variants or 1),
-                                 max_demos=max_demos)
+        if settings.fit_variants and every_demo.num_queries:
+            out = adaptation_fit(adapted, every_demo, dist_info, forward_dtype,
+                                 min(settings.fit_variants, num_variants or 1), max_demos=max_demos)
             stats.update({f"tta/fit_{prefix}_loss": out["loss"], f"tta/fit_{prefix}_exact": out["exact"]})
 
     fit("before")
     if settings.puzzles == "unsolved" and ada.num_queries:
-        # spend the steps where they are needed: leave out puzzles whose every leave-one-out demo
-        # the model already answers exactly under every adapted variant
+        # spend the steps where they are needed: leave out puzzles whose leave-one-out demos the
+        # model already answers exactly in most variants (the vote over variants would get them)
         select = adaptation_fit(adapted, ada, dist_info, forward_dtype, min(num_variants or SELECT_VARIANTS,
                                                                              SELECT_VARIANTS), max_demos=max_demos)
-        ada = adaptation_split(eval_split, puzzles=select["puzzle_wrong"] > 0)
+        ada = adaptation_split(eval_split, puzzles=~(select["puzzle_exact"] > SOLVED_FRACTION))
         adapted_puzzles = int((np.diff(ada.puzzle_query_offsets) > 0).sum())
         stats.update({"tta/adapted_puzzles": adapted_puzzles, "tta/demo_queries": ada.num_queries,
                       "tta/fit_select_exact": select["exact"]})
@@ -351,7 +354,7 @@ def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_
     """How well `head` answers the adaptation set's leave-one-out queries, the way the evaluation
     predicts (eval mode, each sample's outputs at its halting step), over each puzzle's first
     `num_variants` variants: {"loss": mean per-sample token loss, "exact": exact accuracy,
-    "puzzle_wrong": per puzzle, the number of its samples not answered exactly (numpy)}."""
+    "puzzle_exact": per puzzle, the fraction of its samples answered exactly (numpy; NaN without any)}."""
     from training.trainer import autocast_for, to_device  # noqa: PLC0415
 
     head.eval()
@@ -360,7 +363,7 @@ def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_
     loader = EvalLoader(ada, batch_size * dist_info.world_size, rank=dist_info.rank, world_size=dist_info.world_size,
                         max_variants=num_variants, max_demos=max_demos)
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, exact, count
-    wrong = torch.zeros(ada.num_puzzles, device=device, dtype=torch.float64)
+    per_puzzle = torch.zeros(2, ada.num_puzzles, device=device, dtype=torch.float64)  # exact, count
     for batch in loader:
         batch = to_device(batch, device)
         carry, done = head.model.initial_carry(batch), torch.zeros_like(batch["valid"])
@@ -380,10 +383,12 @@ def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_
                 break
         valid = batch["valid"]
         sums += torch.stack([(loss * valid).sum(), (exact & valid).sum().double(), valid.sum().double()])
-        wrong.index_add_(0, batch["puzzle_index"], (valid & ~exact).double())
+        per_puzzle.index_add_(1, batch["puzzle_index"], torch.stack([(valid & exact).double(), valid.double()]))
     loss_sum, exact_sum, count = all_reduce_sum(sums).tolist()
-    return {"loss": loss_sum / max(count, 1.0), "exact": exact_sum / max(count, 1.0),
-            "puzzle_wrong": all_reduce_sum(wrong).cpu().numpy()}
+    puzzle_exact, puzzle_count = all_reduce_sum(per_puzzle).cpu().numpy()
+    with np.errstate(invalid="ignore"):
+        puzzle_exact = puzzle_exact / puzzle_count
+    return {"loss": loss_sum / max(count, 1.0), "exact": exact_sum / max(count, 1.0), "puzzle_exact": puzzle_exact}
 
 
 # ---------------------------------------------------------------------------------------------
