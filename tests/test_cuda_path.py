@@ -1,13 +1,16 @@
 """Pieces of the CUDA path that can be checked without a GPU: copies back to the CPU are
 blocking, a checkpoint's RNG states load on the CPU whatever the map_location, torchrun with one
-process still sets up a process group."""
+process still sets up a process group, and under bf16 autocast the ACT carry stays float32 while
+the packed and padded encoder layouts agree within the GPU check's tolerances."""
 from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 
+from bench.gpu_check import TOL, packed_vs_padded
 from training import checkpoint
 from training.distributed import init_distributed, shutdown
 from training.trainer import to_device
@@ -62,3 +65,20 @@ def test_torchrun_with_one_process_sets_up_a_process_group(monkeypatch):
     finally:
         shutdown()
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("encoder", ["standard", "hybrid_standard"])
+def test_bf16_autocast_keeps_carry_float32_and_layouts_agree(encoder):
+    """The same comparison the GPU check runs on CUDA, here under CPU bf16 autocast."""
+    from bench.common import PRESETS
+
+    class CpuCtx:
+        device = "cpu"
+
+    preset = dict(PRESETS["tiny"], encoder_type=encoder)
+    r = packed_vs_padded(CpuCtx(), preset, 3, "bfloat16")
+    assert r["carry_dtype_packed"] == r["carry_dtype_padded"] == "float32"
+    assert r["same_grad_keys"]
+    for key, limit in TOL["packed_vs_padded_bf16"].items():
+        assert r[key] <= limit, (key, r[key], limit)
+    assert r["attention_packed"]["sdpa_calls"] > 0
