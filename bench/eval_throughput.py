@@ -74,6 +74,9 @@ class BatchSlice:
         self.on_progress = on_progress or (lambda n, s: None)
         self.assemble_s = 0.0
 
+    def __len__(self) -> int:
+        return len(self.indices)
+
     def __iter__(self):
         t0, done = time.perf_counter(), 0
         for b in self.indices:
@@ -119,6 +122,7 @@ def evaluator_full_pass(split, loader, outputs: dict, run_dir: Path) -> dict:
         ev.update({"puzzle_identifiers": loader.sample_variant[rows], "query_index": loader.sample_query[rows],
                    "valid": valid}, {"preds": preds[take], "q_halt_logits": q[take], "steps": steps[take]})
     update_s = time.perf_counter() - t0
+    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     metrics = ev.result(str(run_dir), 0)
     return {"full_evaluator_update_s": update_s, "full_evaluator_result_s": time.perf_counter() - t0,

@@ -45,6 +45,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESERVE_S = 8              # kept free at the end for the summary
+FINISHED = ("ok", "check_failed")  # stage statuses whose numbers are complete
 TINY_STEPS = 50            # the tiny config's training run on the device
 REF_STEPS = 10             # steps compared against the CPU float32 reference
 SPEED_BATCH = 192          # per-GPU batch of TRM's runs (768 over 4 GPUs)
@@ -151,7 +152,8 @@ def tiny_data(ctx: Ctx) -> Path:
 def tiny_overrides(ctx: Ctx, run: str, steps: int, device: str, dtype: str, evaluate: bool = False, **extra) -> list[str]:
     """The tiny config with halting exploration off (the same trajectory on every device), W&B off,
     one final evaluation (the config's ARC evaluator) or none."""
-    o = {"data_paths": f"[{tiny_data(ctx)}]", "run_dir": str(ctx.work / "runs" / ctx.name / run),
+    o = {"data_paths": f"[{tiny_data(ctx)}]", "build_if_missing.output_dir": str(tiny_data(ctx)),
+         "run_dir": str(ctx.work / "runs" / ctx.name / run),
          "max_steps": steps, "eval_interval": "null", "device": device, "arch.forward_dtype": dtype,
          "arch.halt_exploration_prob": 0, "wandb_mode": "disabled", "checkpoint_keep_last": 1}
     if not evaluate:
@@ -456,24 +458,27 @@ def stage_correctness(ctx: Ctx) -> None:
                      f"kernels {r['attention_packed']['ops']}")
 
 
-def _speed(ctx: Ctx, preset: str, compile: bool) -> dict:
-    """bench.train_step at the per-GPU batch (halved on OOM)."""
+def halving_on_oom(ctx: Ctx, label: str, batch: int, min_batch: int, fn):
+    """fn(batch), retried at half the batch after a CUDA out-of-memory (recorded) -> (result, batch)."""
     import torch
-
-    from bench import train_step
-    batch = 1 if ctx.cpu else SPEED_BATCH
-    dtype = "float32" if ctx.cpu else "bfloat16"
     while True:
         try:
-            r = train_step.run(preset, batch, ctx.device, dtype, repeats=1 if ctx.cpu else 5, compile=compile,
-                               train_only=compile, with_utilisation=True)
-            break
+            return fn(batch), batch
         except torch.cuda.OutOfMemoryError:
-            ctx.result["errors"][f"{preset}_oom_at_batch"] = batch
+            ctx.result["errors"][f"{label}_oom_at_batch_{batch}"] = "out of memory: retried at half the batch"
             _free_memory()
-            if batch <= 16:
+            if batch // 2 < min_batch:
                 raise
             batch //= 2
+
+
+def _speed(ctx: Ctx, preset: str, compile: bool) -> dict:
+    """bench.train_step at the per-GPU batch (halved on OOM)."""
+    from bench import train_step
+    dtype = "float32" if ctx.cpu else "bfloat16"
+    r, batch = halving_on_oom(ctx, preset, 1 if ctx.cpu else SPEED_BATCH, 16, lambda b: train_step.run(
+        preset, b, ctx.device, dtype, repeats=1 if ctx.cpu else 5, compile=compile, train_only=compile,
+        with_utilisation=True))
     m = r["layouts"]["packed"]
     ctx.headline(f"{preset} bs{batch} {dtype}{' compiled' if compile else ''}: {m['train_ms']:.0f} ms/step, "
                  f"{m['samples_per_s']:.3g} samples/s, peak {m['peak_mib'] / 1024:.1f} GiB, model "
@@ -512,8 +517,6 @@ def eval_batch(ctx: Ctx) -> int:
 def stage_eval(ctx: Ctx, compile: bool = False) -> None:
     """All ARC-AGI-1 eval puzzles x all variants (1000 augmentations), the cfg_pretrain_etrm_arc_agi_1
     model, bf16, batch 1024: one batch (16 ACT steps, ~5.7 PFLOP) measured, extrapolated."""
-    import torch
-
     from bench import eval_throughput
     fast_compile_on_cpu(ctx)
     data = eval_data(ctx)
@@ -521,19 +524,10 @@ def stage_eval(ctx: Ctx, compile: bool = False) -> None:
     arch = "cfg_pretrain_etrm_tiny" if ctx.cpu else "cfg_pretrain_etrm_arc_agi_1"
     r = None
     with ctx.step("measure"):
-        while True:
-            try:
-                r = eval_throughput.run(arch_config=arch, data=str(data), batch=batch, batches=1,
-                                        device=ctx.device, dtype="float32" if ctx.cpu else "bfloat16", compile=compile,
-                                        record=lambda d: ctx.record(**d),
-                                        save_outputs=None if compile else ctx.work / "eval_outputs.pt")
-                break
-            except torch.cuda.OutOfMemoryError:
-                ctx.result["errors"][f"oom_at_batch_{batch}"] = True
-                _free_memory()
-                if batch <= 128:
-                    raise
-                batch //= 2
+        r, _ = halving_on_oom(ctx, "eval", batch, 128, lambda b: eval_throughput.run(
+            arch_config=arch, data=str(data), batch=b, batches=1, device=ctx.device,
+            dtype="float32" if ctx.cpu else "bfloat16", compile=compile, record=lambda d: ctx.record(**d),
+            save_outputs=None if compile else ctx.work / "eval_outputs.pt"))
     r = r or ctx.result
     if "extrapolated_full_eval_s" in r:
         ctx.headline(f"{arch} bs{r['batch']}{' compiled' if compile else ''}: {r['examples_per_s']:.0f} samples/s -> "
@@ -718,15 +712,37 @@ def run_stage(name: str, cpu: bool, work: Path) -> int:
         return 1
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_stage(proc: subprocess.Popen) -> None:
+    """Stop a stage that ran out of time: its process group and every process it started (torchrun
+    puts its workers in sessions of their own, out of the group's reach)."""
+    tree = _descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
 
 
 def _summary_entry(entry: dict) -> dict:
     return {k: entry[k] for k in ("status", "wall_s", "headline", "failed_checks", "missed_targets", "errors", "reason",
-                                  "call") if k in entry}
+                                  "call", "later_attempt") if k in entry}
 
 
 def drive(args) -> int:
@@ -753,7 +769,7 @@ def drive(args) -> int:
     if unknown:
         raise SystemExit(f"unknown stage(s) {unknown}; valid: {[s.name for s in STAGES]}")
     if args.only_missing:
-        done = {n for n, e in results.get("stages", {}).items() if e.get("status") in ("ok", "check_failed")}
+        done = {n for n, e in results.get("stages", {}).items() if e.get("status") in FINISHED}
         names = [n for n in names if n not in done]
     budget = args.budget_s or (1800 if cpu else 400)
     start = time.perf_counter()
@@ -780,8 +796,6 @@ def drive(args) -> int:
         left = budget - (time.perf_counter() - start) - RESERVE_S
         limit = min(stage.budget(cpu), left)
         if limit < min(stage.min_s, stage.budget(cpu)):
-            if results["stages"].get(name, {}).get("status") in ("ok", "check_failed"):
-                continue  # an earlier call's result stands
             entry = {"status": "skipped", "reason": f"{left:.0f} s left, needs {stage.min_s}"}
         else:
             log_file.write(f"\n===== stage {name} (limit {limit:.0f} s) =====\n")
@@ -793,7 +807,7 @@ def drive(args) -> int:
                 rc = proc.wait(timeout=limit)
                 timed_out = False
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
+                _kill_stage(proc)
                 rc, timed_out = proc.returncode, True
             wall = time.perf_counter() - t0
             sfile = work / "stages" / f"{name}.json"
@@ -809,29 +823,36 @@ def drive(args) -> int:
                     f.seek(log_pos)
                     entry["output_tail"] = f.read()[-1500:]
         entry["call"] = results["calls"][-1]
+        attempt, old = entry, results["stages"].get(name, {})
+        if old.get("status") in FINISHED and entry["status"] not in FINISHED:
+            # an earlier call's finished result is worth more than this attempt: keep it, note the attempt
+            old["later_attempt"] = {k: entry[k] for k in ("status", "wall_s", "call", "errors", "reason") if k in entry}
+            entry = old
         results["stages"][name] = entry
         summary["stages"][name] = _summary_entry(entry)
         results["elapsed_s"] = summary["elapsed_s"] = round(time.perf_counter() - start, 1)
         _write_json(work / "results.json", results)
         _write_json(out / "results.json", results)
         _write_json(out / "summary.json", summary)
-        line = f"[{name}] {entry['status']}"
-        if "wall_s" in entry:
-            line += f" in {entry['wall_s']:.0f} s"
-        if entry.get("failed_checks"):
-            line += f"; FAILED {entry['failed_checks']}"
-        if entry.get("missed_targets"):
-            line += f"; target missed {entry['missed_targets']}"
-        if entry.get("errors"):
-            line += f"; errors {json.dumps(entry['errors'])[:600]}"
-        if entry.get("reason"):
-            line += f" ({entry['reason']})"
-        partial = {k: round(v, 1) for k, v in entry.items() if k.startswith("partial_") and isinstance(v, (int, float))}
-        if entry["status"] == "timeout" and partial:
+        line = f"[{name}] {attempt['status']}"
+        if "wall_s" in attempt:
+            line += f" in {attempt['wall_s']:.0f} s"
+        if attempt.get("failed_checks"):
+            line += f"; FAILED {attempt['failed_checks']}"
+        if attempt.get("missed_targets"):
+            line += f"; target missed {attempt['missed_targets']}"
+        if attempt.get("errors"):
+            line += f"; errors {json.dumps(attempt['errors'])[:600]}"
+        if attempt.get("reason"):
+            line += f" ({attempt['reason']})"
+        partial = {k: round(v, 1) for k, v in attempt.items() if k.startswith("partial_") and isinstance(v, (int, float))}
+        if attempt["status"] == "timeout" and partial:
             line += f"; partial {partial}"
+        if entry is not attempt:
+            line += f"; the {entry['status']} result of call {entry.get('call')} is kept"
         say(line)
-        if entry.get("output_tail"):
-            say("    | " + entry["output_tail"][-1000:].replace("\n", "\n    | "))
+        if attempt.get("output_tail"):
+            say("    | " + attempt["output_tail"][-1000:].replace("\n", "\n    | "))
     say("\n===== summary (" + ("CPU, shortened" if cpu else "CUDA") + f", {results['elapsed_s']:.0f} s) =====")
     for name, entry in summary["stages"].items():
         say(f"{name:22s} {entry['status']:12s} {entry.get('wall_s', 0):6.0f} s")
