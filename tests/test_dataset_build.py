@@ -78,7 +78,7 @@ def test_bundled_arc_agi_1_both_sides_held_out(tmp_path):
         summary = _build(tmp_path, ["arc-agi-1:train"], ["arc-agi-1:eval"], num_aug=1)
     c = summary["counts"]
     # two ARC-AGI-1 train puzzles hold an eval test pair: 40853293 is eval 070dd51e verbatim,
-    # caa06a1f's third demo is eval 50a16a69's test pair under a variant
+    # caa06a1f's third demo is eval 50a16a69's test pair with its colours renamed
     assert {s["task_id"]: s["reason"].split(" = ")[1][:len("eval puzzle '070dd51e' test[0]")]
             for s in summary["skipped"]} == {"40853293": "eval puzzle '070dd51e' test[0]",
                                              "caa06a1f": "eval puzzle '50a16a69' test[0]"}
