@@ -27,8 +27,9 @@ drawn from the same families with independent random streams; ids differ (``t``/
 Held out means no eval test pair equals any train pair (demo or test) under any variant the
 builder trains on (flip/rotation x permutation of colours 1-9, dataset/twins.py): an eval puzzle
 with such a twin is redrawn. Only test pairs are checked: they are what is scored, while a demo
-is shown to the model at evaluation anyway (redrawing on demo twins too would drop a quarter of
-the small-grid `shift` puzzles from the held-out set, skewing it away from the train set).
+is shown to the model at evaluation anyway. (Redrawing on demo twins too would redraw 20-30% of
+the held-out `shift` puzzles at the benchmark's defaults instead of 5-10%, all with a small
+grid, skewing the held-out set away from the train set.)
 """
 from __future__ import annotations
 
