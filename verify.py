@@ -3,15 +3,20 @@
     python -m verify jobs-etrm-semi-final.txt [--steps 12] [--hidden 32]
 
 For each torchrun/python line that runs pretrain_etrm.py: compose the config exactly as that
-command would (same --config-name, same overrides), build the model with the job's encoder and
-halting settings at a reduced width, run a few training steps on CPU on a small random batch,
-and print a checklist. Exits non-zero if any check of any job fails.
+command would (same --config-name, same overrides), check what would stop it at launch (its
+datasets exist; its global batch divides over the GPUs the line asks for: --nproc-per-node x
+--nnodes), build the model with the job's encoder and halting settings at a reduced width, run
+a few training steps on CPU on a small random batch, and print a checklist. Exits non-zero if
+any check of any job fails. Relative data paths are resolved from the current directory, as the
+job itself would.
 
 To exercise the halting paths in a handful of steps, the Q head is re-initialised with random
 weights and zero bias and kept fixed, so q_halt is positive for about half the samples (at
 TRM's init, weights 0 and bias -5, a fresh model would only ever halt at halt_max_steps).
 """
 from __future__ import annotations
+
+import training.env_defaults  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch is imported)
 
 import argparse
 import shlex
@@ -23,6 +28,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dataset.loader import BUILD_HINT
 from dataset.random_batch import random_batch
 from models import load_model_class
 from training import build
@@ -54,7 +60,66 @@ def parse_job_line(line: str) -> tuple[str, list[str]]:
     return config_name, overrides
 
 
-def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int) -> list[tuple[str, bool, str]]:
+def _int_or_range(value: str, flag: str) -> list[int]:
+    """'4' -> [4]; an elastic range '1:3' -> [1, 2, 3]."""
+    try:
+        lo, _, hi = value.partition(":")
+        return list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} is not a number or a MIN:MAX range") from None
+
+
+def job_world_sizes(line: str) -> list[int]:
+    """Every world size (GPUs in all) the command can run with: --nproc-per-node x --nnodes for
+    torchrun (elastic --nnodes ranges give several), 1 for a plain python command."""
+    args = shlex.split(line)
+    entry = next(i for i, a in enumerate(args) if a.endswith(ENTRY))
+    launcher = args[:entry]
+    if not any(a.endswith("torchrun") or a == "torch.distributed.run" for a in launcher):
+        return [1]
+    values = {"--nproc-per-node": "1", "--nnodes": "1"}
+    i = 0
+    while i < len(launcher):
+        a = launcher[i]
+        flag, _, inline = a.replace("_", "-").partition("=")
+        if flag in values:
+            values[flag] = inline or launcher[i + 1]
+            i += 0 if inline else 1
+        i += 1
+    if not values["--nproc-per-node"].isdigit():
+        raise ValueError(f"--nproc-per-node {values['--nproc-per-node']!r}: give the GPU count as a number so the "
+                         f"batch split can be checked")
+    per_node = int(values["--nproc-per-node"])
+    return [per_node * n for n in _int_or_range(values["--nnodes"], "--nnodes")]
+
+
+def check_launch(cfg, world_sizes: list[int], check) -> None:
+    """What would stop the job at launch, before any GPU time: a missing dataset, or a global
+    batch that does not split evenly over the GPUs."""
+    spec = cfg.get("build_if_missing")
+    auto = Path(spec.output_dir).resolve() if spec and spec.get("output_dir") else None
+    for key, split in (("data_paths", "train"), ("data_paths_test", "eval")):
+        for path in cfg.get(key) or []:
+            p = Path(path)
+            if auto is not None and p.resolve() == auto:
+                check(f"dataset {path}", True, "built at launch when missing (build_if_missing)")
+            elif not (p / "metadata.json").is_file():
+                check(f"dataset {path}", False, f"missing; build it with: {BUILD_HINT.format(path=path)}")
+            else:
+                ok = (p / split / "arrays.npz").is_file() and (key == "data_paths_test" or (p / "eval" / "arrays.npz").is_file())
+                check(f"dataset {path}", ok, "present" if ok else f"has no '{split}' split; rebuild it with: "
+                      f"{BUILD_HINT.format(path=path)}")
+    gbs = int(cfg.global_batch_size)
+    eval_gbs = int(cfg.get("eval_global_batch_size") or gbs)
+    for world in world_sizes:
+        ok = gbs % world == 0 and eval_gbs % world == 0
+        check(f"global batch divides over {world} GPU(s)", ok,
+              f"global_batch_size={gbs}, eval_global_batch_size={eval_gbs}"
+              + ("" if ok else f": not divisible by {world}; pick a multiple of {world}"))
+
+
+def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
+               world_sizes: list[int] | None = None) -> list[tuple[str, bool, str]]:
     checks: list[tuple[str, bool, str]] = []
 
     def check(name: str, ok: bool, detail: str = "") -> bool:
@@ -68,6 +133,7 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int) 
         check("config composes", False, f"{type(e).__name__}: {e}")
         return checks
     check("config composes", True, f"{config_name} + {len(overrides)} overrides")
+    check_launch(cfg, world_sizes or [1], check)
     encoder_type = cfg.arch.encoder_type
     try:
         model_cls = load_model_class(cfg.arch.name)
@@ -141,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config_name, overrides = parse_job_line(line)
             run_name = next((o.split("=", 1)[1].strip('"') for o in overrides if o.lstrip("+").startswith("run_name=")), "?")
-            checks = verify_job(config_name, overrides, args.steps, args.hidden)
+            checks = verify_job(config_name, overrides, args.steps, args.hidden, job_world_sizes(line))
         except Exception as e:
             run_name, checks = "?", [("job line parses and runs", False, f"{type(e).__name__}: {e}")]
         print(f"\n{args.job_file}:{lineno}  {run_name}")

@@ -1,5 +1,5 @@
-"""Publish a directory all at once: write it under a temporary name beside its target, then
-rename it into place, so a reader never sees a half-written dataset."""
+"""Publish a directory or a file all at once: write it under a temporary name beside its target,
+then rename it into place, so a reader never sees a half-written dataset, evaluation or config."""
 from __future__ import annotations
 
 import os
@@ -37,3 +37,11 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         if old.exists() and not out.exists():
             os.rename(old, out)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file whole: to a temporary name beside it, then renamed over it."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

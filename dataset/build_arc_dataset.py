@@ -54,11 +54,14 @@ from .twins import find_twins
 from .variants import draw_variants, puzzle_rng
 
 FORMAT_VERSION = 1
+SKIPPED_EXAMPLES = 5  # skipped puzzles named per reason in the summary
 SPLITS = ("train", "eval")
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
+    # a bar only on a terminal: redirected to a file, tqdm's carriage returns become one long line
+    # of escape codes, and a build takes seconds, so the summary printed at the end is enough
+    if not enabled or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
@@ -258,7 +261,8 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
         "format_version": FORMAT_VERSION, "side": max_grid_size, "seq_len": max_grid_size * max_grid_size,
         "vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID,
         "max_demos": max_demos, "num_aug": num_aug, "seed": seed, "train_queries": train_queries,
-        "eval_twins": eval_twins, "translate": bool(translate), "sources": {"train": list(train_sources), "eval": list(eval_sources)},
+        "eval_twins": eval_twins, "translate": bool(translate),
+        "sources": {"train": list(train_sources), "eval": list(eval_sources)},
         "counts": counts, "skipped": skipped + invalid,
     }
 
@@ -289,17 +293,17 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {split:<6} {c['puzzles']:>8} {c['queries']:>8} {c['variants']:>10} {c['dropped_demos']:>14}")
     skipped = s["skipped"]
     lines.append(f"  skipped: {len(skipped)} puzzle(s)")
-    reasons: dict[str, int] = {}
+    by_reason: dict[str, list[dict]] = {}
     for r in skipped:
         kind = ("invalid task" if r["reason"].startswith("invalid") else
                 "eval twin" if r["reason"].startswith("eval twin") else "grid too large")
-        reasons[kind] = reasons.get(kind, 0) + 1
-    for kind, n in sorted(reasons.items()):
-        lines.append(f"    {kind}: {n}")
-    for r in skipped[:20]:
-        lines.append(f"    - [{r['side']}] {r['task_id']} ({r['file']}): {r['reason']}")
-    if len(skipped) > 20:
-        lines.append(f"    ... and {len(skipped) - 20} more (see metadata.json)")
+        by_reason.setdefault(kind, []).append(r)
+    for kind, records in sorted(by_reason.items()):  # a count and a few examples per reason, not a wall of ids
+        shown = ", ".join(f"{r['task_id']} ({r['side']})" for r in records[:SKIPPED_EXAMPLES])
+        more = f", +{len(records) - SKIPPED_EXAMPLES} more" if len(records) > SKIPPED_EXAMPLES else ""
+        lines.append(f"    {kind}: {len(records)}, e.g. {shown}{more}")
+    if skipped:
+        lines.append("    (every skipped puzzle and its reason: metadata.json, key 'skipped')")
     lines.append(f"  size on disk: {_human(s['bytes'])}; time: {s['seconds']:.1f} s")
     return "\n".join(lines)
 

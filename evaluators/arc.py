@@ -11,7 +11,10 @@ Metrics (denominators are the puzzles that appear in the predictions, never the 
   ARC/pass@k       per-test-input credit: a puzzle scores the fraction of its test inputs
                    whose right answer is within the top k; averaged over evaluated puzzles
   ARC/task_pass@k  a puzzle counts only when all its test inputs are right within top k
-  ARC/num_puzzles, ARC/num_test_inputs, ARC/num_samples, ARC/unparseable_frac, ARC/mean_steps
+  ARC/num_puzzles, ARC/num_test_inputs, ARC/num_samples, ARC/samples_per_test_input,
+  ARC/unparseable_frac, ARC/mean_steps
+  pass@k for k above the number of samples per test input (and above submission_k) is not
+  reported: it could only repeat pass@(samples).
 
 The heavy work is vectorised: crops are computed per batch in ``update`` and stored as one
 flat byte buffer; ``result`` undoes the variants per (height, width, dihedral) group with a
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from dataset.augment import DIHEDRAL_INVERSE, dihedral
+from dataset.atomic import atomic_write_text
 from dataset.grids import COLOUR_OFFSET, crop_sizes
 
 log = logging.getLogger(__name__)
@@ -72,18 +76,8 @@ def _grid_list(grid: np.ndarray | None) -> list[list[int]]:
     return np.asarray(grid).astype(int).tolist()
 
 
-def _atomic_write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _write_json(path: str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj))
 
 
 def _concat_chunks(chunks: list[dict]) -> dict[str, np.ndarray]:
@@ -162,7 +156,9 @@ class ARC:
         return data
 
     # ---------------------------------------------------------------- result
-    def result(self, run_dir: str | None, step: int) -> dict | None:
+    def result(self, out_dir: str | os.PathLike | None, step: int) -> dict | None:
+        """Collective. Rank 0 gets the metrics and, when `out_dir` is given, writes submission.json,
+        solutions.json, metrics.json and report.html into that (existing) folder."""
         local = self.local_data()
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -177,18 +173,17 @@ class ARC:
 
         scored = self.score(data)
         metrics = scored["metrics"]
-        if run_dir is not None:
-            out_dir = os.path.join(run_dir, "eval", f"step_{step}")
-            os.makedirs(out_dir, exist_ok=True)
-            _atomic_write_json(os.path.join(out_dir, "submission.json"), scored["submission"])
-            _atomic_write_json(os.path.join(out_dir, "solutions.json"), scored["solutions"])
-            _atomic_write_json(os.path.join(out_dir, "metrics.json"), {"step": step, **metrics})
+        if out_dir is not None:
+            _write_json(os.path.join(out_dir, "submission.json"), scored["submission"])
+            _write_json(os.path.join(out_dir, "solutions.json"), scored["solutions"])
+            _write_json(os.path.join(out_dir, "metrics.json"), {"step": step, **metrics})
             if self.report_puzzles > 0:
                 from evaluators import report
 
                 entries = self._report_entries(scored)
-                html = report.render_html(entries, title=f"ARC eval, step {step}", metrics=metrics)
-                _atomic_write_text(os.path.join(out_dir, "report.html"), html)
+                html = report.render_html(entries, title=f"ARC eval, step {step}", metrics=metrics,
+                                          num_puzzles=len(scored["eval_puzzles"]))
+                atomic_write_text(os.path.join(out_dir, "report.html"), html)
                 if self.wandb_log:
                     report.log_wandb(entries, step)
         return metrics
@@ -211,7 +206,8 @@ class ARC:
         variant = data["variant"][order].astype(np.int64)
         query = data["query"][order].astype(np.int64)
         h, w, start = h_all[order], w_all[order], start_all[order]
-        conf = _sigmoid(data["q"][order])
+        q_logit = data["q"][order].astype(np.float64)
+        conf = _sigmoid(q_logit)
         cells = data["cells"]
 
         puzzle = self._query_puzzle[query]
@@ -261,7 +257,7 @@ class ARC:
                 buckets[gather.shape].append((sel, flat[:, gather.ravel()]))
 
         # ---- vote: identical (test input, answer) rows, per answer shape
-        cand_t, cand_count, cand_conf, cand_grid, cand_correct = [], [], [], [], []
+        cand_t, cand_count, cand_conf, cand_q, cand_grid, cand_correct = [], [], [], [], [], []
         for (gh, gw), parts in sorted(buckets.items()):
             sel = np.concatenate([s for s, _ in parts])
             grids = np.concatenate([g for _, g in parts]).astype(np.uint8)
@@ -271,6 +267,7 @@ class ARC:
             _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
             counts = np.bincount(inv)
             conf_sum = np.bincount(inv, weights=conf[sel])
+            q_sum = np.bincount(inv, weights=q_logit[sel])
             ut = t[first]
             ugrids = grids[first]
             correct = np.zeros(len(first), dtype=bool)
@@ -281,17 +278,20 @@ class ARC:
             cand_t.append(ut)
             cand_count.append(counts)
             cand_conf.append(conf_sum / counts)
+            cand_q.append(q_sum / counts)
             cand_grid.extend(g.reshape(gh, gw) for g in ugrids)
             cand_correct.append(correct)
         if cand_t:
             c_t = np.concatenate(cand_t)
             c_count = np.concatenate(cand_count)
             c_conf = np.concatenate(cand_conf)
+            c_q = np.concatenate(cand_q)
             c_correct = np.concatenate(cand_correct)
         else:
             c_t = np.zeros(0, np.int64)
             c_count = np.zeros(0, np.int64)
             c_conf = np.zeros(0)
+            c_q = np.zeros(0)
             c_correct = np.zeros(0, bool)
         # rank within each test input: more votes first, then higher mean confidence; the
         # remaining ties keep the (deterministic) order of the candidate list
@@ -308,8 +308,8 @@ class ARC:
         # ranked answers per test input
         answers: list[list[dict]] = [[] for _ in range(num_tests)]
         for c in ranked.tolist():
-            answers[int(c_t[c])].append({"grid": cand_grid[c], "votes": int(c_count[c]),
-                                         "confidence": float(c_conf[c]), "correct": bool(c_correct[c])})
+            answers[int(c_t[c])].append({"grid": cand_grid[c], "votes": int(c_count[c]), "confidence": float(c_conf[c]),
+                                         "q_halt": float(c_q[c]), "correct": bool(c_correct[c])})
 
         # ---- metrics over evaluated (and labelled) puzzles
         puzzle_tests: dict[int, list[int]] = defaultdict(list)
@@ -317,7 +317,12 @@ class ARC:
             puzzle_tests[p].append(t_id)
         scored_puzzles = [p for p in eval_puzzles.tolist() if all(truths[t] is not None for t in puzzle_tests[p])]
         metrics: dict[str, float] = {}
-        for k in self.pass_ks:
+        # pass@k needs up to k distinct answers per test input: with fewer samples (variants) per input
+        # than k it equals pass@(samples) and would read as a measurement it is not, so it is left out.
+        # k up to the submission's attempts (pass@2, the ARC Prize score) is always reported.
+        samples_per_test = np.bincount(tid, minlength=num_tests) if num_tests else np.zeros(0, np.int64)
+        max_samples = int(samples_per_test.max()) if samples_per_test.size else 0
+        for k in (k for k in self.pass_ks if k <= max(max_samples, self.submission_k)):
             per_test, per_task = [], []
             for p in scored_puzzles:
                 ok = correct_rank[puzzle_tests[p]] < k
@@ -328,6 +333,7 @@ class ARC:
         metrics["ARC/num_puzzles"] = len(scored_puzzles)
         metrics["ARC/num_test_inputs"] = int(sum(len(puzzle_tests[p]) for p in scored_puzzles))
         metrics["ARC/num_samples"] = n
+        metrics["ARC/samples_per_test_input"] = float(samples_per_test.mean()) if samples_per_test.size else 0.0
         metrics["ARC/unparseable_frac"] = float(1.0 - parse.mean()) if n else 0.0
         if data["steps"].size:
             metrics["ARC/mean_steps"] = float(data["steps"].mean())
@@ -369,6 +375,7 @@ class ARC:
                     "input": np.asarray(self._test_pairs(p)[i][0], dtype=np.uint8),
                     "truth": scored["truths"][t_id],
                     "answers": scored["answers"][t_id][:max(2, k)],
+                    "samples": sum(a["votes"] for a in scored["answers"][t_id]),
                     "correct": bool(scored["correct_rank"][t_id] < k),
                 })
             entries.append({

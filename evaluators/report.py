@@ -105,10 +105,20 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-
 """
 
 
-def render_html(entries: list[dict], title: str = "ARC eval", metrics: dict | None = None) -> str:
-    """Static HTML page for report entries built by ``ARC._report_entries``."""
+def render_html(entries: list[dict], title: str = "ARC eval", metrics: dict | None = None,
+                num_puzzles: int | None = None) -> str:
+    """Static HTML page for report entries built by ``ARC._report_entries``; `num_puzzles` is how
+    many were evaluated (the page shows a sample of them and says so)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    total = len(entries) if num_puzzles is None else int(num_puzzles)
+    parts.append(f"<p>Showing {len(entries)} of {total} evaluated puzzles"
+                 + (" (a fixed random sample; every puzzle's answers are in submission.json)" if len(entries) < total
+                    else "")
+                 + ". Answers are ranked by votes over the augmented variants, ties by the voters' mean "
+                   "sigmoid(q_halt); each caption gives the votes, their share of the test input's samples and "
+                   "the voters' mean q_halt logit (the Q head's halting score: above 0 means it judged the answer "
+                   "right).</p>")
     if metrics:
         parts.append("<table><tr><th>metric</th><th>value</th></tr>")
         for k, v in metrics.items():
@@ -131,8 +141,9 @@ def render_html(entries: list[dict], title: str = "ARC eval", metrics: dict | No
                 parts.append(_img(None, "no parseable answer"))
             for a, ans in enumerate(t["answers"][:2]):
                 tick = " ✓" if ans["correct"] else ""
-                parts.append(_img(ans["grid"], f"answer {a + 1}: {ans['votes']} votes, "
-                                               f"conf {ans['confidence']:.2f}{tick}"))
+                share = f"/{t['samples']} ({100.0 * ans['votes'] / t['samples']:.0f}%)" if t.get("samples") else ""
+                q_text = f", q_halt {ans['q_halt']:+.2f}" if "q_halt" in ans else ""
+                parts.append(_img(ans["grid"], f"answer {a + 1}: {ans['votes']}{share} votes{q_text}{tick}"))
             parts.append(_img(t["truth"], "truth"))
             parts.append("</div>")
         parts.append("</section>")

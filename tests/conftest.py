@@ -1,6 +1,8 @@
 """Shared pytest fixtures. Keep this small: fixtures for one area belong in its test files."""
 from __future__ import annotations
 
+import training.env_defaults  # noqa: F401  (first: OMP_WAIT_POLICY=PASSIVE before torch loads, here and in subprocesses)
+
 import json
 from pathlib import Path
 

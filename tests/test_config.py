@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import verify
-from training import build
+from training import build, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs-etrm-semi-final.txt"
@@ -39,8 +39,8 @@ def test_every_job_line_composes_with_its_settings(line):
     assert cfg.arch.halt_exploration_prob == float(job["arch.halt_exploration_prob"])
     assert cfg.arch.halt_max_steps == 16 and cfg.epochs == 1000 and cfg.eval_interval == 200
     assert cfg.global_batch_size == int(job["global_batch_size"])
-    _, run_name, run_dir = build.run_identity(cfg, overrides)
-    assert run_dir == Path("runs") / "etrm-semi-final" / run_name
+    _, run_name, run_dir = run_identity.run_identity(cfg, config_name)
+    assert run_dir == Path("runs") / "etrm-semi-final" / run_name == Path("runs") / "etrm-semi-final" / job["run_name"]
 
 
 def test_base_config_matches_the_documented_defaults():
@@ -55,12 +55,35 @@ def test_base_config_matches_the_documented_defaults():
     assert (arch.encoder_type, arch.loss.loss_type, arch.loss.kl_weight) == ("standard", "stablemax_cross_entropy", 1e-4)
 
 
-def test_default_run_identity_is_deterministic_and_override_dependent():
-    cfg = compose_cfg("cfg_pretrain_etrm_tiny", [])
-    a = build.run_identity(cfg, ["lr=1e-3"])
-    assert a == build.run_identity(cfg, ["lr=1e-3"])
-    assert a[2] != build.run_identity(cfg, ["lr=2e-3"])[2]
-    assert a[0] == "etrm" and a[2].parts[:2] == ("runs", "etrm")
+def test_default_run_identity_covers_the_config_name_and_the_resolved_config():
+    """Without +run_name the run dir is named from a hash of the config name and the resolved config,
+    so an edited YAML value (not only a command-line override) or another config starts a new run."""
+    tiny = compose_cfg("cfg_pretrain_etrm_tiny", [])
+    a = run_identity.run_identity(tiny, "cfg_pretrain_etrm_tiny")
+    assert a == run_identity.run_identity(compose_cfg("cfg_pretrain_etrm_tiny", []), "cfg_pretrain_etrm_tiny")
+    assert a[0] == "etrm" and a[2].parts[:2] == ("runs", "etrm") and a[1].startswith("standard-")
+    edited = compose_cfg("cfg_pretrain_etrm_tiny", [])
+    edited.lr = 2e-3  # as if the YAML had been edited: no override names it
+    assert run_identity.run_identity(edited, "cfg_pretrain_etrm_tiny")[2] != a[2]
+    full = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["data_paths=[data/arc1-tiny-encoder-aug-8]"])
+    assert run_identity.run_identity(full, "cfg_pretrain_etrm_arc_agi_1")[2] != a[2]
+    # keys that may change on a resume keep the run (and its checkpoints)
+    longer = compose_cfg("cfg_pretrain_etrm_tiny", ["epochs=600", "max_eval_groups=8", "wandb_mode=offline"])
+    assert run_identity.run_identity(longer, "cfg_pretrain_etrm_tiny") == a
+
+
+def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path):
+    old = compose_cfg("cfg_pretrain_etrm_tiny", [])
+    ckpt = tmp_path / "step_5"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(old, resolve=True))
+    same_but_longer = compose_cfg("cfg_pretrain_etrm_tiny", ["epochs=100", "eval_interval=10"])
+    assert run_identity.check_resume_compatible(same_but_longer, ckpt) == []
+    changed = compose_cfg("cfg_pretrain_etrm_tiny", ["lr=2e-3", "arch.hidden_size=32"])
+    with pytest.raises(ValueError, match=r"arch\.hidden_size: 64 -> 32; lr: 0\.001 -> 0\.002(.|\n)*allow_config_change"):
+        run_identity.check_resume_compatible(changed, ckpt)
+    allowed = compose_cfg("cfg_pretrain_etrm_tiny", ["lr=2e-3", "allow_config_change=true"])
+    assert run_identity.check_resume_compatible(allowed, ckpt) == [("lr", 0.001, 0.002)]
 
 
 def test_tiny_config_is_the_same_tree_shrunk():
@@ -100,3 +123,20 @@ def test_a_model_built_for_another_canvas_says_so():
     split = type("Split", (), {"seq_len": 100, "vocab_size": 12, "side": 10})()
     with pytest.raises(ValueError, match="grid size"):
         build.check_data_fits({"seq_len": 900, "vocab_size": 12}, split, "checkpoint x")
+
+
+def test_only_the_configs_own_dataset_is_ever_built(tmp_path, monkeypatch):
+    """A mistyped data path used to be built (as the tiny ARC dataset) and trained on."""
+    built = []
+    monkeypatch.setattr(build.subprocess, "run", lambda cmd, **kw: built.append(cmd) or type("P", (), {"returncode": 0}))
+    default = tmp_path / "tiny-default"
+    spec = [f"build_if_missing.output_dir={default}", f"data_paths=[{default}]"]
+    build.ensure_dataset(compose_cfg("cfg_pretrain_etrm_tiny", spec), is_main=True)
+    assert len(built) == 1 and built[0][built[0].index("--output-dir") + 1] == str(default)
+    typo = tmp_path / "tiny-defualt"
+    with pytest.raises(FileNotFoundError, match=r"data_paths: dataset directory .*tiny-defualt does not exist(.|\n)*"
+                                                r"dataset\.build_arc_dataset(.|\n)*built automatically"):
+        build.ensure_dataset(compose_cfg("cfg_pretrain_etrm_tiny", spec[:1] + [f"data_paths=[{typo}]"]), is_main=True)
+    with pytest.raises(FileNotFoundError, match="data_paths_test"):
+        build.ensure_dataset(compose_cfg("cfg_pretrain_etrm_tiny", spec + [f"data_paths_test=[{typo}]"]), is_main=True)
+    assert len(built) == 1 and not typo.exists()

@@ -253,3 +253,18 @@ def test_variants_deterministic_and_identity_first(tmp_path, small_dirs):
         assert stop - start == 21
         assert a.variants[start].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
         assert (a.variant_puzzle[start:stop] == p).all()
+
+
+def test_the_build_summary_counts_skipped_puzzles_instead_of_listing_them():
+    from dataset.build_arc_dataset import SKIPPED_EXAMPLES, format_summary
+
+    skipped = [{"side": "train", "source": "s", "file": f"f{i}", "task_id": f"t{i:03d}",
+                "reason": "grid larger than --max-grid-size 10"} for i in range(40)]
+    skipped += [{"side": "eval", "source": "s", "file": "g", "task_id": "bad", "reason": "invalid task: no test"}]
+    counts = {s: {"puzzles": 1, "queries": 1, "variants": 1, "dropped_demos": 0} for s in ("train", "eval")}
+    text = format_summary({"output_dir": "out", "counts": counts, "skipped": skipped, "bytes": 10, "seconds": 0.1})
+    lines = text.splitlines()
+    assert len(lines) <= 9
+    too_large = next(line for line in lines if "grid too large" in line)
+    assert "grid too large: 40, e.g. t000 (train)" in too_large and f"+{40 - SKIPPED_EXAMPLES} more" in too_large
+    assert too_large.count("(train)") == SKIPPED_EXAMPLES and "invalid task: 1, e.g. bad (eval)" in text

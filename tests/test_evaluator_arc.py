@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import socket
 import sys
@@ -134,12 +135,21 @@ def batches(split, samples, batch_size=5, pad_with=None, rng_seed=0):
         yield batch, outputs
 
 
+def eval_dir(run_dir, step) -> str | None:
+    """The folder the trainer gives the evaluator for a run's evaluation at `step`."""
+    if run_dir is None:
+        return None
+    out = os.path.join(run_dir, "eval", f"step_{step}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 def run_eval(split, samples, run_dir=None, step=0, batch_size=5, pad_with=None, **kw):
     ev = ARC(split, **kw)
     ev.begin()
     for b, o in batches(split, samples, batch_size, pad_with):
         ev.update(b, o)
-    return ev, ev.result(run_dir, step)
+    return ev, ev.result(eval_dir(run_dir, step), step)
 
 
 def all_correct_samples(split, puzzles_subset=None, q_halt=0.0):
@@ -274,11 +284,13 @@ def hand_case():
 def test_pass_at_k_hand_computed_subset_of_puzzles(tmp_path):
     split, build = hand_case()
     # only puzzles 0 and 1 evaluated (like max_eval_groups): denominators are 2 puzzles
-    _, m = run_eval(split, build([0, 1]), run_dir=str(tmp_path), pass_ks=(1, 2, 10))
+    _, m = run_eval(split, build([0, 1]), run_dir=str(tmp_path), pass_ks=(1, 2, 5, 10))
     assert m["ARC/num_puzzles"] == 2 and m["ARC/num_test_inputs"] == 3
     assert m["ARC/pass@1"] == pytest.approx((0.5 + 0.0) / 2)
     assert m["ARC/pass@2"] == pytest.approx((0.5 + 1.0) / 2)
-    assert m["ARC/pass@10"] == pytest.approx(0.75)
+    assert m["ARC/pass@5"] == pytest.approx(0.75)
+    # 5 samples per test input: pass@10 could only repeat pass@5, so it is not reported
+    assert m["ARC/samples_per_test_input"] == 5 and "ARC/pass@10" not in m and "ARC/task_pass@10" not in m
     assert m["ARC/task_pass@1"] == 0.0
     assert m["ARC/task_pass@2"] == pytest.approx(0.5)
     # all three puzzles: puzzle 2 is right at rank 0
@@ -308,6 +320,11 @@ def test_submission_scores_same_as_reported(tmp_path, capsys):
     assert saved["step"] == 3 and saved["ARC/pass@2"] == pytest.approx(m["ARC/pass@2"])
     html = (d / "report.html").read_text()
     assert html.count("<section>") == 2 and "data:image/png;base64," in html
+    # the page says it is a sample, and captions carry information (not "conf 0.00" everywhere)
+    assert "Showing 2 of 3 evaluated puzzles" in html
+    captions = re.findall(r"answer \d: (\d+)/(\d+) \((\d+)%\) votes, q_halt ([+-]\d\.\d\d)", html)
+    assert captions and all(t == "5" and round(100 * int(v) / 5) == int(pct) for v, t, pct, _ in captions)
+    assert {q for *_, q in captions} <= {"+1.00", "+0.00"}
 
 
 def test_padding_ignored_and_unparseable_wrong():
@@ -364,7 +381,7 @@ def test_empty_eval_and_begin_resets(tmp_path):
     ev, m = run_eval(split, all_correct_samples(split))
     assert m["ARC/pass@1"] == 1.0
     ev.begin()
-    m2 = ev.result(str(tmp_path), 0)
+    m2 = ev.result(eval_dir(str(tmp_path), 0), 0)
     assert m2["ARC/num_puzzles"] == 0 and m2["ARC/pass@1"] == 0.0
     assert json.loads((tmp_path / "eval" / "step_0" / "submission.json").read_text()) == {}
 
@@ -467,7 +484,7 @@ def _gather_worker(rank, world, port, out_dir):
         for n, (b, o) in enumerate(batches(split, samples, batch_size=4)):
             if n % world == rank:  # interleaved shards, like a distributed sampler
                 ev.update(b, o)
-        m = ev.result(os.path.join(out_dir, "dist"), 1)
+        m = ev.result(eval_dir(os.path.join(out_dir, "dist"), 1) if rank == 0 else None, 1)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(m, f)
     finally:

@@ -299,11 +299,39 @@ def test_evaluate_checkpoint_reproduces_the_training_eval(tiny_data, tmp_path):
     again = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", f"run_dir={tmp_path / 'eval_again'}"]))
     assert {k: v for k, v in again.items() if k.startswith("ARC/")} == \
         {k: v for k, v in trained.items() if k.startswith("ARC/")}
-    assert (tmp_path / "eval_again" / "eval" / "step_4" / "submission.json").is_file()
+    out = Path(again["eval_dir"])
+    assert out.parent == tmp_path / "eval_again" / "eval" and out.name.startswith("step_4-ema-")
+    assert (out / "submission.json").is_file()
     # eval overrides apply: fewer puzzles, Q-head halting reports its mean steps
     fewer = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=2", "eval_halting=q",
                                               f"run_dir={tmp_path / 'eval_q'}"]))
     assert fewer["ARC/num_puzzles"] <= 2 and 1 <= fewer["ARC/mean_steps"] <= 3
+
+
+def test_an_evaluation_never_overwrites_another_evaluations_outputs(tiny_data, tmp_path):
+    """README's own example (`evaluate_etrm.py checkpoint=... max_eval_groups=32 eval_halting=q`) used to
+    replace the training run's eval/step_N/ with a smaller result."""
+    from training.evaluate import evaluate_checkpoint
+
+    run_dir = tmp_path / "run"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=2)))
+    ckpt, own = run_dir / "checkpoints" / "step_2", run_dir / "eval" / "step_2"
+    before = {p.name: p.read_bytes() for p in own.iterdir()}
+    a = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=2", "eval_halting=q"]))
+    b = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=3"]))
+    c = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=3", "weights=model"]))
+    folders = {Path(r["eval_dir"]) for r in (a, b, c)}
+    assert len(folders) == 3 and all(f.parent == run_dir / "eval" for f in folders)
+    assert {p.name: p.read_bytes() for p in own.iterdir()} == before  # the training run's eval untouched
+    for f, r in ((Path(a["eval_dir"]), a), (Path(b["eval_dir"]), b)):
+        record = json.loads((f / "settings.json").read_text())
+        assert record["settings"]["max_eval_groups"] == r["ARC/num_puzzles"] and record["step"] == 2
+    assert Path(a["eval_dir"]).name.startswith("step_2-ema-g2-halt-q-")
+    # the identical evaluation again: same folder, replaced whole (no leftover from the earlier run)
+    (Path(b["eval_dir"]) / "stale.txt").write_text("from an earlier run")
+    b2 = evaluate_checkpoint(compose_eval([f"checkpoint={ckpt}", "max_eval_groups=3"]))
+    assert b2["eval_dir"] == b["eval_dir"] and not (Path(b["eval_dir"]) / "stale.txt").exists()
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == sorted(["step_2", *(f.name for f in folders)])
 
 
 def test_evaluate_rejects_missing_or_incomplete_checkpoints(tiny_data, tmp_path):
@@ -339,3 +367,20 @@ def test_collapse_warning_fires_for_a_constant_context_only(tiny_data, tmp_path,
     records = [r for r in read_metrics(healthy) if "train/lr" in r]
     assert all(r["train/encoder_collapse_warning"] == 0 for r in records)
     assert min(r["train/encoder_cross_sample_var"] for r in records) > 0.01
+
+
+def test_a_changed_config_never_resumes_silently_nor_rewrites_config_yaml(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=2)))
+    saved = (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match=r"refusing to resume .*step_2.*lr: 0\.001 -> 0\.002"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=4, lr=2e-3)))
+    assert (run_dir / "config.yaml").read_bytes() == saved
+    assert checkpoint.latest_checkpoint(run_dir).name == "step_2"  # nothing was trained
+    # keys that may change on a resume (here: how long to train) resume as before
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=3)))
+    assert checkpoint.latest_checkpoint(run_dir).name == "step_3" and (run_dir / "config.yaml").read_bytes() == saved
+    # an explicit flag allows the change; config.yaml stays what the checkpoints were trained with
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=4, lr=2e-3, allow_config_change="true")))
+    assert checkpoint.latest_checkpoint(run_dir).name == "step_4" and (run_dir / "config.yaml").read_bytes() == saved
+    assert "lr: 0.002" in (run_dir / "config.resumed-step_3.yaml").read_text()

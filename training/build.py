@@ -1,10 +1,10 @@
 """Everything the trainer and the evaluation entry resolve from the config before any real work:
-run identity, data (built when the config says how), model, loss head and evaluators.
+data (checked, and the config's own default dataset built when missing), model, loss head and
+evaluators. (The run's identity: training/run_identity.py.)
 
 Each check here fails fast with the key, value or path at fault."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dataset import load_split
+from dataset.loader import BUILD_HINT
 from evaluators import load_evaluator_class
 from models import load_loss_class, load_model_class
 
@@ -22,22 +23,10 @@ log = logging.getLogger("etrm")
 DATA_DERIVED_KEYS = ("seq_len", "vocab_size", "max_demos", "batch_size")
 
 
-def run_identity(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[str, str, Path]:
-    """(project_name, run_name, run_dir). Deterministic: every rank and every restart of the
-    same command agree on it, so a restarted job finds its own checkpoints."""
-    project = cfg.get("project_name") or "etrm"
-    name = cfg.get("run_name")
-    if not name:
-        relevant = sorted(o for o in (overrides or []) if not o.lstrip("+").startswith(("run_dir", "project_name")))
-        digest = hashlib.sha1("\n".join(relevant).encode()).hexdigest()[:8]
-        name = f"{cfg.arch.encoder_type}-{digest}"
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else Path("runs") / project / name
-    return project, name, run_dir
-
-
-def build_command(output_dir: str, spec: DictConfig | dict) -> list[str]:
+def build_command(spec: DictConfig | dict) -> list[str]:
+    """The builder command line of a `build_if_missing` spec (its output_dir included)."""
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-    cmd = [sys.executable, "-m", "dataset.build_arc_dataset", "--output-dir", output_dir]
+    cmd = [sys.executable, "-m", "dataset.build_arc_dataset"]
     for key, value in spec.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, (list, tuple)):
@@ -49,14 +38,52 @@ def build_command(output_dir: str, spec: DictConfig | dict) -> list[str]:
     return cmd
 
 
+def _same_path(a, b) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_data_paths(cfg: DictConfig) -> None:
+    """Every dataset the config names must exist, except the config's own default dataset, which
+    `ensure_dataset` builds at its own default path (`build_if_missing.output_dir`). A path the user
+    gave that does not exist is an error naming it and the build command, before any work: it is
+    never built, so a typo cannot train on freshly built data of the wrong kind."""
+    spec = cfg.get("build_if_missing")
+    auto = spec.get("output_dir") if spec else None
+    for key in ("data_paths", "data_paths_test"):
+        for path in cfg.get(key) or []:
+            if Path(path).exists() or (auto and _same_path(path, auto)):
+                continue
+            hint = BUILD_HINT.format(path=path)
+            if auto:
+                hint += (f"; or leave {key} at the config's default ({auto}), which is built automatically "
+                         f"when missing")
+            raise FileNotFoundError(f"{key}: dataset directory {path} does not exist. Build it with: {hint}")
+
+
 def ensure_dataset(cfg: DictConfig, is_main: bool) -> None:
-    """Build data_paths[0] from `build_if_missing` when it is absent (rank 0 only; call barrier after)."""
-    path = Path(cfg.data_paths[0])
-    if path.exists() or not cfg.get("build_if_missing") or not is_main:
+    """Build the config's own default dataset (`build_if_missing`, at its `output_dir`) when it is
+    absent (rank 0 only; call barrier after). Any other missing path is an error (check_data_paths)."""
+    check_data_paths(cfg)
+    spec = cfg.get("build_if_missing")
+    if not spec or not is_main:
         return
-    cmd = build_command(str(path), cfg.build_if_missing)
+    path = Path(spec.output_dir)
+    if path.exists() or not any(_same_path(p, path) for p in cfg.data_paths):
+        return
+    cmd = build_command(spec)
     log.info("dataset %s is missing: building it first (%s)", path, " ".join(cmd[1:]))
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError(f"building the dataset {path} failed (the builder's message is above): {' '.join(cmd[1:])}")
+
+
+# Config keys that change what an evaluation computes (its output folder and settings.json record them).
+EVAL_SETTING_KEYS = ("max_eval_groups", "max_eval_variants", "max_demos", "eval_halting", "evaluators", "tta")
+
+
+def eval_settings(cfg: DictConfig, weights: str) -> dict:
+    """What an evaluation of `cfg` computes: weights, eval data and every EVAL_SETTING_KEYS value."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {"weights": weights, "data_paths": eval_paths(cfg), **{k: resolved.get(k) for k in EVAL_SETTING_KEYS}}
 
 
 def eval_paths(cfg: DictConfig) -> list[str]:

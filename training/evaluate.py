@@ -1,6 +1,12 @@
-"""Evaluate a checkpoint folder with the config it was trained with, plus eval overrides."""
+"""Evaluate a checkpoint folder with the config it was trained with, plus eval overrides.
+
+Outputs go to a folder of their own under `<run_dir>/eval/` (run_dir: the checkpoint's run, or
+`run_dir=`), named from the evaluation's settings: `step_N-<what differs>-<hash of all settings>`.
+So an evaluation never overwrites the training run's `eval/step_N/` nor another evaluation with
+other settings; re-running the identical evaluation replaces its own folder, whole."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +22,21 @@ from training.trainer import run_evaluation
 log = logging.getLogger("etrm")
 OVERRIDABLE = ("data_paths", "data_paths_test", "max_eval_groups", "max_eval_variants", "eval_global_batch_size",
                "eval_halting", "device")
+# short readable tags for the folder name (the hash covers everything else)
+_NAME_TAGS = (("max_eval_groups", "g{}"), ("max_eval_variants", "v{}"), ("eval_halting", "halt-{}"))
+
+
+def eval_folder_name(step: int, settings: dict, checkpoint_path: str | Path, overridden: dict) -> str:
+    """`step_N-<weights>[-g32][-v8][-halt-q][-tta-<mode>]-<hash8>`; the hash covers the checkpoint
+    and every setting, so two evaluations share a folder only when they compute the same thing."""
+    tags = [str(settings.get("weights", "ema"))]
+    tags += [fmt.format(overridden[k]) for k, fmt in _NAME_TAGS if overridden.get(k) is not None]
+    tta = settings.get("tta") or {}
+    if isinstance(tta, dict) and tta.get("mode") not in (None, "none"):
+        tags.append(f"tta-{tta['mode']}")
+    blob = json.dumps({"checkpoint": str(Path(checkpoint_path).resolve()), "settings": settings},
+                      sort_keys=True, default=str)
+    return "-".join([f"step_{step}", *tags, hashlib.sha1(blob.encode()).hexdigest()[:8]])
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -30,18 +51,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         if cfg.weights not in ("ema", "model"):
             raise ValueError(f"weights must be ema or model, got {cfg.weights!r}")
         train_cfg = OmegaConf.load(path / "config.yaml")
-        for key in OVERRIDABLE:
-            if cfg.get(key) is not None:
-                OmegaConf.update(train_cfg, key, cfg[key], force_add=True)
+        overridden = {key: cfg[key] for key in OVERRIDABLE if cfg.get(key) is not None}
+        for key, value in overridden.items():
+            OmegaConf.update(train_cfg, key, value, force_add=True)
+        build.check_data_paths(OmegaConf.merge(train_cfg, {"build_if_missing": None}))
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["step"])
+        weights_file = path / ("ema.pt" if cfg.weights == "ema" and (path / "ema.pt").exists() else "model.pt")
+        settings = build.eval_settings(train_cfg, weights=weights_file.stem)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else path.parent.parent
+        out_dir = run_dir / "eval" / eval_folder_name(step, settings, path, overridden)
 
         eval_split = build.load_eval_split(train_cfg)  # the train split is not needed
         kwargs = dict(saved["model_kwargs"], eval_halting=train_cfg.get("eval_halting", "max"))
         build.check_data_fits(kwargs, eval_split, f"checkpoint {path}")
         model, head = build.build_model(train_cfg, kwargs)
-        weights_file = path / ("ema.pt" if cfg.weights == "ema" and (path / "ema.pt").exists() else "model.pt")
         missing, unexpected = model.load_state_dict(torch.load(weights_file, map_location="cpu"), strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights_file} does not match the model built from {path / 'config.yaml'}: "
@@ -56,10 +80,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                             max_demos=train_cfg.get("max_demos"))
         evaluators = build.build_evaluators(train_cfg, eval_split, wandb_log=False)
         log.info("evaluating %s (%s weights) on %d samples", path, weights_file.stem, loader.num_samples)
-        results = run_evaluation(head, loader, evaluators, dist_info, train_cfg.arch.forward_dtype, run_dir, step)
+        results = run_evaluation(head, loader, evaluators, dist_info, train_cfg.arch.forward_dtype, out_dir, step,
+                                 settings={**settings, "checkpoint": str(path)})
         if dist_info.is_main:
             print(json.dumps(results, indent=1))
-            log.info("outputs in %s", run_dir / "eval" / f"step_{step}")
+            log.info("outputs in %s", out_dir)
+        results["eval_dir"] = str(out_dir)
         return results
     finally:
         shutdown()

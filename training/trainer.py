@@ -6,8 +6,10 @@ checkpoints at their intervals, and a final evaluation + checkpoint.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -17,13 +19,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
-
 from dataset import EvalLoader, TrainLoader
-from training import build, checkpoint
+from dataset.atomic import atomic_directory, atomic_write_text
+from training import build, checkpoint, run_identity
 from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, lr_at
+from training.progress import Progress
 
 log = logging.getLogger("etrm")
 
@@ -98,9 +100,13 @@ def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
-                   run_dir: Path, step: int, show_progress: bool = True) -> dict[str, float]:
+                   out_dir: Path | None, step: int, settings: dict | None = None,
+                   show_progress: bool = True) -> dict[str, float]:
     """Run every eval batch to halting (halt_max_steps, or the Q head with eval_halting=q),
-    feed the halting step's predictions to the evaluators, and return their metrics (rank 0)."""
+    feed the halting step's predictions to the evaluators, and return their metrics (rank 0).
+    Rank 0 writes the evaluators' outputs and `settings.json` into `out_dir` as one folder, made
+    whole beside it and then renamed into place: an evaluation replaces an older run of the same
+    folder entirely, never in part."""
     head.eval()
     device = dist_info.device
     max_steps = head.model.config.halt_max_steps
@@ -108,8 +114,8 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
         evaluator.begin()
     exact_sum = torch.zeros((), device=device)
     valid_count = torch.zeros((), device=device)
-    batches = tqdm(loader, desc=f"eval step {step}", leave=False, disable=not (show_progress and dist_info.is_main))
-    for batch in batches:
+    progress = Progress(len(loader), f"eval step {step}", enabled=show_progress and dist_info.is_main, unit="batch")
+    for batch in loader:
         batch = to_device(batch, device)
         valid = batch["valid"]
         carry = head.model.initial_carry(batch)
@@ -133,33 +139,75 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
         valid_count += valid.sum()
         for evaluator in evaluators:
             evaluator.update(batch, {"preds": preds, "q_halt_logits": q_halt, "steps": steps})
+        progress.update(1)
+    progress.close()
     # exact accuracy of single augmented samples, before any voting
     exact_sum, valid_count = all_reduce_sum(torch.stack([exact_sum, valid_count]).float()).tolist()
     results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count}
-    for evaluator in evaluators:
-        out = evaluator.result(run_dir, step)
-        if out:
-            results.update(out)
+
+    def collect(folder: Path | None) -> None:
+        for evaluator in evaluators:
+            out = evaluator.result(folder, step)  # collective: every rank calls it, rank 0 gets the metrics
+            if out:
+                results.update(out)
+
+    if out_dir is not None and dist_info.is_main:
+        with atomic_directory(out_dir, overwrite=True) as tmp:
+            collect(tmp)
+            record = {"step": step, "settings": settings or {}, "metrics": results}
+            (tmp / "settings.json").write_text(json.dumps(record, indent=1, default=str))
+    else:
+        collect(None)
     return results
+
+
+def learning_summary(step: int, recent: list[dict], results: dict, note: str | None) -> str:
+    """A few lines at the end of a run saying what was learned: train accuracy over the last
+    steps (weighted by the samples that halted), the held-out scores, and what to expect at this
+    config's scale (`summary_note`)."""
+    count = sum(r.get("train/count", 0.0) for r in recent)
+
+    def mean(key):
+        return sum(r.get(key, 0.0) * r.get("train/count", 0.0) for r in recent) / count if count else float("nan")
+
+    lines = [f"what was learned, after {step} steps:",
+             f"  train (last {len(recent)} steps, {int(count)} samples halted): exact accuracy "
+             f"{mean('train/exact_accuracy'):.3f}, token accuracy {mean('train/accuracy'):.3f}"]
+    if "ARC/pass@2" in results:
+        lines.append(f"  held-out eval ({int(results.get('ARC/num_puzzles', 0))} puzzles, "
+                     f"{int(results.get('ARC/num_samples', 0))} augmented samples voted): pass@2 "
+                     f"{results['ARC/pass@2']:.3f}, task_pass@2 {results.get('ARC/task_pass@2', 0.0):.3f}; "
+                     f"single-sample exact accuracy {results.get('eval/exact_accuracy', 0.0):.3f}")
+    else:
+        lines.append("  held-out eval: none ran (no evaluators configured)")
+    if note:
+        lines.append("  " + " ".join(str(note).split()))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+def train(cfg: DictConfig, config_name: str | None = None) -> dict[str, float]:
+    """Train (or resume) the run `cfg` describes. `config_name` (the Hydra config's name) is part
+    of the run's identity (training/run_identity.py)."""
     dist_info = init_distributed(cfg.device)
     try:
-        return _train(cfg, overrides, dist_info)
+        return _train(cfg, config_name, dist_info)
     finally:
         shutdown()
 
 
-def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) -> dict[str, float]:
+def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO if dist_info.is_main else logging.WARNING)  # one rank logs
     device, rank, world_size = dist_info.device, dist_info.rank, dist_info.world_size
-    project, run_name, run_dir = build.run_identity(cfg, overrides)
+    project, run_name, run_dir = run_identity.run_identity(cfg, config_name)
+    # resume: an explicit checkpoint, else the newest complete one in run_dir. Checked against this
+    # command's config before any data or model work (a changed config must not resume silently).
+    ckpt_path = cfg.get("load_checkpoint") or checkpoint.latest_checkpoint(run_dir)
+    config_changes = run_identity.check_resume_compatible(cfg, ckpt_path) if ckpt_path else []
 
     # --- data (validated before any model work) ---
     gbs = int(cfg.global_batch_size)
@@ -196,7 +244,6 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
 
     # --- resume: an explicit checkpoint, else the newest complete one in run_dir ---
     step, carry, counters = 0, None, {"nonfinite_total": 0, "nonfinite_in_a_row": 0, "low_var_in_a_row": 0}
-    ckpt_path = cfg.get("load_checkpoint") or checkpoint.latest_checkpoint(run_dir)
     torch.manual_seed(int(cfg.seed) * 1000 + rank)  # per-rank stream for halting exploration
     if ckpt_path:
         state = checkpoint.load_checkpoint(ckpt_path, rank, map_location=device)
@@ -230,7 +277,14 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)
+        if ckpt_path is None:  # a fresh run: the config its checkpoints will be trained with
+            atomic_write_text(run_dir / "config.yaml", config_text)
+        elif config_changes:  # allowed change: config.yaml stays what the checkpoints were trained with
+            changed = run_dir / f"config.resumed-step_{step}.yaml"
+            atomic_write_text(changed, config_text)
+            log.warning("resuming with a changed config (allow_config_change=true): %s; written to %s",
+                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in config_changes), changed)
     barrier()
     mode = resolve_wandb_mode(cfg.get("wandb_mode"))
     logger = MetricsLogger(run_dir, project, run_name, resolved, mode, enabled=dist_info.is_main)
@@ -256,8 +310,11 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
         log.info("checkpoint %s", path)
 
+    eval_settings = build.eval_settings(cfg, weights="ema" if ema is not None else "model")
+
     def evaluate(at_step: int) -> dict:
-        results = run_evaluation(eval_head, eval_loader, evaluators, dist_info, forward_dtype, run_dir, at_step)
+        results = run_evaluation(eval_head, eval_loader, evaluators, dist_info, forward_dtype,
+                                 run_dir / "eval" / f"step_{at_step}", at_step, settings=eval_settings)
         if dist_info.is_main:
             logger.log(results, at_step)
             shown = {k: round(v, 4) for k, v in results.items() if "pass@" in k or k.endswith("exact_accuracy")}
@@ -266,7 +323,8 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
 
     # --- the loop ---
     train_iter = iter(train_loader)
-    progress = tqdm(total=total_steps, initial=step, disable=not dist_info.is_main, dynamic_ncols=True, desc=run_name)
+    progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
+    recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
     results: dict[str, float] = {}
     tick = time.perf_counter()
     # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
@@ -334,7 +392,8 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
             tick = now
             logger.log(reduced, step)
             progress.set_postfix(loss=f"{reduced['train/total_loss']:.3f}",
-                                 exact=f"{reduced.get('train/exact_accuracy', 0):.2f}", refresh=False)
+                                 exact=f"{reduced.get('train/exact_accuracy', 0):.2f}")
+        recent.append({k: reduced[k] for k in ("train/count", "train/exact_accuracy", "train/accuracy") if k in reduced})
         progress.update(1)
 
         train_seconds += time.perf_counter() - step_start
@@ -360,4 +419,5 @@ def _train(cfg: DictConfig, overrides: list[str] | None, dist_info: DistInfo) ->
     logger.close()
     if dist_info.is_main:
         log.info("done: %d steps. Outputs in %s (config.yaml, metrics.jsonl, checkpoints/, eval/)", step, run_dir)
+        log.info("%s", learning_summary(step, list(recent), results, cfg.get("summary_note")))
     return results
