@@ -120,6 +120,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mib(device: str) -> float:
+    """CUDA: the most memory torch held in tensors since reset_peak_memory (max allocated);
+    CPU: the process's peak RSS so far (it cannot be reset)."""
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 def _sdpa_flops(q_shape, k_shape, *args, **kwargs) -> int:
@@ -169,6 +180,19 @@ def matmul_flops_per_s(M: int, K: int, N: int, device: str = "cpu", dtype: str =
             torch.mm(a, b)
     sec = time_fn(run, repeats=repeats, warmup=1, device=device)
     return 2 * M * K * N * inner / sec
+
+
+def utilisation(head, batch: dict[str, torch.Tensor], cfg: dict, step_s: float, device: str = "cpu",
+                dtype: str = "float32") -> dict:
+    """How much of the hardware one train_step of `step_s` seconds uses: the step's model FLOPs
+    (counted on one eager step: pass the uncompiled head) per second, over the FLOP/s of a plain
+    matmul of the same dtype and a similar shape ([B*(P+S), H] @ [H, 6H]) timed in this process."""
+    flops = count_flops(lambda: train_step(head, batch, device, dtype))
+    tokens = batch["inputs"].shape[0] * (cfg["puzzle_emb_len"] + cfg["seq_len"])
+    H = cfg["hidden_size"]
+    mm = matmul_flops_per_s(tokens, H, 6 * H, device, dtype)
+    return {"model_gflop": flops / 1e9, "model_gflops_per_s": flops / step_s / 1e9, "matmul_gflops_per_s": mm / 1e9,
+            "utilisation": flops / step_s / mm}
 
 
 def fmt_table(header: list[str], rows: list[list]) -> str:

@@ -23,8 +23,8 @@ import sys
 
 import torch
 
-from bench.common import (PRESETS, arc_batch, build_head, count_flops, fmt_table, matmul_flops_per_s,
-                          model_config, peak_rss_mib, set_threads, time_fn, train_step)
+from bench.common import (PRESETS, arc_batch, build_head, fmt_table, model_config, peak_memory_mib, reset_peak_memory,
+                          set_threads, time_fn, train_step, utilisation)
 
 PAPER = dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=6, L_layers=2)
 CONFIGS = {
@@ -40,17 +40,12 @@ def run_config(name: str, batch_size: int | None, device: str, dtype: str, repea
     cfg = model_config(spec, B)
     batch = {k: v.to(device) for k, v in arc_batch(B).items()}
     head = build_head(cfg, device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     sec = time_fn(lambda: train_step(head, batch, device, dtype), repeats=repeats, device=device)
-    flops = count_flops(lambda: train_step(head, batch, device, dtype))
+    peak = peak_memory_mib(device)  # before the matmul reference allocates its own buffers
     tokens = B * (cfg["puzzle_emb_len"] + cfg["seq_len"])
-    H = cfg["hidden_size"]
-    mm = matmul_flops_per_s(tokens, H, 6 * H, device, dtype)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
     return {"config": name, "batch": B, "step_ms": 1000 * sec, "samples_per_s": B / sec, "tokens_per_s": tokens / sec,
-            "peak_mib": peak, "model_gflop": flops / 1e9, "model_gflops_per_s": flops / sec / 1e9,
-            "matmul_gflops_per_s": mm / 1e9, "utilisation": flops / sec / mm}
+            "peak_mib": peak, **utilisation(head, batch, cfg, sec, device, dtype)}
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
     python -m bench.train_step --preset tiny|paper|hybrid_standard|hybrid_variational
         [--batch B] [--device cpu|cuda] [--dtype float32|bfloat16] [--max-demos 10]
-        [--padded] [--compare] [--repeats N] [--threads 2] [--compile]
+        [--padded] [--compare] [--repeats N] [--threads 2] [--compile] [--utilisation] [--train-only]
 
 Presets (TRM numbers, puzzle_emb_len 16, 30x30 canvas): tiny = hidden 64, 4 heads, expansion 4,
 H_cycles 2, L_cycles 2, L_layers 2, standard encoder 1 layer, batch 8; paper = hidden 512, 8 heads,
@@ -12,31 +12,67 @@ paper with that encoder at 4 layers (kl_weight 1e-4).
 The batch: the first B tasks of ARC-AGI-1 training (sorted by id), all their demos (up to
 --max-demos), their first test pair as the query. Training step = fresh carry, one ACT step
 through ACTLossHead, backward (no optimizer). Eval step = one ACT step in eval mode, no grad.
-Median of --repeats runs after a warm-up.
+Median of --repeats runs after a warm-up; the first call is timed on its own (`first_call_s`:
+with --compile it holds the compilation).
 
 --padded runs the padded encoder layout (every demo slot at 2 x 900 tokens, masked as keys: the
 baseline); the default packs each real demo pair to its own tokens (same math). --compare runs
 both on the same model weights, side by side (packed first: the padded layout's large
-allocations slow down whatever runs after it in the process), and prints the speedups. The last line printed
-is JSON with train_ms, eval_ms, params_total, peak_rss_mib.
+allocations slow down whatever runs after it in the process), and prints the speedups.
+--utilisation adds the step's model FLOP/s over a plain matmul's FLOP/s timed in this process
+(bench/common.py `utilisation`). Peak memory: torch's max allocated on CUDA (per layout), the
+process's peak RSS on CPU. The last line printed is JSON with train_ms, eval_ms, samples_per_s,
+peak_mib, params_total (and the utilisation keys when asked).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 import torch
 
-from bench.common import (PRESETS, arc_batch, build_head, eval_step, fmt_table, model_config, peak_rss_mib,
-                          set_threads, time_fn, train_step)
+from bench.common import (PRESETS, arc_batch, build_head, eval_step, fmt_table, model_config, peak_memory_mib,
+                          reset_peak_memory, set_threads, sync, time_fn, train_step, utilisation)
 
 
-def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool) -> dict:
+def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool, train_only: bool = False) -> dict:
     head.model.set_encoder_packing(packed)
-    train_s = time_fn(lambda: train_step(head, batch, device, dtype), repeats=repeats, device=device)
-    eval_s = time_fn(lambda: eval_step(head, batch, device, dtype), repeats=repeats, device=device)
-    return {"train_ms": 1000 * train_s, "eval_ms": 1000 * eval_s}
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    train_step(head, batch, device, dtype)  # compiles with --compile
+    sync(device)
+    first = time.perf_counter() - t0
+    warmup = 1 if device == "cuda" else 0  # the first call warmed up the CPU; CUDA's allocator and autotuning settle later
+    train_s = time_fn(lambda: train_step(head, batch, device, dtype), repeats=repeats, warmup=warmup, device=device)
+    B = batch["inputs"].shape[0]
+    out = {"train_ms": 1000 * train_s, "samples_per_s": B / train_s, "first_call_s": first,
+           "peak_mib": peak_memory_mib(device)}
+    if not train_only:
+        out["eval_ms"] = 1000 * time_fn(lambda: eval_step(head, batch, device, dtype), repeats=repeats, device=device)
+    return out
+
+
+def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: str = "float32", max_demos: int = 10,
+        repeats: int = 3, layouts: tuple[str, ...] = ("packed",), compile: bool = False, train_only: bool = False,
+        with_utilisation: bool = False) -> dict:
+    """Measure `preset` in each encoder layout ("packed", "padded"); utilisation on the first."""
+    batch_size = batch_size or PRESETS[preset]["batch"]
+    batch = {k: v.to(device) for k, v in arc_batch(batch_size, max_demos).items()}
+    cfg = model_config(preset, batch_size, max_demos)
+    head = build_head(cfg, device)
+    # attribute look-ups (initial_carry, model) reach the wrapped head through the compiled one
+    head_run = torch.compile(head) if compile else head
+    out = {"preset": preset, "batch": batch_size, "device": device, "dtype": dtype, "compile": compile,
+           "params_total": sum(p.numel() for p in head.parameters()), "layouts": {}}
+    for name in layouts:
+        out["layouts"][name] = measure(head_run, batch, device, dtype, repeats, name == "packed", train_only)
+    if with_utilisation:
+        first = out["layouts"][layouts[0]]
+        head.model.set_encoder_packing(layouts[0] == "packed")
+        first.update(utilisation(head, batch, cfg, first["train_ms"] / 1000, device, dtype))
+    return out
 
 
 def main(argv=None) -> int:
@@ -51,41 +87,42 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--padded", action="store_true", help="padded encoder layout (the baseline)")
     ap.add_argument("--compare", action="store_true", help="time padded and packed side by side")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the loss head (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the loss head")
+    ap.add_argument("--utilisation", action="store_true", help="model FLOP/s over a matmul's FLOP/s")
+    ap.add_argument("--train-only", action="store_true", help="skip the eval step")
     args = ap.parse_args(argv)
 
     if args.device == "cpu":
         set_threads(args.threads)
-    batch_size = args.batch or PRESETS[args.preset]["batch"]
-    batch = {k: v.to(args.device) for k, v in arc_batch(batch_size, args.max_demos).items()}
-    cfg = model_config(args.preset, batch_size, args.max_demos)
-    head = build_head(cfg, args.device)
-    params = sum(p.numel() for p in head.parameters())
-    if args.compile:
-        head_run = torch.compile(head)  # attribute look-ups (initial_carry, model) reach the wrapped head
-    else:
-        head_run = head
+    layouts = ("packed", "padded") if args.compare else ("padded",) if args.padded else ("packed",)
+    res = run(args.preset, args.batch, args.device, args.dtype, args.max_demos, args.repeats, layouts, args.compile,
+              args.train_only, args.utilisation)
+    results = res["layouts"]
 
-    layouts = [("packed", True), ("padded", False)] if args.compare else [("padded" if args.padded else "packed", not args.padded)]
-    results = {}
-    for name, packed in layouts:
-        results[name] = measure(head_run, batch, args.device, args.dtype, args.repeats, packed)
-
-    print(f"preset {args.preset}  batch {batch_size}  device {args.device}  dtype {args.dtype}  "
-          f"params {params:,}  threads {torch.get_num_threads() if args.device == 'cpu' else '-'}")
-    rows = [[name, f"{r['train_ms']:.0f}", f"{r['eval_ms']:.0f}"] for name, r in results.items()]
+    print(f"preset {args.preset}  batch {res['batch']}  device {args.device}  dtype {args.dtype}  "
+          f"compile {args.compile}  params {res['params_total']:,}  "
+          f"threads {torch.get_num_threads() if args.device == 'cpu' else '-'}")
+    ev = lambda r: f"{r['eval_ms']:.0f}" if "eval_ms" in r else "-"  # noqa: E731
+    rows = [[name, f"{r['train_ms']:.0f}", ev(r), f"{r['samples_per_s']:.1f}", f"{r['peak_mib']:.0f}",
+             f"{r['first_call_s']:.1f}"] for name, r in results.items()]
     if args.compare:
         p, q = results["padded"], results["packed"]
-        rows.append(["speedup", f"{p['train_ms'] / q['train_ms']:.2f}x", f"{p['eval_ms'] / q['eval_ms']:.2f}x"])
-    print(fmt_table(["encoder layout", "train ms", "eval ms"], rows))
-    main_res = results["packed"] if "packed" in results else results["padded"]
-    out = {"preset": args.preset, "batch": batch_size, "device": args.device, "dtype": args.dtype,
-           "train_ms": round(main_res["train_ms"], 1), "eval_ms": round(main_res["eval_ms"], 1),
-           "params_total": params, "peak_rss_mib": round(peak_rss_mib(), 1),
-           "layout": "packed" if "packed" in results else "padded"}
+        rows.append(["speedup", f"{p['train_ms'] / q['train_ms']:.2f}x",
+                     f"{p['eval_ms'] / q['eval_ms']:.2f}x" if "eval_ms" in q else "-", "", "", ""])
+    print(fmt_table(["encoder layout", "train ms", "eval ms", "samples/s", "peak MiB", "first call s"], rows))
+    main_name = layouts[0]
+    main_res = results[main_name]
+    if "utilisation" in main_res:
+        print(f"{main_name}: {main_res['model_gflop']:.0f} GFLOP/step, {main_res['model_gflops_per_s'] / 1000:.3g} "
+              f"TFLOP/s; matmul {main_res['matmul_gflops_per_s'] / 1000:.3g} TFLOP/s; "
+              f"utilisation {main_res['utilisation']:.2f}")
+    out = {k: res[k] for k in ("preset", "batch", "device", "dtype", "compile", "params_total")}
+    out.update({k: round(v, 3) if isinstance(v, float) else v for k, v in main_res.items()})
+    out["layout"] = main_name
     if args.compare:
         out["padded_train_ms"] = round(results["padded"]["train_ms"], 1)
-        out["padded_eval_ms"] = round(results["padded"]["eval_ms"], 1)
+        if "eval_ms" in results["padded"]:
+            out["padded_eval_ms"] = round(results["padded"]["eval_ms"], 1)
     print(json.dumps(out))
     return 0
 

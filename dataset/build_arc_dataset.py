@@ -11,7 +11,12 @@ files (task id = file stem), a single task file, or a Kaggle-style *_challenges.
 *_solutions.json beside it.
 
 Eval puzzles are held out completely: a puzzle id on both sides is an error, and eval puzzles
-contribute nothing to the train split. Task ids must be unique within a side.
+contribute nothing to the train split. Task ids must be unique within a side. Training sees
+every puzzle under many variants (flip/rotation x permutation of colours 1-9), so a train
+puzzle with a pair (demo or test) that equals an eval puzzle's test pair up to such a variant
+would leak that answer ("eval twin", dataset/twins.py): --eval-twins drop (default) drops such
+train puzzles with a warning (listed in metadata.json "skipped"); --eval-twins error refuses
+them like a duplicate id.
 
 Each puzzle is stored once (its grids), with its queries and a variant table (uint8 [n, 11]:
 dihedral id + colour permutation, row 0 the identity); the loader applies variants on the fly.
@@ -37,6 +42,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +50,7 @@ import numpy as np
 from .atomic import atomic_directory
 from .grids import EOS_ID, IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE
 from .sources import InvalidTaskError, Task, read_source
+from .twins import find_twins
 from .variants import draw_variants, puzzle_rng
 
 FORMAT_VERSION = 1
@@ -91,6 +98,33 @@ def check_held_out(train: list[Task], evaluation: list[Task]) -> None:
         more = f" and {len(both) - 5} more" if len(both) > 5 else ""
         raise ValueError(f"{len(both)} puzzle id(s) on both the train and the eval side: {shown}{more}. Eval puzzles "
                          "must be held out completely (never train on ARC-AGI-2 and evaluate on ARC-AGI-1)")
+
+
+def check_eval_twins(train: list[Task], evaluation: list[Task], policy: str) -> tuple[list[Task], list[dict]]:
+    """Train puzzles with a pair equal to an eval test pair up to a variant: an error (policy
+    "error") or dropped with a warning ("drop"). Returns (kept train puzzles, skipped records)."""
+    twins = find_twins(train, evaluation)
+    if not twins:
+        return train, []
+
+    def origin(t: Task) -> str:
+        return f"source {t.source}" + (f", file {t.file}" if t.file != t.source else "")
+
+    described = [f"train puzzle {t.task_id!r} {where} ({origin(t)}) = eval puzzle {e.task_id!r} {e_where} ({origin(e)})"
+                 for t, where, e, e_where in twins]
+    shown = "; ".join(described[:5]) + (f"; and {len(described) - 5} more" if len(described) > 5 else "")
+    dropped = {id(t): t for t, *_ in twins}
+    if policy == "error":
+        raise ValueError(f"{len(dropped)} train puzzle(s) hold an eval test pair up to a flip/rotation and colour "
+                         f"permutation, which training would see: {shown}. Remove them, or pass --eval-twins drop")
+    warnings.warn(f"dropping {len(dropped)} train puzzle(s) that hold an eval test pair up to a flip/rotation and "
+                  f"colour permutation: {shown}", stacklevel=2)
+    skipped = []
+    for t in dropped.values():
+        mine = [d for d, twin in zip(described, twins) if twin[0] is t]
+        skipped.append({"side": "train", "source": t.source, "file": t.file, "task_id": t.task_id,
+                        "reason": "eval twin: " + "; ".join(mine)})
+    return [t for t in train if id(t) not in dropped], skipped
 
 
 def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demos: int) -> tuple[list[Task], list[dict]]:
@@ -182,7 +216,7 @@ def _human(n: float) -> str:
 def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir: str | os.PathLike, *,
                   num_aug: int = 1000, seed: int = 42, max_grid_size: int = 30, max_demos: int = 10,
                   overwrite: bool = False, on_invalid: str = "error", translate: bool = False,
-                  train_queries: str = "test", progress: bool = True, log=print) -> dict:
+                  train_queries: str = "test", eval_twins: str = "drop", progress: bool = True, log=print) -> dict:
     """Build the dataset directory; returns the summary dict (also printed through `log`)."""
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -192,6 +226,8 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
         raise ValueError(f"train_queries must be 'test' or 'all', got {train_queries!r}")
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    if eval_twins not in ("drop", "error"):
+        raise ValueError(f"eval_twins must be 'drop' or 'error', got {eval_twins!r}")
     if max_grid_size < 1 or max_demos < 1 or num_aug < 0:
         raise ValueError("max_grid_size and max_demos must be >= 1 and num_aug >= 0")
     if not train_sources and not eval_sources:
@@ -205,6 +241,8 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
     train_tasks, skipped = filter_tasks(train_tasks, "train", max_grid_size, max_demos)
     eval_tasks, skipped_eval = filter_tasks(eval_tasks, "eval", max_grid_size, max_demos)
     skipped += skipped_eval
+    train_tasks, twins = check_eval_twins(train_tasks, eval_tasks, eval_twins)
+    skipped += twins
 
     # ---- build
     bar = _progress(len(train_tasks) + len(eval_tasks), progress, "variants")
@@ -223,7 +261,8 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
         "format_version": FORMAT_VERSION, "side": max_grid_size, "seq_len": max_grid_size * max_grid_size,
         "vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID,
         "max_demos": max_demos, "num_aug": num_aug, "seed": seed, "train_queries": train_queries,
-        "translate": bool(translate), "sources": {"train": list(train_sources), "eval": list(eval_sources)},
+        "eval_twins": eval_twins, "translate": bool(translate),
+        "sources": {"train": list(train_sources), "eval": list(eval_sources)},
         "counts": counts, "skipped": skipped + invalid,
     }
 
@@ -256,7 +295,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  skipped: {len(skipped)} puzzle(s)")
     by_reason: dict[str, list[dict]] = {}
     for r in skipped:
-        kind = "invalid task" if r["reason"].startswith("invalid") else "grid too large"
+        kind = ("invalid task" if r["reason"].startswith("invalid") else
+                "eval twin" if r["reason"].startswith("eval twin") else "grid too large")
         by_reason.setdefault(kind, []).append(r)
     for kind, records in sorted(by_reason.items()):  # a count and a few examples per reason, not a wall of ids
         shown = ", ".join(f"{r['task_id']} ({r['side']})" for r in records[:SKIPPED_EXAMPLES])
@@ -287,6 +327,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-queries", choices=("test", "all"), default="test",
                     help="test: the test pairs (default). all: also each demo as a leave-one-out query (more "
                          "signal and queries per epoch, but its context has one demo fewer than at test time)")
+    ap.add_argument("--eval-twins", choices=("drop", "error"), default="drop",
+                    help="train puzzles holding an eval test pair up to a flip/rotation and colour permutation: "
+                         "drop them with a warning (default) or stop with an error")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -297,7 +340,7 @@ def main(argv=None) -> int:
         build_dataset(args.train_sources, args.eval_sources, args.output_dir, num_aug=args.num_aug, seed=args.seed,
                       max_grid_size=args.max_grid_size, max_demos=args.max_demos, overwrite=args.overwrite,
                       on_invalid=args.on_invalid, translate=args.translate, train_queries=args.train_queries,
-                      progress=not args.no_progress)
+                      eval_twins=args.eval_twins, progress=not args.no_progress)
     except (InvalidTaskError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,13 +7,16 @@ import os
 import numpy as np
 import pytest
 
+from dataset.augment import apply_variant
 from dataset.build_arc_dataset import build_dataset, main
 from dataset.loader import load_split
 from dataset.sources import InvalidTaskError
+from dataset.twins import pair_key
 
 A = ([[1, 2], [3, 0]], [[2, 1], [0, 3]])
 B = ([[4, 4, 0]], [[0, 4, 4]])
 C = ([[5]], [[6]])
+D = ([[7, 7]], [[8]])  # the eval test pair: no variant of it is a train pair
 
 
 def _build(tmp_path, train, evaluation, name="ds", **kw):
@@ -28,7 +31,7 @@ def small_dirs(tmp_path, write_arc_task):
     tr, ev = tmp_path / "train_src", tmp_path / "eval_src"
     write_arc_task(tr / "t1.json", [A, B], [C])
     write_arc_task(tr / "nested" / "deeper" / "t2.json", [B, C, A], [A, B])
-    write_arc_task(ev / "e1.json", [C, A], [B])
+    write_arc_task(ev / "e1.json", [C, A], [D])
     return tr, ev
 
 
@@ -71,16 +74,21 @@ def test_kaggle_challenges_and_solutions(tmp_path):
 
 
 def test_bundled_arc_agi_1_both_sides_held_out(tmp_path):
-    summary = _build(tmp_path, ["arc-agi-1:train"], ["arc-agi-1:eval"], num_aug=1)
+    with pytest.warns(UserWarning, match="dropping 2 train puzzle"):
+        summary = _build(tmp_path, ["arc-agi-1:train"], ["arc-agi-1:eval"], num_aug=1)
     c = summary["counts"]
-    assert (c["train"]["puzzles"], c["eval"]["puzzles"]) == (400, 400)
-    assert (c["train"]["queries"], c["eval"]["queries"]) == (416, 419)
+    # two ARC-AGI-1 train puzzles hold an eval test pair: 40853293 is eval 070dd51e verbatim,
+    # caa06a1f's third demo is eval 50a16a69's test pair with its colours renamed
+    assert {s["task_id"]: s["reason"].split(" = ")[1][:len("eval puzzle '070dd51e' test[0]")]
+            for s in summary["skipped"]} == {"40853293": "eval puzzle '070dd51e' test[0]",
+                                             "caa06a1f": "eval puzzle '50a16a69' test[0]"}
+    assert (c["train"]["puzzles"], c["eval"]["puzzles"]) == (398, 400)
+    assert (c["train"]["queries"], c["eval"]["queries"]) == (414, 419)
     train, evaluation = load_split(tmp_path / "ds", "train"), load_split(tmp_path / "ds", "eval")
     assert not set(train.puzzle_ids) & set(evaluation.puzzle_ids)
-    # no eval grid (demo or query) is stored in the train split
-    train_grids = {(train.grid(i).shape, train.grid(i).tobytes()) for i in range(train.num_grids)}
-    eval_query_inputs = [evaluation.query_pair(q)[0] for q in range(evaluation.num_queries)]
-    assert sum((g.shape, g.tobytes()) in train_grids for g in eval_query_inputs) < 5  # (a few ARC grids recur)
+    # no eval test pair is stored in the train split, in any variant
+    train_pairs = {pair_key(train.grid(a), train.grid(b)) for a, b in zip(train.pair_input, train.pair_output)}
+    assert not any(pair_key(*evaluation.query_pair(q)) in train_pairs for q in range(evaluation.num_queries))
 
 
 def test_bundled_arc_agi_2_and_cross_version_leak_is_an_error(tmp_path, small_dirs):
@@ -107,6 +115,34 @@ def test_duplicate_ids_on_one_side_name_both_sources(tmp_path, small_dirs, write
     write_arc_task(other / "t1.json", [A], [B])
     with pytest.raises(ValueError, match=r"duplicate task id 't1'.*train_src.*other"):
         _build(tmp_path, [str(tr), str(other)], [str(ev)])
+
+
+def test_eval_twin_in_train_is_dropped_or_refused(tmp_path, small_dirs, write_arc_task, capsys):
+    """A train puzzle holding the eval test pair D under a variant (rotated, colours 7->2, 8->3)
+    would train on that answer: dropped with a warning by default, an error with --eval-twins
+    error. Holding an eval *demo* (t1, t2 hold C and A) is fine: demos are shown at test time."""
+    tr, ev = small_dirs
+    v = np.array([1, 0, 1, 7, 4, 5, 6, 9, 2, 3, 8], dtype=np.uint8)
+    twin = tuple(apply_variant(np.array(g, dtype=np.uint8), v).tolist() for g in D)
+    assert twin == ([[2], [2]], [[3]])
+    write_arc_task(tr / "t3.json", [A, twin], [C])
+    with pytest.raises(ValueError, match=r"'t3' train\[1\] \(source .*train_src.*t3\.json\) = eval puzzle 'e1' "
+                                         r"test\[0\] \(source .*eval_src.*e1\.json\).*--eval-twins drop"):
+        _build(tmp_path, [str(tr)], [str(ev)], eval_twins="error")
+    assert not (tmp_path / "ds").exists()
+    with pytest.warns(UserWarning, match=r"dropping 1 train puzzle.*'t3' train\[1\]"):
+        summary = _build(tmp_path, [str(tr)], [str(ev)])
+    assert sorted(load_split(tmp_path / "ds", "train").puzzle_ids) == ["t1", "t2"]
+    assert [(s["task_id"], s["reason"].startswith("eval twin: train puzzle 't3' train[1]")) for s in summary["skipped"]] \
+        == [("t3", True)]
+    rc = main(["--train-sources", str(tr), "--eval-sources", str(ev), "--output-dir", str(tmp_path / "cli"),
+               "--num-aug", "1", "--no-progress", "--eval-twins", "error"])
+    assert rc == 2 and "'t3' train[1]" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    with pytest.warns(UserWarning):
+        assert main(["--train-sources", str(tr), "--eval-sources", str(ev), "--output-dir", str(tmp_path / "cli"),
+                     "--num-aug", "1", "--no-progress"]) == 0
+    assert "eval twin: 1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "metadata.json").read_text())["eval_twins"] == "drop"
 
 
 def test_unknown_bundled_name_and_missing_path(tmp_path):

@@ -520,7 +520,7 @@ def test_multi_rank_gather_matches_single_process(tmp_path):
 # through the real builder + loader on a tiny ARC source
 # ------------------------------------------------------------------------------------------
 def test_real_builder_and_loader(tmp_path):
-    loader = pytest.importorskip("dataset.loader")
+    from dataset import loader
     from dataset.build_arc_dataset import build_dataset
 
     rng = np.random.default_rng(7)
@@ -561,16 +561,15 @@ def test_real_builder_and_loader(tmp_path):
 
     # the real EvalLoader's batches (padded last batch, max_eval_groups=2): predictions are
     # the true answers, so the 2 evaluated puzzles score 100% and the denominator is 2
-    if hasattr(loader, "EvalLoader"):
-        ev = ARC(split, pass_ks=(1, 2), report_puzzles=0)
-        ev.begin()
-        for batch in loader.EvalLoader(split, global_batch_size=5, max_eval_groups=2):
-            preds = []
-            for v, q in zip(batch["puzzle_identifiers"].tolist(), batch["query_index"].tolist()):
-                p, i = int(split.query_puzzle[q]), int(split.query_test_index[q])
-                preds.append(encode_grid(apply_variant(np.asarray(split.test_pairs(p)[i][1], np.uint8),
-                                                       split.variants[v]), split.side))
-            ev.update(batch, {"preds": torch.tensor(np.stack(preds)),
-                              "q_halt_logits": torch.zeros(len(preds))})
-        m2 = ev.result(None, 0)
-        assert m2["ARC/num_puzzles"] == 2 and m2["ARC/pass@1"] == 1.0 and m2["ARC/task_pass@1"] == 1.0
+    ev = ARC(split, pass_ks=(1, 2), report_puzzles=0)
+    ev.begin()
+    for batch in loader.EvalLoader(split, global_batch_size=5, max_eval_groups=2):
+        preds = []
+        for v, q in zip(batch["puzzle_identifiers"].tolist(), batch["query_index"].tolist()):
+            p, i = int(split.query_puzzle[q]), int(split.query_test_index[q])
+            preds.append(encode_grid(apply_variant(np.asarray(split.test_pairs(p)[i][1], np.uint8),
+                                                   split.variants[v]), split.side))
+        ev.update(batch, {"preds": torch.tensor(np.stack(preds)),
+                          "q_halt_logits": torch.zeros(len(preds))})
+    m2 = ev.result(None, 0)
+    assert m2["ARC/num_puzzles"] == 2 and m2["ARC/pass@1"] == 1.0 and m2["ARC/task_pass@1"] == 1.0

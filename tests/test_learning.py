@@ -1,21 +1,24 @@
 """ETRM learns to read its demos: a short run through the real pipeline (generator -> builder ->
 pretrain_etrm.py -> ARC evaluator) on generated `fill` puzzles (the background takes a colour
-drawn per puzzle, so only the demos tell which) beats the same run with the context zeroed,
-which can only guess. The two trainings run side by side (one thread each); a few minutes on 2
-CPU cores. Run the full benchmark with `python -m bench.learning`."""
+drawn per puzzle, so only the demos tell which) scores well above the best demo-blind guess on
+held-out puzzles, while the same run with the context zeroed does not. The two trainings run
+side by side (one thread each); a few minutes on 2 CPU cores. Run the full benchmark with
+`python -m bench.learning`."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from bench import learning
 
 STEPS = 400
+MARGIN = 0.5  # held-out pass@2 above the rule-blind bound (measured: encoder 1.00, bound 0.30)
 
 
 @pytest.mark.slow
-def test_encoder_beats_zeroed_context_on_held_out_puzzles(tmp_path):
+def test_encoder_beats_the_rule_blind_bound_on_held_out_puzzles(tmp_path):
     args = learning.parse_args([
         "--minutes", "0", "--max-steps", str(STEPS), "--num-train", "150", "--num-eval", "30", "--families", "fill",
         "--num-aug", "100", "--eval-variants", "2", "--threads", "1", "--seed", "1", "--out", str(tmp_path)])
@@ -32,6 +35,17 @@ def test_encoder_beats_zeroed_context_on_held_out_puzzles(tmp_path):
            f"zeroed context {ablation['pass@2']:.3f}, rule-blind bound {blind:.3f}")
     print(msg)
     assert etrm["steps"] == STEPS and ablation["steps"] == STEPS
-    assert ablation["pass@2"] <= blind + 0.15, msg          # without demos: no better than a guess
-    assert etrm["pass@2"] >= ablation["pass@2"] + 0.3, msg  # with them: clearly better
-    assert etrm["enc_var"] > 10 * max(ablation["enc_var"], 1e-6), msg
+    assert ablation["pass@2"] <= blind + 0.15, msg    # without demos: no better than a guess
+    assert etrm["pass@2"] >= blind + MARGIN, msg       # with them: far better than any guess
+    # contexts differ across puzzles: no collapse by the trainer's own measure and no drift towards
+    # it during training (the ablation's variance only checks that its context really is zero)
+    threshold = compose_synthetic().collapse_var_threshold
+    assert ablation["enc_var"] == 0.0, msg
+    assert not etrm["collapse_warning"], msg
+    assert etrm["enc_var"] >= max(threshold, 0.5 * etrm["enc_var_first"]), \
+        f"{msg}; encoder variance {etrm['enc_var']:.4f}, at step 1 {etrm['enc_var_first']:.4f}, collapse below {threshold}"
+
+
+def compose_synthetic():
+    with initialize_config_dir(config_dir=str(learning.REPO / "config"), version_base=None):
+        return compose(config_name=learning.CONFIG_NAME)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -112,3 +114,28 @@ def test_registry_errors_list_choices():
         build_encoder("standard", hidden_size=32, num_heads=4, seq_len=25, bogus=1)
     with pytest.raises(ValueError, match="attention"):
         build_encoder("standard", hidden_size=32, num_heads=4, seq_len=25, pooling="max")
+
+
+def test_variational_kl_is_the_closed_form():
+    """KL(N(mu, exp(logvar)) || N(0, I)) = 0.5 * sum(mu^2 + exp(logvar) - 1 - logvar), for a known
+    mu and logvar (the projections are set so that sample i reads column i)."""
+    from models.encoders.common import EncoderConfig, VariationalBottleneck
+
+    mu = torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 3.0]])
+    logvar = torch.tensor([[0.0, 1.0, -1.5], [-1.0, 2.0, 0.0]])
+    neck = VariationalBottleneck(EncoderConfig(hidden_size=4, num_heads=2, seq_len=4, puzzle_emb_len=2, latent_dim=3))
+    with torch.no_grad():
+        for proj, value in ((neck.mu, mu), (neck.logvar, logvar)):
+            proj.weight.zero_()
+            proj.weight[:, :2] = value.T
+            proj.bias.zero_()
+    pooled = torch.eye(4)[:2]
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
+                                                 torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    # by hand: 0.5 * (mu^2 5 + exp 1 + e + e^-1.5 - 3 - logvar 0.5) and 0.5 * (9.25 + e^-1 + e^2 + 1 - 3 - 1)
+    by_hand = torch.tensor([0.5 * (3.5 + math.e + math.exp(-1.5)), 0.5 * (6.25 + math.exp(-1) + math.exp(2))])
+    torch.testing.assert_close(expected, by_hand)
+    for mode in (neck.train, neck.eval):
+        mode()
+        _, kl = neck(pooled)
+        torch.testing.assert_close(kl, expected)

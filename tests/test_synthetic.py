@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from dataset import synthetic
+from dataset.augment import apply_variant
 from dataset.loader import load_split
+from dataset.twins import pair_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,16 +87,45 @@ def test_rules_vary_per_puzzle(generated):
 
 
 def test_train_and_eval_disjoint(generated):
-    manifest = synthetic.load_manifest(generated)["puzzles"]
+    """Ids differ, and no held-out test pair equals a train pair under any variant the builder
+    trains on (dataset/twins.py; the builder would drop the train puzzle otherwise)."""
     train, evaluation = _tasks(generated, "train"), _tasks(generated, "eval")
     assert not set(train) & set(evaluation)
-    seen = set()
-    for tid, (fam, task) in train.items():
-        rule = json.dumps(manifest[tid]["rule"])
-        seen |= {(fam, rule, json.dumps(p["input"])) for p in task["train"] + task["test"]}
-    for tid, (fam, task) in evaluation.items():
-        rule = json.dumps(manifest[tid]["rule"])
-        assert not any((fam, rule, json.dumps(p["input"])) in seen for p in task["train"] + task["test"]), tid
+    seen = {pair_key(np.array(p["input"]), np.array(p["output"]))
+            for _, task in train.values() for p in task["train"] + task["test"]}
+    for tid, (_, task) in evaluation.items():
+        assert not any(pair_key(np.array(p["input"]), np.array(p["output"])) in seen for p in task["test"]), tid
+
+
+@pytest.mark.parametrize("case", ["test pair verbatim", "test pair flipped and recoloured", "demo only"])
+def test_held_out_twin_of_a_train_pair_is_redrawn(monkeypatch, case):
+    """Force the eval puzzle's first draw to hold a train puzzle's demo pair (verbatim, or under a
+    builder variant): the generator must throw that draw away. A twin among the eval *demos* is
+    kept: demos are shown at test time, only test pairs are scored."""
+    real = synthetic.make_puzzle
+    train_rule, train_demos, train_tests = real("shift", np.random.default_rng(11))
+    v = np.array([5, 0, 3, 1, 2, 4, 5, 6, 7, 8, 9], dtype=np.uint8)  # flip left-right, colours 1->3->2->1
+    twin = train_demos[0] if case == "test pair verbatim" else tuple(apply_variant(g, v) for g in train_demos[0])
+    rule, demos, tests = real("shift", np.random.default_rng(12))
+    first_eval_draw = (rule, [*demos[:-1], twin], tests) if case == "demo only" else (rule, demos, [twin])
+    draws = []
+
+    def forced(family, rng, *args, **kwargs):
+        draws.append(family)
+        if len(draws) == 1:
+            return train_rule, train_demos, train_tests   # the train puzzle
+        if len(draws) == 2:
+            return first_eval_draw
+        return real(family, rng, *args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_puzzle", forced)
+    out = synthetic.generate(1, 1, seed=0, families=["shift"])
+    held_out = out["eval"][0]
+    if case == "demo only":
+        assert len(draws) == 2 and held_out["demos"][-1] is twin
+    else:
+        assert len(draws) == 3, "the twin was kept"
+        assert not any(np.array_equal(a, twin[0]) for a, _ in held_out["tests"])
 
 
 def test_identifiable_rejects_ambiguous_demos():

@@ -107,6 +107,8 @@ def load_checkpoint(path: str | Path, rank: int, map_location="cpu") -> dict:
     for name in ("model", "ema", "optimizer"):
         f = path / f"{name}.pt"
         out[name] = torch.load(f, map_location=map_location, weights_only=False) if f.exists() else None
+    # always on the CPU: the RNG states must be CPU byte tensors (torch/cuda set_rng_state refuse
+    # anything else); the trainer moves the carry to its device itself
     rank_file = path / f"rank_{rank}.pt"
-    out["per_rank"] = torch.load(rank_file, map_location=map_location, weights_only=False) if rank_file.exists() else None
+    out["per_rank"] = torch.load(rank_file, map_location="cpu", weights_only=False) if rank_file.exists() else None
     return out

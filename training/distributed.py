@@ -1,7 +1,9 @@
 """Process-group set-up from torchrun's environment, and the few collectives the trainer uses.
 
 A plain `python pretrain_etrm.py` is a world of one: nothing is initialised and every
-collective here is a no-op, so one code path serves both.
+collective here is a no-op, so one code path serves both. Under torchrun a process group is
+set up even for one process (`--nproc-per-node 1`), so that a single GPU runs the same NCCL,
+DDP and checkpoint path as many.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def init_distributed(requested_device: str = "auto") -> DistInfo:
     """Initialise from RANK/WORLD_SIZE/LOCAL_RANK when torchrun set them (nccl on CUDA, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,7 +49,7 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
     device = resolve_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or launched_by_torchrun()) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=30)
         dist.init_process_group(backend=backend, timeout=timeout, store=_restart_scoped_store(rank, world_size, timeout),

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_directory, atomic_write_text
 from training import build, checkpoint, run_identity
-from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, is_distributed, shutdown
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, lr_at
 from training.progress import Progress
@@ -36,9 +36,11 @@ log = logging.getLogger("etrm")
 
 
 def to_device(obj, device: torch.device):
-    """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`."""
+    """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`. Copies to the GPU
+    are asynchronous; copies back to the CPU are not (an asynchronous one hands back a tensor that
+    may still be filling, which torch.save would write half-copied)."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        return obj.to(device, non_blocking=device.type == "cuda")
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -269,7 +271,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     train_head: nn.Module = head
     if cfg.compile:
         train_head = torch.compile(head)
-    if world_size > 1:
+    if is_distributed():
         train_head = DistributedDataParallel(
             train_head, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(cfg.arch.get("context_ablation", False)))
@@ -293,8 +295,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     logger = MetricsLogger(run_dir, project, run_name, resolved, mode, enabled=dist_info.is_main)
     evaluators = build.build_evaluators(cfg, eval_split, wandb_log=logger.wandb_run is not None)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("run %s/%s -> %s | %d ranks on %s | %.2fM params (encoder %.2fM) | %d steps (%.1f per epoch), eval every %d",
-             project, run_name, run_dir, world_size, device, n_params / 1e6,
+    group = f"{torch.distributed.get_backend()}, DDP" if is_distributed() else "no process group"
+    log.info("run %s/%s -> %s | %d ranks (%s) on %s | %.2fM params (encoder %.2fM) | %d steps (%.1f per epoch), eval every %d",
+             project, run_name, run_dir, world_size, group, device, n_params / 1e6,
              sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
 
     def save(at_step: int) -> None:

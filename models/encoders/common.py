@@ -163,8 +163,9 @@ class PairEncoder(nn.Module):
         for b in sorted(set(buckets)):
             group = rows[bucket_of == b]
             g_real = real[group]
-            # real tokens first, in canvas order (stable sort of the PAD flag), then the tail
-            order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b]
+            # real tokens first, in canvas order (stable sort of the PAD flag), then the tail;
+            # contiguous whether or not b cuts the row (a stride change would recompile forward_tokens)
+            order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b].contiguous()
             h = self.forward_tokens(tokens[group].gather(1, order), order, g_real.gather(1, order))
             mask = g_real.gather(1, order)
             if self.cls is not None:
