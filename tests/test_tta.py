@@ -203,6 +203,21 @@ def test_unsolved_focus_adapts_only_the_puzzles_whose_demos_the_model_gets_wrong
     assert stats["tta/adapted_puzzles"] == int((~solved).sum())
 
 
+def test_training_time_evaluation_adapts_and_logs_the_settings_and_the_cost(fill_data, tmp_path):
+    from training import trainer
+
+    run = tmp_path / "run"
+    trainer.train(compose_cfg("cfg_pretrain_etrm_synthetic", [
+        f"data_paths=[{fill_data}]", f"run_dir={run}", *SMALL_ARCH, "global_batch_size=8", "max_steps=2",
+        "max_train_minutes=null", "eval_interval=null", "max_eval_variants=2", "wandb_mode=disabled",
+        "tta=context", "tta.steps=3", "tta.global_batch_size=8"]))
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "ARC/pass@2" in line][-1]
+    assert record["tta/mode"] == "context" and record["tta/steps_done"] == 3 and record["tta/wall_s"] > 0
+    assert record["tta/samples_per_s"] > 0 and "tta/fit_after_loss" in record
+    settings = json.loads((run / "eval" / "step_2" / "settings.json").read_text())
+    assert settings["settings"]["tta"]["mode"] == "context" and settings["metrics"]["tta/steps_done"] == 3
+
+
 # ------------------------------------------------------------------------------------ settings
 
 

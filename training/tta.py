@@ -39,7 +39,7 @@ from dataset import ARCSplit, EvalLoader, TrainLoader
 from dataset.adaptation import adaptation_split
 from dataset.grids import NUM_COLOURS
 from models.losses import IGNORE_LABEL_ID
-from training.distributed import DistInfo, all_reduce_sum
+from training.distributed import DistInfo, all_reduce_sum, is_distributed
 from training.optim import lr_at
 
 log = logging.getLogger("etrm")
@@ -308,7 +308,7 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
                          max_demos=max_demos, max_variants=num_variants)
     optimizer = adaptation_optimizer(adapted, settings)
     train_head: nn.Module = adapted
-    if world > 1:
+    if is_distributed():  # as the trainer: DDP whenever a process group exists
         train_head = DistributedDataParallel(adapted, device_ids=[device.index] if device.type == "cuda" else None,
                                              find_unused_parameters=bool(cfg.context_ablation))
 
