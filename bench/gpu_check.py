@@ -661,6 +661,32 @@ def stage_compile_speed_hybrid(ctx: Ctx) -> None:
     _compile_speed(ctx, "hybrid_standard")
 
 
+def stage_tta(ctx: Ctx) -> None:
+    """Test-time adaptation of all 400 ARC-AGI-1 eval puzzles (issue 10): bench.tta_throughput measures
+    one adaptation step and one eval ACT step of the paper-size model on real leave-one-out batches,
+    bf16, and extrapolates the default plan (2000 steps of 256, then 8 variants scored)."""
+    import io
+
+    from bench import tta_throughput
+
+    def measure(batch: int) -> dict:
+        out = io.StringIO()
+        argv = ["--preset", "tiny" if ctx.cpu else "paper", "--batch", str(batch), "--device", ctx.device,
+                "--dtype", "float32" if ctx.cpu else "bfloat16", "--repeats", "1" if ctx.cpu else "3"]
+        with contextlib.redirect_stdout(out):
+            tta_throughput.main(argv)
+        return json.loads(out.getvalue().strip().splitlines()[-1])
+
+    with ctx.step("measure"):
+        r, _ = halving_on_oom(ctx, "tta", 8 if ctx.cpu else 128, 8, measure)
+    ctx.record(**r)
+    plan_min = r["plan_adapt_min_here"] + r["plan_eval_min_here"]
+    ctx.headline(f"TTA {r['preset']} bs{r['batch']} {r['dtype']}: adaptation step {r['adapt_step_ms']:.0f} ms "
+                 f"({r['adapt_samples_per_s']:.0f} samples/s), eval ACT step {r['eval_act_step_ms']:.0f} ms; "
+                 f"400 puzzles adapted ({r['plan']['adapt_samples']} samples) + scored "
+                 f"({r['plan']['eval_samples']} samples): {plan_min:.1f} min here (extrapolated)")
+
+
 @dataclass
 class Stage:
     name: str
@@ -682,6 +708,7 @@ STAGES: list[Stage] = [
     Stage("eval", stage_eval, gpu_s=120, cpu_s=300),
     Stage("evaluator_full", stage_evaluator_full, gpu_s=60, cpu_s=120),
     Stage("ddp", stage_ddp, gpu_s=75, cpu_s=240),
+    Stage("tta", stage_tta, gpu_s=75, cpu_s=240),
     Stage("compile_tiny", stage_compile_tiny, gpu_s=120, cpu_s=240, min_s=60),
     Stage("compile_speed_paper", stage_compile_speed_paper, gpu_s=240, cpu_s=240, min_s=90),
     Stage("compile_speed_hybrid", stage_compile_speed_hybrid, gpu_s=240, cpu_s=240, min_s=90),
