@@ -195,7 +195,10 @@ def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: 
         queries = [(i, -1) for i in range(len(t.demos))] if is_train and train_queries == "all" and len(t.demos) > 1 else []
         queries += [(len(t.demos) + i, i) for i in range(len(t.tests))]
         puzzles.append(([*t.demos, *t.tests], len(t.demos), queries))
-        variant_tables.append(draw_variants(t.grids(), num_aug, puzzle_rng(seed, t.task_id))[0])
+        # eval puzzles: the variants are told apart on the grids a solver may see (demos and test inputs),
+        # so the variant table, which the evaluation votes over, carries nothing of the test outputs
+        seen = t.grids() if is_train else [g for pair in t.demos for g in pair] + [inp for inp, _ in t.tests]
+        variant_tables.append(draw_variants(seen, num_aug, puzzle_rng(seed, t.task_id))[0])
         if bar is not None:
             bar.update(1)
     return split_arrays(puzzles, variant_tables)

@@ -268,3 +268,19 @@ def test_the_build_summary_counts_skipped_puzzles_instead_of_listing_them():
     too_large = next(line for line in lines if "grid too large" in line)
     assert "grid too large: 40, e.g. t000 (train)" in too_large and f"+{40 - SKIPPED_EXAMPLES} more" in too_large
     assert too_large.count("(train)") == SKIPPED_EXAMPLES and "invalid task: 1, e.g. bad (eval)" in text
+
+
+def test_eval_variant_tables_never_read_the_test_outputs(tmp_path, write_arc_task):
+    """The eval split's variant table (what the evaluation votes over) is deduplicated on the grids a
+    solver may see: a test output that breaks the visible grids' symmetry must change nothing."""
+    sym = ([[1, 2], [2, 1]], [[3, 1], [1, 3]])          # symmetric under the transpose
+    test_in = [[2, 1], [1, 2]]
+    outs = {"symmetric": [[1, 3], [3, 1]], "asymmetric": [[1, 3], [4, 1]]}
+    variants = {}
+    for name, out in outs.items():
+        write_arc_task(tmp_path / name / "ev" / "e1.json", [sym], [(test_in, out)])
+        write_arc_task(tmp_path / name / "tr" / "t1.json", [C], [B])
+        _build(tmp_path / name, [str(tmp_path / name / "tr")], [str(tmp_path / name / "ev")], num_aug=50)
+        variants[name] = load_split(tmp_path / name / "ds", "eval").variants.copy()
+    assert variants["symmetric"].shape == variants["asymmetric"].shape
+    assert np.array_equal(variants["symmetric"], variants["asymmetric"])
