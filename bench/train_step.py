@@ -2,7 +2,7 @@
 
     python -m bench.train_step --preset tiny|paper|hybrid_standard|hybrid_variational
         [--batch B] [--device cpu|cuda] [--dtype float32|bfloat16] [--max-demos 10]
-        [--padded] [--compare] [--repeats N] [--threads 2] [--compile]
+        [--padded] [--compare] [--arch KEY=VALUE ...] [--repeats N] [--threads 2] [--compile]
 
 Presets (TRM numbers, puzzle_emb_len 16, 30x30 canvas): tiny = hidden 64, 4 heads, expansion 4,
 H_cycles 2, L_cycles 2, L_layers 2, standard encoder 1 layer, batch 8; paper = hidden 512, 8 heads,
@@ -17,8 +17,12 @@ Median of --repeats runs after a warm-up.
 --padded runs the padded encoder layout (every demo slot at 2 x 900 tokens, masked as keys: the
 baseline); the default packs each real demo pair to its own tokens (same math). --compare runs
 both on the same model weights, side by side (packed first: the padded layout's large
-allocations slow down whatever runs after it in the process), and prints the speedups. The last line printed
-is JSON with train_ms, eval_ms, params_total, peak_rss_mib.
+allocations slow down whatever runs after it in the process), and prints the speedups.
+--arch KEY=VALUE ... times the preset (packed) and the same preset with those model options (e.g.
+`--arch demo_attention=true map_read=true`) side by side, baseline first, and prints the cost
+ratio and each one's peak memory (CPU: the process's peak RSS after each, so the second is the
+larger of the two; CUDA: max allocated, reset in between). The last line printed is JSON with
+train_ms, eval_ms, params_total, peak_rss_mib (and variant_* keys with --arch).
 """
 from __future__ import annotations
 
@@ -30,6 +34,26 @@ import torch
 
 from bench.common import (PRESETS, arc_batch, build_head, eval_step, fmt_table, model_config, peak_rss_mib,
                           set_threads, time_fn, train_step)
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak memory so far: CUDA max allocated (then reset, so the next reading is its own), else
+    the process's peak RSS."""
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return peak
+    return peak_rss_mib()
+
+
+def parse_arch_override(ap, text: str) -> tuple[str, object]:
+    """'key=value' -> (key, value parsed as YAML: true -> True, 16 -> 16)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        ap.error(f"--arch expects KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool) -> dict:
@@ -52,7 +76,12 @@ def main(argv=None) -> int:
     ap.add_argument("--padded", action="store_true", help="padded encoder layout (the baseline)")
     ap.add_argument("--compare", action="store_true", help="time padded and packed side by side")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss head (CUDA)")
+    ap.add_argument("--arch", nargs="+", metavar="KEY=VALUE", default=None,
+                    help="also time the preset with these model options, side by side (e.g. demo_attention=true)")
     args = ap.parse_args(argv)
+    if args.arch and (args.compare or args.padded):
+        ap.error("--arch compares against the packed preset; drop --compare/--padded")
+    variant = dict(parse_arch_override(ap, o) for o in args.arch or [])
 
     if args.device == "cpu":
         set_threads(args.threads)
@@ -70,6 +99,13 @@ def main(argv=None) -> int:
     results = {}
     for name, packed in layouts:
         results[name] = measure(head_run, batch, args.device, args.dtype, args.repeats, packed)
+    if variant:
+        results["packed"]["peak_mib"] = peak_memory_mib(args.device)
+        variant_head = build_head(dict(cfg, **variant), args.device)
+        variant_params = sum(p.numel() for p in variant_head.parameters())
+        results["variant"] = measure(torch.compile(variant_head) if args.compile else variant_head, batch, args.device,
+                                     args.dtype, args.repeats, True)
+        results["variant"]["peak_mib"] = peak_memory_mib(args.device)
 
     print(f"preset {args.preset}  batch {batch_size}  device {args.device}  dtype {args.dtype}  "
           f"params {params:,}  threads {torch.get_num_threads() if args.device == 'cpu' else '-'}")
@@ -77,7 +113,15 @@ def main(argv=None) -> int:
     if args.compare:
         p, q = results["padded"], results["packed"]
         rows.append(["speedup", f"{p['train_ms'] / q['train_ms']:.2f}x", f"{p['eval_ms'] / q['eval_ms']:.2f}x"])
-    print(fmt_table(["encoder layout", "train ms", "eval ms"], rows))
+    if variant:
+        p, q = results["packed"], results["variant"]
+        rows[0][0] = "packed (preset)"
+        rows[1][0] = "+ " + " ".join(args.arch)
+        rows.append(["cost ratio", f"{q['train_ms'] / p['train_ms']:.2f}x", f"{q['eval_ms'] / p['eval_ms']:.2f}x"])
+        for row, name in ((rows[0], "packed"), (rows[1], "variant")):
+            row.append(f"{results[name]['peak_mib']:.0f}")
+        rows[-1].append("")
+    print(fmt_table(["model", "train ms", "eval ms"] + (["peak MiB"] if variant else []), rows))
     main_res = results["packed"] if "packed" in results else results["padded"]
     out = {"preset": args.preset, "batch": batch_size, "device": args.device, "dtype": args.dtype,
            "train_ms": round(main_res["train_ms"], 1), "eval_ms": round(main_res["eval_ms"], 1),
@@ -86,6 +130,13 @@ def main(argv=None) -> int:
     if args.compare:
         out["padded_train_ms"] = round(results["padded"]["train_ms"], 1)
         out["padded_eval_ms"] = round(results["padded"]["eval_ms"], 1)
+    if variant:
+        q = results["variant"]
+        out.update(peak_mib=round(results["packed"]["peak_mib"], 1), variant=variant,
+                   variant_train_ms=round(q["train_ms"], 1), variant_eval_ms=round(q["eval_ms"], 1),
+                   variant_peak_mib=round(q["peak_mib"], 1), variant_params_total=variant_params,
+                   variant_train_ratio=round(q["train_ms"] / results["packed"]["train_ms"], 3),
+                   variant_eval_ratio=round(q["eval_ms"] / results["packed"]["eval_ms"], 3))
     print(json.dumps(out))
     return 0
 
