@@ -7,7 +7,7 @@
         --tta context,full --tta-set tta.steps=1600  # TTA rows on already trained rows
 
 Generates puzzles whose rule is drawn per puzzle (dataset/synthetic.py: colour_map, dihedral,
-shift, fill, swap), builds them with the normal builder (dataset/build_arc_dataset.py, grids up
+shift, fill, swap, tile), builds them with the normal builder (dataset/build_arc_dataset.py, grids up
 to 8x8, leave-one-out train queries), trains `config/cfg_pretrain_etrm_synthetic.yaml` (the tiny
 config plus the benchmark's settings) once per row through `pretrain_etrm.py`, and evaluates
 with the real ARC evaluator on held-out generated puzzles that training never saw.

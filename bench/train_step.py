@@ -2,7 +2,8 @@
 
     python -m bench.train_step --preset tiny|paper|hybrid_standard|hybrid_variational
         [--batch B] [--device cpu|cuda] [--dtype float32|bfloat16] [--max-demos 10]
-        [--padded] [--compare] [--repeats N] [--threads 2] [--compile] [--utilisation] [--train-only]
+        [--padded] [--compare] [--arch KEY=VALUE ...] [--repeats N] [--threads 2] [--compile]
+        [--utilisation] [--train-only]
 
 Presets (TRM numbers, puzzle_emb_len 16, 30x30 canvas): tiny = hidden 64, 4 heads, expansion 4,
 H_cycles 2, L_cycles 2, L_layers 2, standard encoder 1 layer, batch 8; paper = hidden 512, 8 heads,
@@ -19,6 +20,9 @@ with --compile it holds the compilation).
 baseline); the default packs each real demo pair to its own tokens (same math). --compare runs
 both on the same model weights, side by side (packed first: the padded layout's large
 allocations slow down whatever runs after it in the process), and prints the speedups.
+--arch KEY=VALUE ... also times the preset with those model options (e.g. `--arch map_read=true`,
+`--arch demo_attention=true`) in the same process, after the preset, on the same batch, and
+prints the cost ratio (CPU peak memory is the process's peak RSS, so the later row is the larger).
 --utilisation adds the step's model FLOP/s over a plain matmul's FLOP/s timed in this process
 (bench/common.py `utilisation`). Peak memory: torch's max allocated on CUDA (per layout), the
 process's peak RSS on CPU. The last line printed is JSON with train_ms, eval_ms, samples_per_s,
@@ -27,14 +31,17 @@ peak_mib, params_total (and the utilisation keys when asked).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import torch
+import yaml
 
 from bench.common import (PRESETS, arc_batch, build_head, eval_step, fmt_table, model_config, peak_memory_mib,
                           reset_peak_memory, set_threads, sync, time_fn, train_step, utilisation)
+from models.recursive_reasoning.etrm import ETRMConfig
 
 
 def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool, train_only: bool = False) -> dict:
@@ -54,10 +61,19 @@ def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool, tr
     return out
 
 
+def parse_arch_option(text: str) -> tuple[str, object]:
+    """'key=value' -> (key, value parsed as YAML: 'true' -> True, '16' -> 16)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--arch expects KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: str = "float32", max_demos: int = 10,
         repeats: int = 3, layouts: tuple[str, ...] = ("packed",), compile: bool = False, train_only: bool = False,
-        with_utilisation: bool = False) -> dict:
-    """Measure `preset` in each encoder layout ("packed", "padded"); utilisation on the first."""
+        with_utilisation: bool = False, variant: dict | None = None) -> dict:
+    """Measure `preset` in each encoder layout ("packed", "padded"); utilisation on the first.
+    `variant` (model options): also the packed preset with those options, as layout "variant"."""
     batch_size = batch_size or PRESETS[preset]["batch"]
     batch = {k: v.to(device) for k, v in arc_batch(batch_size, max_demos).items()}
     cfg = model_config(preset, batch_size, max_demos)
@@ -68,6 +84,16 @@ def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: 
            "params_total": sum(p.numel() for p in head.parameters()), "layouts": {}}
     for name in layouts:
         out["layouts"][name] = measure(head_run, batch, device, dtype, repeats, name == "packed", train_only)
+    if variant:
+        known = {f.name for f in dataclasses.fields(ETRMConfig)}
+        unknown = sorted(set(variant) - known)
+        if unknown:
+            raise ValueError(f"--arch {unknown}: not fields of ETRMConfig (models/recursive_reasoning/etrm.py)")
+        variant_head = build_head(dict(cfg, **variant), device)
+        out["variant"] = dict(variant, params_total=sum(p.numel() for p in variant_head.parameters()))
+        out["layouts"]["variant"] = measure(torch.compile(variant_head) if compile else variant_head, batch, device,
+                                            dtype, repeats, True, train_only)
+        del variant_head
     if with_utilisation:
         first = out["layouts"][layouts[0]]
         head.model.set_encoder_packing(layouts[0] == "packed")
@@ -90,13 +116,15 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss head")
     ap.add_argument("--utilisation", action="store_true", help="model FLOP/s over a matmul's FLOP/s")
     ap.add_argument("--train-only", action="store_true", help="skip the eval step")
+    ap.add_argument("--arch", nargs="+", type=parse_arch_option, metavar="KEY=VALUE", default=None,
+                    help="also time the packed preset with these model options (e.g. map_read=true)")
     args = ap.parse_args(argv)
 
     if args.device == "cpu":
         set_threads(args.threads)
     layouts = ("packed", "padded") if args.compare else ("padded",) if args.padded else ("packed",)
     res = run(args.preset, args.batch, args.device, args.dtype, args.max_demos, args.repeats, layouts, args.compile,
-              args.train_only, args.utilisation)
+              args.train_only, args.utilisation, dict(args.arch) if args.arch else None)
     results = res["layouts"]
 
     print(f"preset {args.preset}  batch {res['batch']}  device {args.device}  dtype {args.dtype}  "
@@ -109,6 +137,11 @@ def main(argv=None) -> int:
         p, q = results["padded"], results["packed"]
         rows.append(["speedup", f"{p['train_ms'] / q['train_ms']:.2f}x",
                      f"{p['eval_ms'] / q['eval_ms']:.2f}x" if "eval_ms" in q else "-", "", "", ""])
+    if args.arch:
+        base, var = results[layouts[0]], results["variant"]
+        rows[[r[0] for r in rows].index("variant")][0] = "+ " + " ".join(f"{k}={json.dumps(v)}" for k, v in args.arch)
+        rows.append(["cost ratio", f"{var['train_ms'] / base['train_ms']:.2f}x",
+                     f"{var['eval_ms'] / base['eval_ms']:.2f}x" if "eval_ms" in var else "-", "", "", ""])
     print(fmt_table(["encoder layout", "train ms", "eval ms", "samples/s", "peak MiB", "first call s"], rows))
     main_name = layouts[0]
     main_res = results[main_name]
@@ -123,6 +156,12 @@ def main(argv=None) -> int:
         out["padded_train_ms"] = round(results["padded"]["train_ms"], 1)
         if "eval_ms" in results["padded"]:
             out["padded_eval_ms"] = round(results["padded"]["eval_ms"], 1)
+    if args.arch:
+        var = results["variant"]
+        out.update(variant=res["variant"], **{f"variant_{k}": round(v, 3) for k, v in var.items()},
+                   variant_train_ratio=round(var["train_ms"] / main_res["train_ms"], 3))
+        if "eval_ms" in var:
+            out["variant_eval_ratio"] = round(var["eval_ms"] / main_res["eval_ms"], 3)
     print(json.dumps(out))
     return 0
 

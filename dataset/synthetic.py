@@ -2,7 +2,7 @@
 know it. Used to check, on a CPU budget, that ETRM learns to read its demos (bench/learning.py).
 
     python -m dataset.synthetic --output-dir data/synthetic --num-train 300 --num-eval 100 --seed 0 \\
-        [--families colour_map dihedral shift fill swap]
+        [--families colour_map dihedral shift fill swap tile]
 
 Writes ``DIR/train/<family>/<id>.json`` and ``DIR/eval/<family>/<id>.json`` (``{"train": [{"input",
 "output"}, ...], "test": [...]}``) plus ``DIR/manifest.json`` (every puzzle's split, family and
@@ -20,6 +20,10 @@ Families (background colour 0, grids 3x3 to 8x8, 2-4 demos and 1-2 test inputs p
               2 / (9 - colours in the query input) >= 2/7.
   swap        two of the input's 4-5 colours exchange places, the others stay. Rule-blind
               pass@2: 2/6 (4 colours) or 2/10 (5 colours).
+  tile        the 3x3-4x4 input is repeated k x l times, (k, l) one of (1, 2), (2, 1), (2, 2), each
+              copy either as is or mirrored like a kaleidoscope (copy (i, j) flipped up-down when i
+              is odd, left-right when j is odd): the output's size and where each cell goes are
+              read from the demos. Rule-blind pass@2: 2/6 (fewer when the query is symmetric).
 
 Every puzzle is checked to be identifiable: the rules of its family consistent with all demos
 give the same answer on every test input (so the demos are enough). Train and eval puzzles are
@@ -47,9 +51,11 @@ from .atomic import atomic_directory
 from .augment import dihedral
 from .twins import pair_key
 
-FAMILIES = ("colour_map", "dihedral", "shift", "fill", "swap")
+FAMILIES = ("colour_map", "dihedral", "shift", "fill", "swap", "tile")
 SPLIT_CODES = {"train": 0, "eval": 1}
 SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))  # (drow, dcol)
+TILES = ((1, 2), (2, 1), (2, 2))  # (copies down, copies across)
+TILE_SIDES = (3, 4)               # tile inputs: every rule fits the 8x8 limit, so the size tells nothing
 MIN_SIDE, MAX_SIDE = 3, 8
 MAX_TRIES = 200
 
@@ -85,6 +91,14 @@ def apply_rule(family: str, rule: dict, grid: np.ndarray) -> np.ndarray:
         out = g.copy()
         out[g == a], out[g == b] = b, a
         return out
+    if family == "tile":
+        k, l = (int(x) for x in rule["tile"])
+        h, w = g.shape
+        if k * h > MAX_SIDE or l * w > MAX_SIDE:
+            raise ValueError(f"tiling {k}x{l} of a {h}x{w} grid exceeds {MAX_SIDE}x{MAX_SIDE}")
+        mirror = bool(rule["mirror"])
+        copies = [[g[::-1 if mirror and i % 2 else 1, ::-1 if mirror and j % 2 else 1] for j in range(l)] for i in range(k)]
+        return np.ascontiguousarray(np.block(copies))
     raise ValueError(f"unknown family {family!r}; valid: {list(FAMILIES)}")
 
 
@@ -104,6 +118,10 @@ def num_blind_rules(family: str, rule: dict, query_input: np.ndarray) -> int:
     if family == "swap":
         n = len(colours)
         return n * (n - 1) // 2
+    if family == "tile":  # the distinct answers of the rules that fit the query
+        outs = {(o.shape, o.tobytes()) for c in _candidates(family, rule, [query_input])
+                if (o := _safe_apply(family, c, query_input)) is not None}
+        return len(outs)
     raise ValueError(family)
 
 
@@ -118,6 +136,8 @@ def _candidates(family: str, rule: dict, grids: list[np.ndarray]) -> list[dict]:
     if family == "swap":
         colours = sorted(set(np.unique(np.concatenate([g.ravel() for g in grids])).tolist()) - {0})
         return [{"pair": [a, b]} for a, b in itertools.combinations(colours, 2)]
+    if family == "tile":
+        return [{"tile": list(t), "mirror": m} for t in TILES for m in (False, True)]
     return []  # colour_map: identifiable when every test colour appears in a demo input (checked directly)
 
 
@@ -189,12 +209,18 @@ def _draw_rule(family: str, rng: np.random.Generator) -> tuple[dict, dict]:
         colours = sorted(rng.choice(np.arange(1, 10), n, replace=False).tolist())
         pair = sorted(rng.choice(colours, 2, replace=False).tolist())
         return {"pair": [int(x) for x in pair]}, {"colours": colours}
+    if family == "tile":
+        n = int(rng.integers(2, 5))
+        return ({"tile": list(TILES[int(rng.integers(len(TILES)))]), "mirror": bool(rng.integers(2))},
+                {"colours": sorted(rng.choice(np.arange(1, 10), n, replace=False).tolist()), "sides": TILE_SIDES})
     raise ValueError(f"unknown family {family!r}; valid: {list(FAMILIES)}")
 
 
 def _draw_input(family: str, spec: dict, rng: np.random.Generator) -> np.ndarray:
     lo = 4 if spec.get("frame") else MIN_SIDE
     h, w = (int(x) for x in rng.integers(lo, MAX_SIDE + 1, size=2))
+    if spec.get("sides"):
+        h, w = (int(x) for x in rng.choice(spec["sides"], size=2))
     colours = list(spec["colours"])
     if spec.get("frame"):
         g = np.zeros((h, w), dtype=np.uint8)
@@ -228,6 +254,8 @@ def make_puzzle(family: str, rng: np.random.Generator, num_demos: int | None = N
         demos, tests = pairs[:nd], pairs[nd:]
         if family == "fill" and any(not (a == 0).any() for a, _ in pairs):
             continue
+        if any(a.shape == b.shape and np.array_equal(a, b) for a, b in pairs):
+            continue  # a pair the rule leaves unchanged (e.g. a symmetric grid flipped) shows nothing
         if identifiable(family, rule, demos, [a for a, _ in tests]):
             return rule, demos, tests
     raise RuntimeError(f"could not draw an identifiable {family} puzzle in {MAX_TRIES} tries")

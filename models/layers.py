@@ -78,20 +78,21 @@ def _inv_freq(dim: int, theta: float) -> torch.Tensor:
 
 
 def rope_1d(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> CosSin:
-    """Rotary table for integer positions [L] -> (cos, sin) [L, head_dim]."""
-    angles = positions.float()[:, None] * _inv_freq(head_dim, theta)[None, :]  # [L, head_dim/2]
+    """Rotary table for integer positions [..., L] -> (cos, sin) [..., L, head_dim]."""
+    angles = positions.float()[..., None] * _inv_freq(head_dim, theta).to(positions.device)  # [..., L, head_dim/2]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
 def rope_2d(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, theta: float = 10000.0) -> CosSin:
     """Rotary table for 2-D positions: half of the rotary pairs turn with the row, half with the
-    column (each half uses the frequency ladder of a head_dim/2 rotary). rows, cols: [L]."""
+    column (each half uses the frequency ladder of a head_dim/2 rotary). rows, cols: [..., L]
+    -> (cos, sin) [..., L, head_dim]."""
     if head_dim % 4 != 0:
         raise ValueError(f"2-D rotary needs head_dim divisible by 4, got {head_dim}")
-    f = _inv_freq(head_dim // 2, theta)  # [head_dim/4]
-    angles = torch.cat([rows.float()[:, None] * f[None, :], cols.float()[:, None] * f[None, :]], dim=-1)
-    angles = torch.cat([angles, angles], dim=-1)  # [L, head_dim]
+    f = _inv_freq(head_dim // 2, theta).to(rows.device)  # [head_dim/4]
+    angles = torch.cat([rows.float()[..., None] * f, cols.float()[..., None] * f], dim=-1)
+    angles = torch.cat([angles, angles], dim=-1)  # [..., L, head_dim]
     return angles.cos(), angles.sin()
 
 
@@ -176,14 +177,16 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         cos_sin: CosSin | None = None,
         key_mask: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x: [B, Lq, H]; context: [B, Lk, H] (cross only); cos_sin: rotary table for q and k
-        (self-attention only); key_mask: [B, Lk] bool, True = attend."""
+        """x: [B, Lq, H]; context: [B, Lk, H] (cross only); cos_sin: rotary table for q and k;
+        kv: cross only, keys and values already projected by `context_kv` (context is then
+        unused); key_mask: [B, Lk] bool, True = attend."""
         if self.cross:
             q = self._heads(self.q_proj(x))
-            k, v = (self._heads(t) for t in self.kv_proj(context).chunk(2, dim=-1))
+            k, v = kv if kv is not None else self.context_kv(context, cos_sin)
             if cos_sin is not None:
-                q, k = apply_rotary(q, cos_sin), apply_rotary(k, cos_sin)
+                q = apply_rotary(q, cos_sin)
         else:
             B, L, _ = x.shape
             qkv = self.qkv_proj(x).view(B, L, 3, self.num_heads, self.head_dim)
@@ -191,6 +194,16 @@ class Attention(nn.Module):
             if cos_sin is not None:
                 qk = apply_rotary_qk(qk, cos_sin)
             q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        return self.attend(q, k, v, key_mask)
+
+    def context_kv(self, context: torch.Tensor, cos_sin: CosSin | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys (rotated by cos_sin) and values of a context [B, Lk, H], as heads;
+        project once and pass as `kv` when the same context is attended to many times."""
+        k, v = (self._heads(t) for t in self.kv_proj(context).chunk(2, dim=-1))
+        return (k if cos_sin is None else apply_rotary(k, cos_sin)), v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """Heads [B, heads, L, head_dim] -> output projection [B, Lq, H]; key_mask [B, Lk]."""
         attn_mask = None
         if key_mask is not None:
             attn_mask = _safe_key_mask(key_mask)[:, None, None, :]  # [B, 1, 1, Lk]

@@ -153,3 +153,22 @@ def test_builder_accepts_the_output(generated, tmp_path):
     assert meta["skipped"] == []
     split = load_split(str(out), "eval")
     assert split.side == 8 and set(split.puzzle_ids) == set(_tasks(generated, "eval"))
+
+
+def test_tile_family_sizes_copies_and_blind_count():
+    """`tile`: the output is k x l copies of the input (kaleidoscope mirrors with mirror=true), its
+    size changes with the rule, and the rule-blind count is the number of distinct answers."""
+    g = np.array([[1, 2, 0], [0, 3, 0], [4, 0, 0]], dtype=np.uint8)
+    out = synthetic.apply_rule("tile", {"tile": [2, 2], "mirror": True}, g)
+    np.testing.assert_array_equal(out, np.block([[g, g[:, ::-1]], [g[::-1], g[::-1, ::-1]]]))
+    out = synthetic.apply_rule("tile", {"tile": [1, 2], "mirror": False}, g)
+    np.testing.assert_array_equal(out, np.hstack([g, g]))
+    assert synthetic.apply_rule("tile", {"tile": [2, 1], "mirror": False}, g).shape == (6, 3)
+    with pytest.raises(ValueError, match="exceeds"):
+        synthetic.apply_rule("tile", {"tile": [2, 1], "mirror": False}, np.ones((5, 3), np.uint8))
+    assert synthetic.num_blind_rules("tile", {}, g) == 6
+    symmetric = np.array([[1, 2, 1], [0, 3, 0], [1, 2, 1]], dtype=np.uint8)  # mirrors change nothing
+    assert synthetic.num_blind_rules("tile", {}, symmetric) == 3
+    # demos that only show a left-right repeat of a left-right-symmetric grid cannot tell mirror from copy
+    demos = [(symmetric, synthetic.apply_rule("tile", {"tile": [1, 2], "mirror": False}, symmetric))]
+    assert not synthetic.identifiable("tile", {"tile": [1, 2], "mirror": False}, demos, [g])

@@ -72,6 +72,27 @@ def pack_bucket(n: int, cap: int) -> int:
     return min(-(-n // 256) * 256, cap)
 
 
+def packing_plan(real: torch.Tensor, select: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """How to encode rows of a padded layout at their own length. real: [N, L] bool (real tokens);
+    select: [N] bool (rows that matter). -> one (rows [n], order [n, b], mask [n, b]) per bucket
+    length b: the selected rows of that bucket, the indices of their tokens in the padded layout
+    (real tokens first, in layout order, then the tail) and which of those are real. One host
+    sync (the lengths pick the shapes)."""
+    rows = select.nonzero().squeeze(1)
+    lengths = real[rows].sum(1)
+    buckets = [pack_bucket(n, real.shape[1]) for n in lengths.tolist()]
+    bucket_of = torch.tensor(buckets, dtype=torch.long, device=rows.device)
+    plan = []
+    for b in sorted(set(buckets)):
+        group = rows[bucket_of == b]
+        g_real = real[group]
+        # real tokens first, in layout order (stable sort of the PAD flag), then the tail;
+        # contiguous whether or not b cuts the row (a stride change would recompile forward_tokens)
+        order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b].contiguous()
+        plan.append((group, order, g_real.gather(1, order)))
+    return plan
+
+
 class PairEncoder(nn.Module):
     """Transformer over one demo pair: the input grid's S tokens then the output grid's S tokens.
 
@@ -153,21 +174,9 @@ class PairEncoder(nn.Module):
             h, mask = self.forward(inputs, labels)
             return pool(h, mask)
         tokens = torch.cat([inputs, labels], dim=1)              # [N, 2S]
-        real = tokens != self.pad_id
-        L_full = tokens.shape[1]
-        rows = select.nonzero().squeeze(1)                       # the pairs to encode
-        lengths = real[rows].sum(1)
-        buckets = [pack_bucket(n, L_full) for n in lengths.tolist()]  # host sync: sizes pick shapes
-        bucket_of = torch.tensor(buckets, dtype=torch.long, device=rows.device)
         out = None
-        for b in sorted(set(buckets)):
-            group = rows[bucket_of == b]
-            g_real = real[group]
-            # real tokens first, in canvas order (stable sort of the PAD flag), then the tail;
-            # contiguous whether or not b cuts the row (a stride change would recompile forward_tokens)
-            order = torch.argsort((~g_real).to(torch.uint8), dim=1, stable=True)[:, :b].contiguous()
-            h = self.forward_tokens(tokens[group].gather(1, order), order, g_real.gather(1, order))
-            mask = g_real.gather(1, order)
+        for group, order, mask in packing_plan(tokens != self.pad_id, select):
+            h = self.forward_tokens(tokens[group].gather(1, order), order, mask)
             if self.cls is not None:
                 mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
             pooled = pool(h, mask)

@@ -20,8 +20,10 @@ from torch import nn
 
 from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import config_from_dict
-from models.encoders import ENCODERS, build_encoder
-from models.layers import Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
+from models.encoders import ENCODERS, EncoderConfig, build_encoder
+from models.encoders.demo_reader import DemoReader, DemoTokens
+from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources
+from models.layers import Attention, Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
 
 POS_ENCODINGS = ("rope", "rope_2d", "none")
 EVAL_HALTING = ("max", "q")
@@ -57,6 +59,10 @@ class ETRMConfig:
     context_colour_table: bool = False # add context token v to the input embedding of query cells of colour v
                                        # (encoders whose first 10 context tokens are per-colour slots: colour_slots)
     encoder_packed: bool = True        # encode real demo pairs at their own size (False: padded 2S layout)
+    demo_attention: bool = False       # the inner model's cells also cross-attend to every real demo cell
+    demo_num_layers: int = 1           # demo_attention: layers of the demo reader's pair transformer
+    map_read: bool = False             # the inner model's cells also read through candidate cell maps, chosen
+                                       # with the demos' agreement with each map (models/grid_maps.py)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -67,6 +73,12 @@ class ETRMConfig:
             raise ValueError(f"unknown encoder_type {self.encoder_type!r}; valid: {sorted(ENCODERS)}")
         if self.halt_max_steps < 1:
             raise ValueError("halt_max_steps must be >= 1")
+        if self.demo_attention and self.demo_num_layers < 0:
+            raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
+        if self.demo_attention or self.map_read:
+            side = math.isqrt(self.seq_len)
+            if side * side != self.seq_len:
+                raise ValueError(f"demo_attention / map_read need a square canvas, seq_len {self.seq_len}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ETRMConfig":
@@ -83,8 +95,29 @@ class ETRMCarry:
     current_data: dict[str, torch.Tensor] = field(default_factory=dict)  # the slot's batch rows
 
 
+class DemoAttention(nn.Module):
+    """Cross-attention from every canvas position to the demo tokens, added to the state at the
+    start of every pass through the block stack (h += attn(h, demo)). The output projection starts at zero, so a model with it computes
+    exactly what the model without it computes until training moves it. Keys/values come from
+    `kv` (once per ACT step: the demos do not change during the recursion)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attn = Attention(hidden_size, num_heads, cross=True)
+        nn.init.zeros_(self.attn.o_proj.weight)
+
+    def kv(self, demo: DemoTokens, cos_sin: CosSin) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attn.context_kv(demo.states, cos_sin)
+
+    def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], cos_sin: CosSin,
+                key_mask: torch.Tensor) -> torch.Tensor:
+        return h + self.attn(h, cos_sin=cos_sin, key_mask=key_mask, kv=kv)
+
+
 class ETRMInner(nn.Module):
-    """The recursive reasoner: token embedding + context tokens, one block stack, lm and Q heads."""
+    """The recursive reasoner: token embedding + context tokens, one block stack, lm and Q heads
+    (with demo_attention: a cross-attention to the demo tokens at the start of each pass through
+    the blocks; with map_read: a read through the candidate cell maps before each block)."""
 
     def __init__(self, cfg: ETRMConfig):
         super().__init__()
@@ -114,6 +147,16 @@ class ETRMInner(nn.Module):
             cos = sin = None
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.side = math.isqrt(cfg.seq_len)
+        if cfg.map_read:
+            self.map_read = nn.ModuleList([MapRead(H, cfg.num_heads) for _ in range(cfg.L_layers)])
+        if cfg.demo_attention:
+            self.demo_attn = DemoAttention(H, cfg.num_heads)  # once per pass: half the cost of once per block
+            r, c = grid_positions(self.side)  # canvas queries: row/column, context tokens at the origin
+            zeros = torch.zeros(P, dtype=r.dtype)
+            q_cos, q_sin = rope_2d(torch.cat([zeros, r]), torch.cat([zeros, c]), head_dim, cfg.rope_theta)
+            self.register_buffer("demo_q_cos", q_cos, persistent=False)
+            self.register_buffer("demo_q_sin", q_sin, persistent=False)
 
     def cos_sin(self) -> CosSin | None:
         return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
@@ -129,23 +172,43 @@ class ETRMInner(nn.Module):
             tokens = tokens + rows * (inputs >= COLOUR_OFFSET).unsqueeze(-1).to(tokens.dtype)
         return torch.cat([context, tokens], dim=1)
 
-    def net(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None) -> torch.Tensor:
+    def net(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None,
+            maps: tuple | None = None, demo: tuple | None = None) -> torch.Tensor:
         h = h + injection
-        for layer in self.layers:
+        if demo is not None:
+            kv, mask = demo
+            h = self.demo_attn(h, kv, (self.demo_q_cos, self.demo_q_sin), mask)
+        for i, layer in enumerate(self.layers):
+            if maps is not None:
+                h = h + self.map_read[i](h, *maps)
             h = layer(h, cos_sin=cos_sin)
         return h
 
-    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor):
-        """One ACT step of recursion. Returns (z_H, z_L) detached, logits [B,S,V], q [B,2]."""
+    def demo_keys(self, demo: DemoTokens) -> tuple:
+        """The demo keys/values, projected once per ACT step (with grad, reused by every cycle of
+        the recursion), and the demo key mask."""
+        cos_sin = rope_2d(demo.rows, demo.cols, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta)
+        return self.demo_attn.kv(demo, cos_sin), demo.mask
+
+    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, inputs: torch.Tensor | None = None,
+                demo: DemoTokens | None = None, agreement: torch.Tensor | None = None):
+        """One ACT step of recursion. inputs [B, S]: the query tokens (map_read anchors its maps on
+        their grid); demo: the demo reader's tokens (demo_attention); agreement [B, NUM_MAPS]: the
+        demos' agreement with each map (map_read). None = not this step (the zeroed-context
+        ablation). Returns (z_H, z_L) detached, logits [B,S,V], q [B,2]."""
         cfg, cos_sin = self.cfg, self.cos_sin()
+        if cfg.map_read and inputs is None:
+            raise ValueError("map_read needs the query tokens (inputs=...)")
+        maps = (map_sources(*grid_sizes(inputs, self.side), self.side), agreement) if cfg.map_read else None
+        demo_kv = self.demo_keys(demo) if demo is not None else None
         with torch.no_grad():
             for _ in range(cfg.H_cycles - 1):
                 for _ in range(cfg.L_cycles):
-                    z_L = self.net(z_L, z_H + x, cos_sin)
-                z_H = self.net(z_H, z_L, cos_sin)
+                    z_L = self.net(z_L, z_H + x, cos_sin, maps, demo_kv)
+                z_H = self.net(z_H, z_L, cos_sin, maps, demo_kv)
         for _ in range(cfg.L_cycles):
-            z_L = self.net(z_L, z_H + x, cos_sin)
-        z_H = self.net(z_H, z_L, cos_sin)
+            z_L = self.net(z_L, z_H + x, cos_sin, maps, demo_kv)
+        z_H = self.net(z_H, z_L, cos_sin, maps, demo_kv)
         logits = self.lm_head(z_H[:, cfg.puzzle_emb_len:])
         q = self.q_head(z_H[:, 0]).float()
         return z_H.detach(), z_L.detach(), logits, q
@@ -177,12 +240,19 @@ class TRMWithEncoder(nn.Module):
             raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_COLOURS} context tokens "
                              f"are per-colour slots (colour_slots), got encoder_type={cfg.encoder_type!r}")
         self.inner = ETRMInner(cfg)
+        if cfg.demo_attention:
+            self.demo_reader = DemoReader(
+                EncoderConfig(hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, seq_len=cfg.seq_len,
+                              vocab_size=cfg.vocab_size, num_layers=cfg.demo_num_layers, expansion=cfg.expansion,
+                              rope_theta=cfg.rope_theta, packed=cfg.encoder_packed))
+        if cfg.map_read:
+            self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
 
     def set_encoder_packing(self, packed: bool) -> None:
         """Switch the encoder between the packed (default) and the padded layout (same math;
         the padded one is the reproducible baseline of bench/train_step.py --compare)."""
         self.config.encoder_packed = packed
-        for m in self.encoder.modules():
+        for m in self.modules():
             if hasattr(m, "packed"):
                 m.packed = packed
 
@@ -228,19 +298,23 @@ class TRMWithEncoder(nn.Module):
             min_halt_steps = torch.where(reset, torch.zeros_like(carry.min_halt_steps), carry.min_halt_steps)
 
         # 2. encode the current demos (every step, with grad)
-        kl = None
+        kl, demo, agreement = None, None, None
         if cfg.context_ablation:  # the encoder is skipped: the model can only guess from the query
             B = data["inputs"].shape[0]
             context = z_H.new_zeros(B, cfg.puzzle_emb_len, cfg.hidden_size)
         else:
             enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
             context, kl = enc.context, enc.kl
+            if cfg.demo_attention:  # the demo cells the inner model attends to, re-read every step too
+                demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+            if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
+                agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
         # 3. recursion
         x = self.inner.input_embeddings(data["inputs"], context)
-        z_H, z_L, logits, q = self.inner(z_H, z_L, x)
+        z_H, z_L, logits, q = self.inner(z_H, z_L, x, inputs=data["inputs"], demo=demo, agreement=agreement)
         q_halt, q_continue = q[:, 0], q[:, 1]
 
         # 4. halting

@@ -1,0 +1,175 @@
+"""Candidate cell maps of a grid and the layers that use them (`arch.map_read`).
+
+A candidate map sends each cell q of the answer canvas to the cell of the query input it reads:
+q is first translated by t, then taken through the inverse of a dihedral map d of the input grid
+(anchored at its top-left corner, sized h x w from the canvas). The 8 dihedral maps (in
+dataset/augment.py's numbering) times 12 translations (none, the 8 one-cell shifts, one grid
+height up, one grid width left, both) give 96 maps: every flip/rotation, every one-cell shift,
+and the repeated or mirrored copies of a tiling, each a single map; compositions come from
+applying reads one after another (layers, recursion).
+
+- `MapRead`: attention whose pattern is built from the maps instead of q.k: each query cell,
+  per head, puts softmax weights on the 96 maps (read from its own state) and gets the
+  weighted values of the cells they point at (a cell outside the canvas reads zero). "Which map"
+  is a learned choice with a clean gradient; the read itself is exact, so nothing has to learn to
+  be position-sharp. Its output projection starts at zero (a model with it equals the model
+  without it at step 0).
+- `MapMatch`: for each map, how well the demos agree with it (a learned score of each demo output
+  cell's token against the input token the map points at, averaged over the cells and demos):
+  the positional analogue of the colour table, it hands the map choice what the demos show.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dataset.grids import COLOUR_OFFSET
+from models.layers import Linear
+
+# cell (r, c) of an h x w grid lands at (a*r + b*c + e, f*r + g*c + k) of the transformed grid,
+# e, k in units of (h - 1, w - 1): rows (a, b, e_h, e_w), cols (f, g, k_h, k_w)
+_DIHEDRAL_AFFINE = (
+    ((1, 0, 0, 0), (0, 1, 0, 0)),    # 0 id: (r, c)
+    ((0, -1, 0, 1), (1, 0, 0, 0)),   # 1 rot90: (w-1-c, r)
+    ((-1, 0, 1, 0), (0, -1, 0, 1)),  # 2 rot180: (h-1-r, w-1-c)
+    ((0, 1, 0, 0), (-1, 0, 1, 0)),   # 3 rot270: (c, h-1-r)
+    ((0, 1, 0, 0), (1, 0, 0, 0)),    # 4 transpose: (c, r)
+    ((1, 0, 0, 0), (0, -1, 0, 1)),   # 5 flip left-right: (r, w-1-c)
+    ((-1, 0, 1, 0), (0, 1, 0, 0)),   # 6 flip up-down: (h-1-r, c)
+    ((0, -1, 0, 1), (-1, 0, 1, 0)),  # 7 anti-transpose: (w-1-c, h-1-r)
+)
+NUM_DIHEDRAL = len(_DIHEDRAL_AFFINE)
+# translations (rows, cols) as (unit, grid) parts: t = unit + grid * (h, w)
+_TRANSLATIONS = ((0, 0, 0, 0), (-1, 0, 0, 0), (1, 0, 0, 0), (0, -1, 0, 0), (0, 1, 0, 0), (-1, -1, 0, 0), (-1, 1, 0, 0),
+                 (1, -1, 0, 0), (1, 1, 0, 0), (0, 0, -1, 0), (0, 0, 0, -1), (0, 0, -1, -1))
+NUM_MAPS = NUM_DIHEDRAL * len(_TRANSLATIONS)
+# The map choice's logits are scaled so that Adam's ~lr-sized weight steps move them this many
+# times faster: a rule read from the demos has to settle a choice among 96 within a few hundred steps.
+MAP_LOGIT_SCALE = 10.0
+# MapMatch's initial cost of a wrong cell (a right one earns 1): a rule has to hold on every cell,
+# so one wrong cell in five cancels four right ones.
+MISMATCH_COST = 4.0
+UNCOVERED_COST = 0.25  # ... and of a cell it points off the input grid for
+# Initial weight of the demos' agreement in the map choice: the consistent map's agreement is ~1,
+# a map wrong on a tenth of the cells 0.5, so this starts the choice at the consistent map.
+AGREEMENT_GAIN = 16.0
+
+
+def grid_sizes(canvases: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, w) of the grid at the top-left of each flat canvas [..., side*side]: the colour cells of
+    the first column and of the first row (dataset/grids.py writes grids there)."""
+    colour = (canvases >= COLOUR_OFFSET).view(*canvases.shape[:-1], side, side)
+    return colour[..., :, 0].sum(-1), colour[..., 0, :].sum(-1)
+
+
+def dihedral_positions(rows: torch.Tensor, cols: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                       inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 dihedral maps of h x w grids as affine maps of cell coordinates (cells outside the
+    grid are mapped by the same affine map). inverse=False: where each cell lands in the
+    transformed grid; inverse=True: for each cell of the transformed grid, the cell it comes from.
+    rows, cols: [..., L] (or a shared [L]); h, w: [...]. -> (rows, cols) [..., 8, L]."""
+    A = torch.tensor(_DIHEDRAL_AFFINE, dtype=torch.long, device=rows.device)  # [8, 2, 4]
+    r, c = rows.unsqueeze(-2), cols.unsqueeze(-2)                      # [..., 1, L]
+    hm, wm = (h - 1)[..., None, None], (w - 1)[..., None, None]        # [..., 1, 1]
+    a, b, eh, ew = (A[:, 0, i].view(-1, 1) for i in range(4))        # [8, 1] each: the row map
+    f, g, kh, kw = (A[:, 1, i].view(-1, 1) for i in range(4))        # the column map
+    t_r, t_c = eh * hm + ew * wm, kh * hm + kw * wm
+    if not inverse:
+        return a * r + b * c + t_r, f * r + g * c + t_c
+    # the linear part is a signed permutation: its inverse is its transpose
+    return a * (r - t_r) + f * (c - t_c), b * (r - t_r) + g * (c - t_c)
+
+
+def map_sources(h: torch.Tensor, w: torch.Tensor, side: int) -> torch.Tensor:
+    """For grids h x w [N] on a side x side canvas: the flat canvas index each map reads for each
+    cell, [N, NUM_MAPS, side*side], or side*side (a zero row) where it points off the canvas.
+    Map m = translation m // 8 followed by the inverse of dihedral m % 8."""
+    S = side * side
+    idx = torch.arange(S, device=h.device)
+    rows, cols = idx // side, idx % side
+    T = torch.tensor(_TRANSLATIONS, dtype=torch.long, device=h.device)  # [12, 4]
+    tr = T[:, 0].view(1, -1, 1) + T[:, 2].view(1, -1, 1) * h.view(-1, 1, 1)   # [N, 12, 1]
+    tc = T[:, 1].view(1, -1, 1) + T[:, 3].view(1, -1, 1) * w.view(-1, 1, 1)
+    r, c = dihedral_positions(rows + tr, cols + tc, h[:, None], w[:, None], inverse=True)  # [N, 12, 8, S]
+    inside = (r >= 0) & (r < side) & (c >= 0) & (c < side)
+    return torch.where(inside, r * side + c, S).reshape(h.shape[0], NUM_MAPS, S)
+
+
+class MapRead(nn.Module):
+    """h [B, P+S, H] -> update [B, P+S, H] (zero on the P context tokens): each canvas cell reads the
+    values of the cells that candidate maps point at, weighted per head by its softmax map choice.
+    The candidates are the `top_k` maps the demos agree with most (MapMatch; the first `top_k`
+    maps without demos), so the read costs k gathers whatever the number of maps. The choice
+    logits are the cell's own (learned from its state, zero at first) plus `agreement_gain` times
+    the demos' agreement, so from the first step a cell reads through the map the demos follow."""
+
+    def __init__(self, hidden_size: int, num_heads: int, top_k: int = 8):
+        super().__init__()
+        self.num_heads, self.head_dim, self.top_k = num_heads, hidden_size // num_heads, top_k
+        self.v_proj = Linear(hidden_size, hidden_size)
+        self.choice = Linear(hidden_size, num_heads * NUM_MAPS, bias=True, init_std=0.0)
+        self.agreement_gain = nn.Parameter(torch.tensor(AGREEMENT_GAIN))
+        self.o_proj = Linear(hidden_size, hidden_size, init_std=0.0)
+
+    def forward(self, h: torch.Tensor, sources: torch.Tensor, agreement: torch.Tensor | None) -> torch.Tensor:
+        """sources: [B, NUM_MAPS, S] from `map_sources` (the query input's grid); agreement:
+        [B, NUM_MAPS] from MapMatch, or None (no demos: the zeroed-context ablation)."""
+        B, L, H = h.shape
+        S, k, G, hd = sources.shape[-1], self.top_k, self.num_heads, self.head_dim
+        cells = h[:, L - S:]
+        if agreement is None:
+            maps = torch.arange(k, device=h.device).expand(B, k)
+        else:
+            maps = agreement.topk(k, dim=-1).indices                              # [B, k]
+        w = self.choice.weight.view(G, NUM_MAPS, H)[:, maps].permute(1, 0, 2, 3)   # [B, G, k, H]
+        b = self.choice.bias.view(G, NUM_MAPS)[:, maps].permute(1, 0, 2)            # [B, G, k]
+        logits = MAP_LOGIT_SCALE * (torch.einsum("bsd,bgkd->bgsk", cells, w.to(cells.dtype)).float()
+                                    + b[:, :, None, :].float())
+        if agreement is not None:
+            logits = logits + self.agreement_gain * agreement.gather(1, maps).float()[:, None, None, :]
+        weights = torch.softmax(logits, -1)                                         # [B, G, S, k]
+        v = self.v_proj(cells).view(B, S, G, hd).transpose(1, 2)                   # [B, G, S, hd]
+        v = torch.cat([v, v.new_zeros(B, G, 1, hd)], dim=2)                        # + "off the canvas"
+        src = sources.gather(1, maps[:, :, None].expand(-1, -1, S))                # [B, k, S]
+        read = v.gather(2, src.reshape(B, 1, k * S, 1).expand(-1, G, -1, hd)).view(B, G, k, S, hd)
+        out = torch.einsum("bgsk,bgksd->bsgd", weights.to(read.dtype), read).reshape(B, S, H)
+        return torch.cat([h.new_zeros(B, L - S, H), self.o_proj(out)], dim=1)
+
+
+class MapMatch(nn.Module):
+    """How well the demos agree with each map. Every colour cell of a real demo output votes for
+    each map: (1 + cost) * sim - cost, where sim is a learned similarity of its token and the
+    token of the input cell the map points at (a vocab x vocab table), or -uncovered_cost when the
+    map points off the input grid (a shift's vacated edge, the other copies of a tiling: a small
+    cost, so that a map that reads nothing does not outrank one that explains part of the output);
+    votes are averaged over the cells of each demo, then over the demos. The table starts as
+    "equal tokens" (1 or 0), so a vote starts as +1 for a cell the map gets right and -cost (4) for
+    one it gets wrong: a map the demos follow scores ~1, one wrong on a fraction f of the cells 1 - 5f.
+    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS]."""
+
+    def __init__(self, vocab_size: int, side: int):
+        super().__init__()
+        self.side, self.vocab_size = side, vocab_size
+        self.similarity = nn.Parameter(torch.eye(vocab_size))       # [output token, input token]
+        self.mismatch_cost = nn.Parameter(torch.tensor(MISMATCH_COST))
+        self.uncovered_cost = nn.Parameter(torch.tensor(UNCOVERED_COST))
+
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+        B, D, S = demo_inputs.shape
+        rows = demo_mask.reshape(-1).nonzero().squeeze(1)                        # real demo slots only
+        inputs, labels = demo_inputs.reshape(B * D, S)[rows], demo_labels.reshape(B * D, S)[rows]
+        n = rows.shape[0]
+        sources = map_sources(*grid_sizes(inputs, self.side), self.side)        # [n, M, S]
+        # only the input grid's colour cells are read; EOS, PAD and off the canvas are "nothing" (-1)
+        read = torch.where(inputs >= COLOUR_OFFSET, inputs, -1)
+        read = torch.cat([read, read.new_full((n, 1), -1)], 1).gather(1, sources.reshape(n, -1)).view(n, NUM_MAPS, S)
+        in_grid = read >= 0
+        pair = labels.unsqueeze(1) * self.vocab_size + read.clamp_min(0)         # [n, M, S] (output, input) pair
+        sim = self.similarity.reshape(-1)[pair]
+        votes = torch.where(in_grid, (1 + self.mismatch_cost) * sim - self.mismatch_cost, -self.uncovered_cost)
+        voters = (labels >= COLOUR_OFFSET).to(votes.dtype).unsqueeze(1)          # [n, 1, S]
+        per_demo = (votes * voters).sum(-1) / voters.sum(-1).clamp_min(1.0)     # [n, M]
+        total = per_demo.new_zeros(B * D, NUM_MAPS).index_copy(0, rows, per_demo).view(B, D, NUM_MAPS)
+        return total.sum(1) / demo_mask.sum(1, keepdim=True).clamp_min(1).to(total.dtype)
