@@ -52,6 +52,7 @@ SPEED_BATCH = 192          # per-GPU batch of TRM's runs (768 over 4 GPUs)
 EVAL_BATCH = 1024
 EVAL_TARGET_S = 15 * 60
 UTILISATION_TARGET = 0.40
+READER_COST_TARGET = 1.5  # issue 11: the demo-reading step at most 1.5x the packed standard step
 
 # Tolerances (relative: |a - b| / |b|, tensors by Frobenius norm).
 # Calibrated on CPU with bf16 autocast: tiny-config losses bf16 vs float32 differed by <= 4.3e-3 on
@@ -687,6 +688,27 @@ def stage_tta(ctx: Ctx) -> None:
                  f"({r['plan']['eval_samples']} samples): {plan_min:.1f} min here (extrapolated)")
 
 
+def stage_reader(ctx: Ctx) -> None:
+    """Cost of the inner model reading the demos (issue 11): bench.train_step, paper preset, bf16,
+    batch 192, the packed standard step side by side with arch.map_read and arch.demo_attention."""
+    from bench import train_step
+    dtype = "float32" if ctx.cpu else "bfloat16"
+    for option in ("map_read", "demo_attention"):
+        with ctx.step(option):
+            r, batch = halving_on_oom(ctx, f"reader_{option}", 1 if ctx.cpu else SPEED_BATCH, 16, lambda b: train_step.run(
+                "tiny" if ctx.cpu else "paper", b, ctx.device, dtype, repeats=1 if ctx.cpu else 5,
+                variant={option: True}))
+            base, var = r["layouts"]["packed"], r["layouts"]["variant"]
+            ratio = var["train_ms"] / base["train_ms"]
+            ctx.record(**{option: r, f"{option}_train_ratio": ratio})
+            ctx.headline(f"{option} bs{batch} {dtype}: train {var['train_ms']:.0f} ms vs {base['train_ms']:.0f} ms "
+                         f"= {ratio:.2f}x, peak {var['peak_mib'] / 1024:.1f} vs {base['peak_mib'] / 1024:.1f} GiB")
+            if not ctx.cpu:
+                ctx.check(f"{option}_cost_ratio", ratio <= READER_COST_TARGET, round(ratio, 3), READER_COST_TARGET,
+                          kind="target")
+            _free_memory()
+
+
 @dataclass
 class Stage:
     name: str
@@ -709,6 +731,7 @@ STAGES: list[Stage] = [
     Stage("evaluator_full", stage_evaluator_full, gpu_s=60, cpu_s=120),
     Stage("ddp", stage_ddp, gpu_s=75, cpu_s=240),
     Stage("tta", stage_tta, gpu_s=75, cpu_s=240),
+    Stage("reader", stage_reader, gpu_s=60, cpu_s=240),
     Stage("compile_tiny", stage_compile_tiny, gpu_s=120, cpu_s=240, min_s=60),
     Stage("compile_speed_paper", stage_compile_speed_paper, gpu_s=240, cpu_s=240, min_s=90),
     Stage("compile_speed_hybrid", stage_compile_speed_hybrid, gpu_s=240, cpu_s=240, min_s=90),
