@@ -72,6 +72,8 @@ def pack_bucket(n: int, cap: int) -> int:
     return min(-(-n // 256) * 256, cap)
 
 
+# data-dependent shapes and a host sync: runs eagerly under torch.compile (no graph to capture)
+@torch.compiler.disable
 def packing_plan(real: torch.Tensor, select: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """How to encode rows of a padded layout at their own length. real: [N, L] bool (real tokens);
     select: [N] bool (rows that matter). -> one (rows [n], order [n, b], mask [n, b]) per bucket
