@@ -68,6 +68,9 @@ TOL = {
     # gradients have large bf16 relative errors, so it is checked in float32 only)
     "packed_vs_padded_fp32": {"loss": 1e-4, "context": 1e-4, "logits": 1e-4, "grad": 1e-4, "worst_grad": 1e-3},
     "packed_vs_padded_bf16": {"loss": 1e-2, "context": 3e-2, "logits": 3e-2, "grad": 3e-2},
+    # the demo-reading paths (issue 11), one training step of the same weights: bf16 vs float32
+    # on the device (map_read's sharp map choice amplifies rounding more than attention does)
+    "reader_bf16_vs_fp32": {"loss": 2e-2, "logits": 5e-2},
 }
 
 
@@ -688,12 +691,45 @@ def stage_tta(ctx: Ctx) -> None:
                  f"({r['plan']['eval_samples']} samples): {plan_min:.1f} min here (extrapolated)")
 
 
+def reader_precision(ctx: Ctx, option: str, batch_size: int) -> dict:
+    """One training step of the paper preset with `option` on, float32 and bf16 on the same weights
+    and batch: loss and logits, relative."""
+    import torch
+
+    from bench.common import arc_batch, autocast, build_head, model_config
+    batch = {k: v.to(ctx.device) for k, v in arc_batch(batch_size).items()}
+    head = build_head(dict(model_config("tiny" if ctx.cpu else "paper", batch_size), **{option: True}), ctx.device)
+    # the new paths start with zero output projections (the model without them); give them
+    # weights, as training would, or both dtypes would only compare the standard model
+    torch.manual_seed(0)
+    for name, p in head.model.named_parameters():
+        if name.endswith(("demo_attn.attn.o_proj.weight", "map_read.0.o_proj.weight")) or ".choice." in name:
+            torch.nn.init.normal_(p, std=0.02)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        head.zero_grad(set_to_none=True)
+        with autocast(ctx.device, dtype):
+            _, loss, _, out, _ = head(head.initial_carry(batch), batch)
+        loss.backward()
+        runs[dtype] = (loss.detach().float(), out["logits"].detach().float())
+    del head
+    _free_memory()
+    (l32, g32), (l16, g16) = runs["float32"], runs["bfloat16"]
+    return {"loss": rel(l16, l32), "logits": rel(g16, g32)}
+
+
 def stage_reader(ctx: Ctx) -> None:
     """Cost of the inner model reading the demos (issue 11): bench.train_step, paper preset, bf16,
-    batch 192, the packed standard step side by side with arch.map_read and arch.demo_attention."""
+    batch 192, the packed standard step side by side with arch.map_read and arch.demo_attention;
+    and each option's bf16 step against float32 on the same weights (batch 16)."""
     from bench import train_step
     dtype = "float32" if ctx.cpu else "bfloat16"
     for option in ("map_read", "demo_attention"):
+        with ctx.step(f"{option}_precision"):
+            prec = reader_precision(ctx, option, 2 if ctx.cpu else 16)
+            ctx.record(**{f"{option}_bf16_vs_fp32": prec})
+            for key, limit in TOL["reader_bf16_vs_fp32"].items():
+                ctx.check(f"{option}_bf16_vs_fp32_{key}", prec[key] <= limit, prec[key], limit)
         with ctx.step(option):
             r, batch = halving_on_oom(ctx, f"reader_{option}", 1 if ctx.cpu else SPEED_BATCH, 16, lambda b: train_step.run(
                 "tiny" if ctx.cpu else "paper", b, ctx.device, dtype, repeats=1 if ctx.cpu else 5,
