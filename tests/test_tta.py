@@ -158,13 +158,16 @@ def held_out_pass2(head, cfg, split: ARCSplit, variants: int) -> float:
     return run_evaluation(head, loader, evaluators, CPU, "float32", None, 0, show_progress=False)["ARC/pass@2"]
 
 
-def test_context_adaptation_lowers_the_leave_one_out_loss_with_corrections_of_its_own(fill_data):
+def test_context_adaptation_lowers_the_leave_one_out_loss_with_corrections_of_its_own(fill_data, caplog):
     split = load_split(str(fill_data), "eval")
     cfg, head = small_model(fill_data)
     frozen = {k: v.clone() for k, v in head.state_dict().items()}
+    caplog.set_level("INFO", logger="etrm")
     adapted, stats = adapt(head, split, tta_settings(cfg, mode="context", steps=60, global_batch_size=8,
                                                      context_lr=0.1, fit_variants=4), CPU, "float32", eval_variants=4)
     assert stats["tta/fit_after_loss"] < 0.8 * stats["tta/fit_before_loss"], stats
+    # a redirected log says how far the adaptation got (pytest's stderr is no terminal)
+    assert any(r.getMessage().startswith("tta context: step 60/60 (100%) | loss ") for r in caplog.records)
     # another puzzle's correction fits worse: the corrections are about their own puzzle
     assert stats["tta/fit_swapped_loss"] > stats["tta/fit_after_loss"], stats
     # weights frozen, and the caller's model untouched

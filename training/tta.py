@@ -41,6 +41,7 @@ from dataset.grids import NUM_COLOURS
 from models.losses import IGNORE_LABEL_ID
 from training.distributed import DistInfo, all_reduce_sum, is_distributed
 from training.optim import lr_at
+from training.progress import Progress
 
 log = logging.getLogger("etrm")
 
@@ -316,6 +317,7 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     carry, batches, history = None, iter(loader), []
     adapted.train()
     start = time.perf_counter()
+    progress = Progress(settings.steps, f"tta {settings.mode}", enabled=dist_info.is_main)
     for step in range(settings.steps):
         batch = to_device(next(batches), device)
         if carry is None:
@@ -323,6 +325,9 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
         carry, reduced = adaptation_step(train_head, optimizer, carry, batch, step, settings, loader.local_batch_size,
                                          forward_dtype)
         history.append(reduced)
+        progress.set_postfix(loss=f"{reduced['tta/total_loss']:.3f}")
+        progress.update()
+    progress.close()
     wall = time.perf_counter() - start
     adapted.eval()
 
