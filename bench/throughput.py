@@ -23,8 +23,8 @@ import sys
 
 import torch
 
-from bench.common import (PRESETS, arc_batch, build_head, fmt_table, model_config, peak_memory_mib, reset_peak_memory,
-                          set_threads, time_fn, train_step, utilisation)
+from bench.common import (PRESETS, add_device_args, arc_batch, build_head, fmt_table, model_config, peak_memory_mib,
+                          reset_peak_memory, time_fn, train_step, use_device_args, utilisation)
 
 PAPER = dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=6, L_layers=2)
 CONFIGS = {
@@ -51,15 +51,12 @@ def run_config(name: str, batch_size: int | None, device: str, dtype: str, repea
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--threads", type=int, default=2)
+    add_device_args(ap)
     ap.add_argument("--configs", default="tiny,paper_standard,paper_hybrid")
     ap.add_argument("--batch", type=int, default=None, help="override every config's batch size")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    if args.device == "cpu":
-        set_threads(args.threads)
+    use_device_args(args)
     results = [run_config(c, args.batch, args.device, args.dtype, args.repeats) for c in args.configs.split(",")]
     print(f"Training step throughput ({args.device}, {args.dtype}"
           f"{', %d threads' % torch.get_num_threads() if args.device == 'cpu' else ''}; peak memory is the "

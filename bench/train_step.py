@@ -39,8 +39,8 @@ import time
 import torch
 import yaml
 
-from bench.common import (PRESETS, arc_batch, build_head, eval_step, fmt_table, model_config, peak_memory_mib,
-                          reset_peak_memory, set_threads, sync, time_fn, train_step, utilisation)
+from bench.common import (PRESETS, add_device_args, arc_batch, build_head, eval_step, fmt_table, model_config,
+                          peak_memory_mib, reset_peak_memory, sync, time_fn, train_step, use_device_args, utilisation)
 from models.recursive_reasoning.etrm import ETRMConfig
 
 
@@ -106,11 +106,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    add_device_args(ap)
     ap.add_argument("--max-demos", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--padded", action="store_true", help="padded encoder layout (the baseline)")
     ap.add_argument("--compare", action="store_true", help="time padded and packed side by side")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss head")
@@ -120,8 +118,7 @@ def main(argv=None) -> int:
                     help="also time the packed preset with these model options (e.g. map_read=true)")
     args = ap.parse_args(argv)
 
-    if args.device == "cpu":
-        set_threads(args.threads)
+    use_device_args(args)
     layouts = ("packed", "padded") if args.compare else ("padded",) if args.padded else ("packed",)
     res = run(args.preset, args.batch, args.device, args.dtype, args.max_demos, args.repeats, layouts, args.compile,
               args.train_only, args.utilisation, dict(args.arch) if args.arch else None)

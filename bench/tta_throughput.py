@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import (SIDE, build_head, count_flops, eval_step, fmt_table, load_arc_tasks, model_config,
-                          set_threads, sync, time_fn)
+from bench.common import (SIDE, add_device_args, build_head, count_flops, eval_step, fmt_table, load_arc_tasks,
+                          model_config, sync, time_fn, use_device_args)
 from bench.throughput import PAPER
 from dataset.random_batch import batch_from_pairs
 
@@ -56,9 +56,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--threads", type=int, default=2)
+    add_device_args(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tta-steps", type=int, default=2000, help="the plan: adaptation steps")
     ap.add_argument("--tta-batch", type=int, default=256, help="the plan: adaptation samples per step")
@@ -67,8 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-tflops", type=float, default=989.0, help="GPU peak TFLOP/s of --dtype (H100 bf16 dense)")
     ap.add_argument("--utilisation", type=float, default=0.3, help="assumed model FLOP/s / peak on the GPU")
     args = ap.parse_args(argv)
-    if args.device == "cpu":
-        set_threads(args.threads)
+    use_device_args(args)
 
     from training.tta import AdaptedHead, ContextOffsets, TTASettings, adaptation_optimizer, adaptation_step
 
