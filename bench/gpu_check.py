@@ -703,7 +703,8 @@ def reader_precision(ctx: Ctx, option: str, batch_size: int) -> dict:
     # weights, as training would, or both dtypes would only compare the standard model
     torch.manual_seed(0)
     for name, p in head.model.named_parameters():
-        if name.endswith(("demo_attn.attn.o_proj.weight", "map_read.0.o_proj.weight")) or ".choice." in name:
+        new_path = name.startswith(("inner.demo_attn.", "inner.map_read."))  # every layer's
+        if new_path and name.endswith(("o_proj.weight", "choice.weight", "choice.bias")):
             torch.nn.init.normal_(p, std=0.02)
     runs = {}
     for dtype in ("float32", "bfloat16"):
@@ -735,7 +736,7 @@ def stage_reader(ctx: Ctx) -> None:
                 "tiny" if ctx.cpu else "paper", b, ctx.device, dtype, repeats=1 if ctx.cpu else 5,
                 variant={option: True}))
             base, var = r["layouts"]["packed"], r["layouts"]["variant"]
-            ratio = var["train_ms"] / base["train_ms"]
+            ratio = r["variant"]["train_ratio"]
             ctx.record(**{option: r, f"{option}_train_ratio": ratio})
             ctx.headline(f"{option} bs{batch} {dtype}: train {var['train_ms']:.0f} ms vs {base['train_ms']:.0f} ms "
                          f"= {ratio:.2f}x, peak {var['peak_mib'] / 1024:.1f} vs {base['peak_mib'] / 1024:.1f} GiB")

@@ -21,7 +21,7 @@ baseline); the default packs each real demo pair to its own tokens (same math). 
 both on the same model weights, side by side (packed first: the padded layout's large
 allocations slow down whatever runs after it in the process), and prints the speedups.
 --arch KEY=VALUE ... also times the preset with those model options (e.g. `--arch map_read=true`,
-`--arch demo_attention=true`) in the same process, after the preset, on the same batch, and
+`--arch demo_attention=true`) in the same process and layout, after the preset, on the same batch, and
 prints the cost ratio (CPU peak memory is the process's peak RSS, so the later row is the larger).
 --utilisation adds the step's model FLOP/s over a plain matmul's FLOP/s timed in this process
 (bench/common.py `utilisation`). Peak memory: torch's max allocated on CUDA (per layout), the
@@ -73,7 +73,12 @@ def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: 
         repeats: int = 3, layouts: tuple[str, ...] = ("packed",), compile: bool = False, train_only: bool = False,
         with_utilisation: bool = False, variant: dict | None = None) -> dict:
     """Measure `preset` in each encoder layout ("packed", "padded"); utilisation on the first.
-    `variant` (model options): also the packed preset with those options, as layout "variant"."""
+    `variant` (model options): also the preset with those options, in the first layout, as layout
+    "variant", and its cost ratios to the first layout in out["variant"]."""
+    if variant:  # checked before anything is timed
+        unknown = sorted(set(variant) - {f.name for f in dataclasses.fields(ETRMConfig)})
+        if unknown:
+            raise ValueError(f"--arch {unknown}: not fields of ETRMConfig (models/recursive_reasoning/etrm.py)")
     batch_size = batch_size or PRESETS[preset]["batch"]
     batch = {k: v.to(device) for k, v in arc_batch(batch_size, max_demos).items()}
     cfg = model_config(preset, batch_size, max_demos)
@@ -85,14 +90,14 @@ def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: 
     for name in layouts:
         out["layouts"][name] = measure(head_run, batch, device, dtype, repeats, name == "packed", train_only)
     if variant:
-        known = {f.name for f in dataclasses.fields(ETRMConfig)}
-        unknown = sorted(set(variant) - known)
-        if unknown:
-            raise ValueError(f"--arch {unknown}: not fields of ETRMConfig (models/recursive_reasoning/etrm.py)")
         variant_head = build_head(dict(cfg, **variant), device)
-        out["variant"] = dict(variant, params_total=sum(p.numel() for p in variant_head.parameters()))
-        out["layouts"]["variant"] = measure(torch.compile(variant_head) if compile else variant_head, batch, device,
-                                            dtype, repeats, True, train_only)
+        base = out["layouts"][layouts[0]]
+        var = out["layouts"]["variant"] = measure(torch.compile(variant_head) if compile else variant_head, batch,
+                                                  device, dtype, repeats, layouts[0] == "packed", train_only)
+        out["variant"] = dict(variant, params_total=sum(p.numel() for p in variant_head.parameters()),
+                              train_ratio=var["train_ms"] / base["train_ms"])
+        if not train_only:
+            out["variant"]["eval_ratio"] = var["eval_ms"] / base["eval_ms"]
         del variant_head
     if with_utilisation:
         first = out["layouts"][layouts[0]]
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--utilisation", action="store_true", help="model FLOP/s over a matmul's FLOP/s")
     ap.add_argument("--train-only", action="store_true", help="skip the eval step")
     ap.add_argument("--arch", nargs="+", type=parse_arch_option, metavar="KEY=VALUE", default=None,
-                    help="also time the packed preset with these model options (e.g. map_read=true)")
+                    help="also time the preset with these model options (e.g. map_read=true)")
     args = ap.parse_args(argv)
 
     use_device_args(args)
@@ -135,10 +140,10 @@ def main(argv=None) -> int:
         rows.append(["speedup", f"{p['train_ms'] / q['train_ms']:.2f}x",
                      f"{p['eval_ms'] / q['eval_ms']:.2f}x" if "eval_ms" in q else "-", "", "", ""])
     if args.arch:
-        base, var = results[layouts[0]], results["variant"]
+        ratios = res["variant"]
         rows[[r[0] for r in rows].index("variant")][0] = "+ " + " ".join(f"{k}={json.dumps(v)}" for k, v in args.arch)
-        rows.append(["cost ratio", f"{var['train_ms'] / base['train_ms']:.2f}x",
-                     f"{var['eval_ms'] / base['eval_ms']:.2f}x" if "eval_ms" in var else "-", "", "", ""])
+        rows.append(["cost ratio", f"{ratios['train_ratio']:.2f}x",
+                     f"{ratios['eval_ratio']:.2f}x" if "eval_ratio" in ratios else "-", "", "", ""])
     print(fmt_table(["encoder layout", "train ms", "eval ms", "samples/s", "peak MiB", "first call s"], rows))
     main_name = layouts[0]
     main_res = results[main_name]
@@ -154,11 +159,9 @@ def main(argv=None) -> int:
         if "eval_ms" in results["padded"]:
             out["padded_eval_ms"] = round(results["padded"]["eval_ms"], 1)
     if args.arch:
-        var = results["variant"]
-        out.update(variant=res["variant"], **{f"variant_{k}": round(v, 3) for k, v in var.items()},
-                   variant_train_ratio=round(var["train_ms"] / main_res["train_ms"], 3))
-        if "eval_ms" in var:
-            out["variant_eval_ratio"] = round(var["eval_ms"] / main_res["eval_ms"], 3)
+        options = {k: v for k, v in res["variant"].items() if not k.endswith("_ratio")}
+        out.update(variant=options, **{f"variant_{k}": round(v, 3) for k, v in results["variant"].items()},
+                   **{f"variant_{k}": round(v, 3) for k, v in res["variant"].items() if k.endswith("_ratio")})
     print(json.dumps(out))
     return 0
 
