@@ -384,3 +384,22 @@ def test_a_changed_config_never_resumes_silently_nor_rewrites_config_yaml(tiny_d
     trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=4, lr=2e-3, allow_config_change="true")))
     assert checkpoint.latest_checkpoint(run_dir).name == "step_4" and (run_dir / "config.yaml").read_bytes() == saved
     assert "lr: 0.002" in (run_dir / "config.resumed-step_3.yaml").read_text()
+
+
+@pytest.mark.parametrize("loss, grad_norm, clip, expect_step, expect_scale", [
+    (1.0, 4.0, 1.0, True, 1.0 / (4.0 + 1e-6)),   # clipped to the norm limit
+    (1.0, 0.5, 1.0, True, 1.0),                 # under the limit: untouched
+    (1.0, 4.0, 0.0, True, 1.0),                 # clip 0: no clipping
+    (float("nan"), 4.0, 1.0, False, 1.0),       # non-finite loss: no update
+    (1.0, float("inf"), 1.0, False, 1.0),       # non-finite gradient norm: no update
+])
+def test_clipped_step_clips_and_skips_non_finite_updates(loss, grad_norm, clip, expect_step, expect_scale):
+    """The update rule shared by training and test-time adaptation (training/optim.py)."""
+    from training.optim import clipped_step
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, -2.0, 3.0])
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    assert clipped_step(optimizer, [p.grad], grad_norm, clip, loss) is expect_step
+    torch.testing.assert_close(p.grad, torch.tensor([1.0, -2.0, 3.0]) * expect_scale)
+    torch.testing.assert_close(p.detach(), -p.grad if expect_step else torch.zeros(3))

@@ -21,6 +21,18 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ra
     return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def clipped_step(optimizer: torch.optim.Optimizer, grads: list[torch.Tensor], grad_norm: float, clip_norm: float,
+                 loss: float) -> bool:
+    """The update of a training step: skipped (False) when the loss or the gradient norm is not
+    finite; else the gradients scaled down to clip_norm (0: no clipping) and the optimizer stepped."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return False
+    if clip_norm and grad_norm > clip_norm:
+        torch._foreach_mul_(grads, clip_norm / (grad_norm + 1e-6))
+    optimizer.step()
+    return True
+
+
 class EMA:
     """Exponential moving average of a model's parameters and buffers, held in a copy used for eval."""
 

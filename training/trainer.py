@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from dataset.atomic import atomic_directory, atomic_write_text
 from training import build, checkpoint, run_identity
 from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, is_distributed, shutdown
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
-from training.optim import EMA, build_optimizer, lr_at
+from training.optim import EMA, build_optimizer, clipped_step, lr_at
 from training.progress import Progress
 from training.tta import TTASettings, evaluate_with_tta
 
@@ -361,12 +360,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         total_norm = torch.sqrt(encoder_norm ** 2 + inner_norm ** 2)
         reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "train", gbs,
                                  rank_means={"encoder_cross_sample_var": cross_sample_variance(outputs["context"])})
-        finite = math.isfinite(reduced["train/total_loss"]) and math.isfinite(float(total_norm))
-        if finite:
-            if cfg.grad_clip_norm and float(total_norm) > cfg.grad_clip_norm:
-                torch._foreach_mul_([p.grad for p in model.parameters() if p.grad is not None],
-                                    float(cfg.grad_clip_norm) / (float(total_norm) + 1e-6))
-            optimizer.step()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if clipped_step(optimizer, grads, float(total_norm), float(cfg.grad_clip_norm or 0.0), reduced["train/total_loss"]):
             if ema is not None:
                 ema.update(model)
             counters["nonfinite_in_a_row"] = 0

@@ -22,7 +22,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from dataset.adaptation import adaptation_split
 from dataset.grids import NUM_COLOURS
 from models.losses import IGNORE_LABEL_ID
 from training.distributed import DistInfo, all_reduce_sum, is_distributed
-from training.optim import lr_at
+from training.optim import clipped_step, lr_at
 from training.progress import Progress
 
 log = logging.getLogger("etrm")
@@ -244,11 +243,7 @@ def adaptation_step(train_head: nn.Module, optimizer: torch.optim.Optimizer, car
     reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "tta", settings.global_batch_size)
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
-    if math.isfinite(reduced["tta/total_loss"]) and math.isfinite(norm):
-        if settings.grad_clip_norm and norm > settings.grad_clip_norm:
-            torch._foreach_mul_(grads, settings.grad_clip_norm / (norm + 1e-6))
-        optimizer.step()
-    else:
+    if not clipped_step(optimizer, grads, norm, float(settings.grad_clip_norm), reduced["tta/total_loss"]):
         carry = None  # latents may hold NaN: restart every slot
         log.warning("tta step %d: non-finite loss or gradient norm, update skipped", step)
     optimizer.zero_grad(set_to_none=True)
