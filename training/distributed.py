@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ def _restart_scoped_store(rank: int, world_size: int, timeout: datetime.timedelt
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, context_ablation: bool = False) -> torch.nn.Module:
+    """`module` under DDP whenever a process group exists (one process under torchrun included),
+    else as it is. The zeroed-context ablation leaves the encoder without gradient, which DDP must
+    be told (find_unused_parameters)."""
+    if not is_distributed():
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=context_ablation)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_directory, atomic_write_text
 from training import build, checkpoint, run_identity
-from training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, is_distributed, shutdown
+from training.distributed import (DistInfo, all_reduce_sum, barrier, init_distributed, is_distributed, shutdown,
+                                  wrap_ddp)
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, clipped_step, lr_at
 from training.progress import Progress
@@ -270,10 +270,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     train_head: nn.Module = head
     if cfg.compile:
         train_head = torch.compile(head)
-    if is_distributed():
-        train_head = DistributedDataParallel(
-            train_head, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(cfg.arch.get("context_ablation", False)))
+    train_head = wrap_ddp(train_head, device, bool(cfg.arch.get("context_ablation", False)))
     eval_head = build.loss_head(cfg, ema.model) if ema is not None else head
     encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
 

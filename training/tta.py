@@ -32,13 +32,12 @@ import torch
 from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from dataset import ARCSplit, EvalLoader, TrainLoader
 from dataset.adaptation import adaptation_split
 from dataset.grids import NUM_COLOURS
 from models.losses import IGNORE_LABEL_ID
-from training.distributed import DistInfo, all_reduce_sum, is_distributed
+from training.distributed import DistInfo, all_reduce_sum, wrap_ddp
 from training.optim import clipped_step, lr_at
 from training.progress import Progress
 
@@ -303,10 +302,7 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     loader = TrainLoader(ada, settings.global_batch_size, rank=dist_info.rank, world_size=world, seed=settings.seed,
                          max_demos=max_demos, max_variants=num_variants)
     optimizer = adaptation_optimizer(adapted, settings)
-    train_head: nn.Module = adapted
-    if is_distributed():  # as the trainer: DDP whenever a process group exists
-        train_head = DistributedDataParallel(adapted, device_ids=[device.index] if device.type == "cuda" else None,
-                                             find_unused_parameters=bool(cfg.context_ablation))
+    train_head = wrap_ddp(adapted, device, bool(cfg.context_ablation))  # as the trainer
 
     torch.manual_seed(settings.seed * 1000 + dist_info.rank)  # halting exploration, as in training
     carry, batches, history = None, iter(loader), []
