@@ -96,12 +96,10 @@ def job_world_sizes(line: str) -> list[int]:
 def check_launch(cfg, world_sizes: list[int], check) -> None:
     """What would stop the job at launch, before any GPU time: a missing dataset, or a global
     batch that does not split evenly over the GPUs."""
-    spec = cfg.get("build_if_missing")
-    auto = Path(spec.output_dir).resolve() if spec and spec.get("output_dir") else None
     for key, split in (("data_paths", "train"), ("data_paths_test", "eval")):
         for path in cfg.get(key) or []:
             p = Path(path)
-            if auto is not None and p.resolve() == auto:
+            if build.is_auto_built(cfg, path):
                 check(f"dataset {path}", True, "built at launch when missing (build_if_missing)")
             elif not (p / "metadata.json").is_file():
                 check(f"dataset {path}", False, f"missing; build it with: {BUILD_HINT.format(path=path)}")

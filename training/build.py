@@ -42,6 +42,14 @@ def _same_path(a, b) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def is_auto_built(cfg: DictConfig, path) -> bool:
+    """Whether `path` is the config's own default dataset (`build_if_missing.output_dir`), which
+    ensure_dataset builds when it is missing."""
+    spec = cfg.get("build_if_missing")
+    auto = spec.get("output_dir") if spec else None
+    return bool(auto) and _same_path(path, auto)
+
+
 def check_data_paths(cfg: DictConfig) -> None:
     """Every dataset the config names must exist, except the config's own default dataset, which
     `ensure_dataset` builds at its own default path (`build_if_missing.output_dir`). A path the user
@@ -51,7 +59,7 @@ def check_data_paths(cfg: DictConfig) -> None:
     auto = spec.get("output_dir") if spec else None
     for key in ("data_paths", "data_paths_test"):
         for path in cfg.get(key) or []:
-            if Path(path).exists() or (auto and _same_path(path, auto)):
+            if Path(path).exists() or is_auto_built(cfg, path):
                 continue
             hint = BUILD_HINT.format(path=path)
             if auto:
@@ -68,7 +76,7 @@ def ensure_dataset(cfg: DictConfig, is_main: bool) -> None:
     if not spec or not is_main:
         return
     path = Path(spec.output_dir)
-    if path.exists() or not any(_same_path(p, path) for p in cfg.data_paths):
+    if path.exists() or not any(is_auto_built(cfg, p) for p in cfg.data_paths):
         return
     cmd = build_command(spec)
     log.info("dataset %s is missing: building it first (%s)", path, " ".join(cmd[1:]))
