@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dataset.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 RESERVE_S = 8              # kept free at the end for the summary
 FINISHED = ("ok", "check_failed")  # stage statuses whose numbers are complete
@@ -118,9 +120,7 @@ class Ctx:
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
 def _json_default(o):
