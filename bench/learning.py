@@ -174,6 +174,22 @@ def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
     return out
 
 
+def run_logged(name: str, cmd: list[str], runs: Path, threads: int, log=print) -> float:
+    """Run one row's command (a Python entry point of this repository) with `threads` threads and
+    W&B off, its output in runs/<name>.log; -> wall seconds. A failure raises with the log's tail."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), WANDB_MODE="disabled")
+    log(f"[{name}] $ " + " ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    log_file = runs / f"{name}.log"
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-3000:]
+        raise RuntimeError(f"row {name} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+    return time.perf_counter() - t0
+
+
 def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -> dict:
     run_dir = runs / row["name"]
     if run_dir.exists() and not args.resume:
@@ -181,17 +197,7 @@ def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -
         shutil.rmtree(run_dir)
     overrides = row_overrides(row, built, run_dir, args)
     cmd = [sys.executable, "pretrain_etrm.py", "--config-name", args.config_name, *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), WANDB_MODE="disabled")
-    log(f"[{row['name']}] $ " + " ".join(cmd[1:]))
-    t0 = time.perf_counter()
-    log_file = runs / f"{row['name']}.log"
-    runs.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = log_file.read_text()[-3000:]
-        raise RuntimeError(f"row {row['name']} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+    wall = run_logged(row["name"], cmd, runs, args.threads, log)
     res = summarise_run(run_dir, truths)
     res.update(name=row["name"], encoder=row["encoder"], ablation=row["ablation"], wall_s=wall, run_dir=str(run_dir))
     log(f"[{row['name']}] pass@2 {res['pass@2']:.3f} pass@1 {res['pass@1']:.3f} train exact {res['train_exact']:.3f} "
@@ -224,17 +230,10 @@ def run_tta_row(start: dict, mode: str, runs: Path, args, truths: dict, log=prin
     out_dir = runs / name
     cmd = [sys.executable, "evaluate_etrm.py", f"checkpoint={ckpt}", f"run_dir={out_dir}", f"tta={mode}",
            f"max_eval_variants={args.eval_variants}", *(args.tta_set or [])]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), WANDB_MODE="disabled")
-    log(f"[{name}] $ " + " ".join(cmd[1:]))
-    t0 = time.perf_counter()
-    runs.mkdir(parents=True, exist_ok=True)
-    log_file = runs / f"{name}.log"
-    with open(log_file, "w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
+    wall = run_logged(name, cmd, runs, args.threads, log)
     folders = sorted((out_dir / "eval").glob("*/settings.json"), key=lambda p: p.stat().st_mtime)
-    if proc.returncode != 0 or not folders:
-        raise RuntimeError(f"row {name} failed (exit {proc.returncode}); log {log_file}:\n{log_file.read_text()[-3000:]}")
+    if not folders:
+        raise RuntimeError(f"row {name} wrote no evaluation under {out_dir / 'eval'}; log {runs / f'{name}.log'}")
     metrics = json.loads(folders[-1].read_text())["metrics"]
     res = {"name": name, "start": start["name"], "mode": mode, "pass@1": metrics["ARC/pass@1"],
            "pass@2": metrics["ARC/pass@2"], "task_pass@2": metrics.get("ARC/task_pass@2"),
