@@ -207,9 +207,6 @@ def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -
 
 # ------------------------------------------------------------------------------------- test-time adaptation
 
-TTA_MODES = ("none", "context", "full")
-
-
 def tta_plan(rows: list[dict], modes: list[str]) -> list[tuple[dict, str]]:
     """(trained row, mode) pairs: every mode on the first encoder row's checkpoint, and `full` also
     on the zeroed-context row's (is the encoder a better starting point than nothing?)."""
@@ -325,6 +322,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from training.tta import TTA_MODES  # noqa: PLC0415 (torch is only imported once the arguments are read)
+
+    tta_modes = [m for m in args.tta.split(",") if m]
+    if any(m not in TTA_MODES for m in tta_modes):  # checked before any data is generated
+        raise SystemExit(f"--tta {args.tta!r}: modes must be among {list(TTA_MODES)}")
     out = Path(args.out)
     tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
     puzzles, built = prepare_data(out, args.num_train, args.num_eval, args.seed, args.families, args.num_aug,
@@ -335,9 +337,6 @@ def main(argv=None) -> int:
     truths = eval_truths(puzzles)
     blind = rule_blind_bound(puzzles)
     encoders = [e for e in args.encoders.split(",") if e]
-    tta_modes = [m for m in args.tta.split(",") if m]
-    if any(m not in TTA_MODES for m in tta_modes):
-        raise SystemExit(f"--tta {args.tta!r}: modes must be among {list(TTA_MODES)}")
     rows = [{"name": e, "encoder": e, "ablation": False} for e in encoders]
     abl = args.ablation_encoder or (encoders[0] if encoders else "standard")
     if abl != "none":
