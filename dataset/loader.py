@@ -8,6 +8,11 @@ Batches are assembled with numpy: every grid is encoded once per dihedral into a
 cache ([grids + 1, 8, seq_len], the extra row all PAD for empty demo slots), so a batch is one
 gather from the cache, an optional per-sample shift (translation) and a per-sample 12-entry
 colour lookup table (PAD and EOS fixed, colour c -> perm[c]).
+
+Example pools (RE-ARC, `puzzle_pool`): every example of a pool is a query; `TrainLoader` draws its
+demos from the other examples of the same pool each epoch, from an RNG seeded by (seed, epoch), so
+the draws follow from the loader's resumable state. Pool grids are not in the canvas cache (it
+would cost 8 canvases per grid for every example); they are encoded per batch, vectorised.
 """
 from __future__ import annotations
 
@@ -21,6 +26,28 @@ import torch
 from .augment import NUM_DIHEDRAL, dihedral
 from .grids import COLOUR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID, encode_grid
 from .variants import TRANSPOSES
+
+SUPPORTED_FORMATS = (1, 2)
+
+
+def _dihedral_flags() -> np.ndarray:
+    """[8, 3] (flip rows, flip columns, transpose after) with which each dihedral maps cell (r, c)
+    of an h x w grid, found from dataset.augment.dihedral itself (one definition)."""
+    g = np.arange(6).reshape(2, 3)
+    flags = np.zeros((NUM_DIHEDRAL, 3), dtype=bool)
+    for d in range(NUM_DIHEDRAL):
+        target = dihedral(g, d)
+        for fr, fc, tr in np.ndindex(2, 2, 2):
+            x = g[::-1] if fr else g
+            x = x[:, ::-1] if fc else x
+            x = x.T if tr else x
+            if x.shape == target.shape and np.array_equal(x, target):
+                flags[d] = (fr, fc, tr)
+                break
+    return flags
+
+
+DIHEDRAL_FLAGS = _dihedral_flags()
 
 BUILD_HINT = ("python -m dataset.build_arc_dataset --train-sources arc-agi-1:train ../shared/data/ConceptARC/corpus "
               "--eval-sources arc-agi-1:eval --output-dir {path} --num-aug 1000 --seed 42")
@@ -43,8 +70,12 @@ def _read_dir(path: Path, split: str) -> tuple[dict, dict, list[str]]:
                                 "rebuild it with: " + BUILD_HINT.format(path=path))
     with open(meta_file) as f:
         meta = json.load(f)
+    if int(meta.get("format_version", 1)) not in SUPPORTED_FORMATS:
+        raise ValueError(f"dataset {path} has format_version {meta.get('format_version')}; this loader reads "
+                         f"{SUPPORTED_FORMATS}: rebuild it with this checkout's builder")
     with np.load(split_dir / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
+    arrays.setdefault("puzzle_pool", np.zeros(len(arrays["puzzle_num_demos"]), dtype=bool))  # format 1
     with open(split_dir / "puzzles.json") as f:
         ids = json.load(f)
     return meta, arrays, ids
@@ -132,6 +163,18 @@ class ARCSplit:
         self.puzzle_variant_offsets: np.ndarray = a["puzzle_variant_offsets"]
         if len(self.puzzle_ids) != len(self.puzzle_num_demos):
             raise ValueError(f"{self.paths}: puzzles.json and arrays.npz disagree on the number of puzzles")
+        self.puzzle_pool: np.ndarray = a.get("puzzle_pool", np.zeros(len(self.puzzle_num_demos), bool)).astype(bool)
+        self.query_is_pool: np.ndarray = self.puzzle_pool[self.query_puzzle]
+        pair_in_pool = np.repeat(self.puzzle_pool, np.diff(self.puzzle_pair_offsets))
+        grid_in_pool = np.zeros(self.num_grids + 1, dtype=bool)  # + the empty-slot id
+        grid_in_pool[self.pair_input[pair_in_pool]] = True
+        grid_in_pool[self.pair_output[pair_in_pool]] = True
+        self._grid_in_pool = grid_in_pool
+        # row of each grid in the canvas cache (pool grids and the empty slot -> the all-PAD last row)
+        cached = np.flatnonzero(~grid_in_pool[:-1])
+        self._cache_row = np.full(self.num_grids + 1, len(cached), dtype=np.int64)
+        self._cache_row[cached] = np.arange(len(cached))
+        self._cached_grids = cached
         self._canvas_cache: np.ndarray | None = None
         self._query_tables: dict[int, tuple] = {}
 
@@ -215,18 +258,60 @@ class ARCSplit:
         return self.variants[v]
 
     # ------------------------------------------------------------------ batch assembly
+    @property
+    def num_pool_queries(self) -> int:
+        return int(self.query_is_pool.sum())
+
     def canvases(self) -> np.ndarray:
-        """uint8 [num_grids + 1, 8, seq_len]: every grid transformed by each dihedral, encoded at
-        the top-left; the last row is all PAD (empty demo slot). Built once, shared by loaders."""
+        """uint8 [cached grids + 1, 8, seq_len]: every grid outside example pools (row
+        `_cache_row[grid]`; all grids when there are no pools) transformed by each dihedral, encoded
+        at the top-left; the last row is all PAD (empty demo slot). Built once, shared by loaders."""
         if self._canvas_cache is None:
             side = self.side
-            cache = np.zeros((self.num_grids + 1, NUM_DIHEDRAL, side * side), dtype=np.uint8)
-            for i in range(self.num_grids):
-                g = self.grid(i)
+            cache = np.zeros((len(self._cached_grids) + 1, NUM_DIHEDRAL, side * side), dtype=np.uint8)
+            for row, i in enumerate(self._cached_grids):
+                g = self.grid(int(i))
                 for d in range(NUM_DIHEDRAL):
-                    encode_grid(dihedral(g, d), side, out=cache[i, d])
+                    encode_grid(dihedral(g, d), side, out=cache[row, d])
             self._canvas_cache = cache
         return self._canvas_cache
+
+    def encode_grids(self, ids: np.ndarray, d: np.ndarray, out: np.ndarray) -> None:
+        """Write grids `ids` [m] under dihedrals `d` [m] into the all-PAD canvases `out` [m, seq_len]
+        (uint8), as `encode_grid(dihedral(grid, d))` does, vectorised over every cell."""
+        side = self.side
+        ids, d = np.asarray(ids, np.int64), np.asarray(d, np.int64)
+        h, w = self.grid_shapes[ids, 0], self.grid_shapes[ids, 1]
+        sizes = h * w
+        inst = np.repeat(np.arange(len(ids), dtype=np.int64), sizes)
+        k = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        hh, ww = h[inst], w[inst]
+        fr, fc, tr = (DIHEDRAL_FLAGS[d[inst], j] for j in range(3))
+        r, c = k // ww, k % ww
+        r = np.where(fr, hh - 1 - r, r)
+        c = np.where(fc, ww - 1 - c, c)
+        pos = np.where(tr, c * side + r, r * side + c)
+        out[inst, pos] = self.grid_cells[np.repeat(self.grid_offsets[ids], sizes) + k] + COLOUR_OFFSET
+        ht, wt = np.where(TRANSPOSES[d], w, h), np.where(TRANSPOSES[d], h, w)
+        # EOS: the row below (columns 0..w) and the column right (rows 0..h) of the grid, where they fit
+        for fits, along, at, row_major in ((ht < side, wt, ht, True), (wt < side, ht, wt, False)):
+            sel = np.flatnonzero(fits)
+            n = np.minimum(along[sel] + 1, side)
+            i = np.repeat(sel, n)
+            j = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+            out[i, at[i] * side + j if row_major else j * side + at[i]] = EOS_ID
+
+    def _canvases_for(self, grids: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """uint8 [n, G, seq_len] canvases of grid ids `grids` [n, G] (num_grids = empty slot) under
+        dihedral d [n] per row: cached grids gathered, pool grids encoded."""
+        x = self.canvases()[self._cache_row[grids], d[:, None]]
+        pool = self._grid_in_pool[grids]
+        if pool.any():
+            i, j = np.nonzero(pool)
+            enc = np.zeros((len(i), self.seq_len), dtype=np.uint8)
+            self.encode_grids(grids[i, j], d[i], enc)
+            x[i, j] = enc
+        return x
 
     def query_tables(self, max_demos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(grids [Q, 2 + 2*D] of query input, output, D demo inputs, D demo outputs, with
@@ -237,7 +322,11 @@ class ARCSplit:
             grids = np.full((self.num_queries, 2 + 2 * D), pad, dtype=np.int64)
             mask = np.zeros((self.num_queries, D), dtype=bool)
             hw = np.zeros((self.num_queries, 2), dtype=np.int64)
-            for q in range(self.num_queries):
+            pool_q = np.flatnonzero(self.query_is_pool)  # demos drawn per sample (assemble's demo_pairs)
+            grids[pool_q, 0] = self.pair_input[self.query_pair_index[pool_q]]
+            grids[pool_q, 1] = self.pair_output[self.query_pair_index[pool_q]]
+            hw[pool_q] = np.maximum(self.grid_shapes[grids[pool_q, 0]], self.grid_shapes[grids[pool_q, 1]])
+            for q in np.flatnonzero(~self.query_is_pool):
                 pair = int(self.query_pair_index[q])
                 demos = self.query_demo_pairs(q, D)
                 grids[q, 0] = self.pair_input[pair]
@@ -252,18 +341,32 @@ class ARCSplit:
         return self._query_tables[max_demos]
 
     def assemble(self, queries: np.ndarray, variants: np.ndarray, max_demos: int,
-                 translate_u: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+                 translate_u: np.ndarray | None = None, valid: np.ndarray | None = None,
+                 demo_pairs: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """The batch for samples (query index, global variant index). `translate_u` [n, 2] in [0, 1)
-        draws a translation per sample that keeps all its grids inside the canvas."""
+        draws a translation per sample that keeps all its grids inside the canvas. `demo_pairs`
+        [n, max_demos] (pair indices, -1 = empty slot) are the drawn demos of pool queries (rows of
+        other queries are ignored); without it a pool query has no demos."""
         queries = np.asarray(queries, dtype=np.int64)
         variants = np.asarray(variants, dtype=np.int64)
         n, D, side = len(queries), int(max_demos), self.side
         grids, mask, hw = self.query_tables(D)
+        grids, mask, hw = grids[queries], mask[queries], hw[queries]
+        if demo_pairs is not None:
+            rows = np.flatnonzero(self.query_is_pool[queries])
+            dp = np.asarray(demo_pairs, dtype=np.int64)[rows]
+            ok = dp >= 0
+            pad = self.num_grids
+            grids[rows, 2:2 + D] = np.where(ok, self.pair_input[dp.clip(0)], pad)
+            grids[rows, 2 + D:] = np.where(ok, self.pair_output[dp.clip(0)], pad)
+            mask[rows] = ok
+            shapes = np.concatenate([self.grid_shapes, np.zeros((1, 2), np.int64)])
+            hw[rows] = shapes[grids[rows]].max(axis=1)
         var = self.variants[variants]
         d = var[:, 0].astype(np.int64)
-        x = self.canvases()[grids[queries], d[:, None]]  # [n, 2 + 2D, S] uint8
+        x = self._canvases_for(grids, d)  # [n, 2 + 2D, S] uint8
         if translate_u is not None and n:
-            h, w = hw[queries, 0], hw[queries, 1]
+            h, w = hw[:, 0], hw[:, 1]
             h, w = np.where(TRANSPOSES[d], w, h), np.where(TRANSPOSES[d], h, w)
             r0 = np.floor(translate_u[:, 0] * (side - h + 1)).astype(np.int64)
             c0 = np.floor(translate_u[:, 1] * (side - w + 1)).astype(np.int64)
@@ -287,7 +390,7 @@ class ARCSplit:
             "labels": torch.from_numpy(labels),
             "demo_inputs": torch.from_numpy(flat[idx[:, 2:2 + D]]),
             "demo_labels": torch.from_numpy(flat[idx[:, 2 + D:]]),
-            "demo_mask": torch.from_numpy(mask[queries]),
+            "demo_mask": torch.from_numpy(mask),
             "puzzle_identifiers": torch.from_numpy(variants.copy()),
             "query_index": torch.from_numpy(queries.copy()),
             "puzzle_index": torch.from_numpy(self.query_puzzle[queries]),
@@ -325,6 +428,10 @@ class TrainLoader:
     of its variants (of its first `max_variants` when given), and the epoch's samples are all
     queries of each group under that variant. The sample stream runs across epoch boundaries, so
     every global batch is full; rank r takes rows [r*local, (r+1)*local) of each global batch.
+
+    Example pools: each pool query is a group of its own (its own variant, its own place in the
+    shuffle), and its demos are min(max_demos, pool size - 1) other examples of the pool drawn
+    without replacement from an RNG seeded by (seed, epoch, 1): the same state gives the same draws.
     """
 
     def __init__(self, split: ARCSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -347,6 +454,20 @@ class TrainLoader:
         self._v_start, self._v_count = v_off[:-1], np.diff(v_off)
         if max_variants is not None:  # draw only each puzzle's first max_variants (as EvalLoader's max_variants)
             self._v_count = np.minimum(self._v_count, int(max_variants))
+        self._has_pools = bool(split.query_is_pool.any())
+        if self._has_pools:  # groups: every non-pool puzzle, then every pool query on its own
+            plain = np.flatnonzero(~split.puzzle_pool)
+            pool_q = np.flatnonzero(split.query_is_pool)
+            owner = split.query_puzzle[pool_q]
+            self._q_start = np.concatenate([self._q_start[plain], pool_q])
+            self._q_count = np.concatenate([self._q_count[plain], np.ones(len(pool_q), np.int64)])
+            self._v_start = np.concatenate([self._v_start[plain], self._v_start[owner]])
+            self._v_count = np.concatenate([self._v_count[plain], self._v_count[owner]])
+            # per query: its pool's first pair and size, and its own index in the pool
+            first = split.puzzle_pair_offsets[split.query_puzzle]
+            self._pool_first = first
+            self._pool_size = split.puzzle_pair_offsets[split.query_puzzle + 1] - first
+            self._pool_own = split.query_pair_index - first
 
     @property
     def samples_per_epoch(self) -> int:
@@ -356,11 +477,12 @@ class TrainLoader:
     def epoch(self) -> float:
         return self._epoch + self._position / self.samples_per_epoch
 
-    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(query, variant, translation uniforms or None) of every sample of `epoch`, in order."""
+    def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(query, variant, translation uniforms or None, drawn demo pairs of pool queries or None)
+        of every sample of `epoch`, in order."""
         if epoch not in self._plans:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(self.split.num_puzzles)
+            order = rng.permutation(len(self._q_start))
             pick = np.floor(rng.random(len(order)) * self._v_count[order]).astype(np.int64)
             variant = self._v_start[order] + pick
             counts = self._q_count[order]
@@ -369,38 +491,66 @@ class TrainLoader:
             queries = np.repeat(self._q_start[order] - group_start, counts) + np.arange(total)
             variants = np.repeat(variant, counts)
             u = rng.random((total, 2)) if self.translate else None
+            demos = self._draw_demos(np.random.default_rng([self.seed, epoch, 1]), queries) if self._has_pools else None
             for old in [e for e in self._plans if e < epoch - 1]:
                 del self._plans[old]
-            self._plans[epoch] = (queries, variants, u)
+            self._plans[epoch] = (queries, variants, u, demos)
         return self._plans[epoch]
+
+    def _draw_demos(self, rng: np.random.Generator, queries: np.ndarray) -> np.ndarray:
+        """int32 [n, max_demos]: for each pool query, min(max_demos, pool size - 1) distinct other
+        examples of its pool (global pair indices) in random order, -1 for empty slots and for
+        queries outside pools. Floyd's sampling, vectorised: max_demos rounds, whatever the pool size."""
+        D = self.max_demos
+        out = np.full((len(queries), D), -1, dtype=np.int64)
+        rows = np.flatnonzero(self.split.query_is_pool[queries])
+        q = queries[rows]
+        others = self._pool_size[q] - 1  # draw from range(others), then skip the query's own index
+        m = np.minimum(D, others)
+        picked = np.full((len(q), D), -1, dtype=np.int64)
+        for i in range(D):
+            j = others - m + i  # Floyd: t uniform in [0, j]; if taken, take j
+            t = np.floor(rng.random(len(q)) * (j + 1)).astype(np.int64)
+            taken = (picked[:, :i] == t[:, None]).any(axis=1)
+            picked[:, i] = np.where(i < m, np.where(taken, j, t), -1)
+        keys = rng.random(picked.shape)
+        keys[picked < 0] = 2.0  # empty slots last
+        picked = np.take_along_axis(picked, np.argsort(keys, axis=1), axis=1)
+        own = self._pool_own[q][:, None]
+        pairs = self._pool_first[q][:, None] + np.where(picked >= own, picked + 1, picked)
+        out[rows] = np.where(picked >= 0, pairs, -1)
+        return out.astype(np.int32)
 
     def _take(self, epoch: int, position: int, count: int):
         """`count` samples of the stream starting at (epoch, position)."""
-        qs, vs, us = [], [], []
+        qs, vs, us, ds = [], [], [], []
         while count > 0:
             while position >= self.samples_per_epoch:
                 position -= self.samples_per_epoch
                 epoch += 1
-            q, v, u = self._plan(epoch)
+            q, v, u, dm = self._plan(epoch)
             stop = min(position + count, len(q))
             qs.append(q[position:stop])
             vs.append(v[position:stop])
             if u is not None:
                 us.append(u[position:stop])
+            if dm is not None:
+                ds.append(dm[position:stop])
             count -= stop - position
             position = stop
-        return np.concatenate(qs), np.concatenate(vs), (np.concatenate(us) if us else None)
+        return (np.concatenate(qs), np.concatenate(vs), (np.concatenate(us) if us else None),
+                (np.concatenate(ds) if ds else None))
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        q, v, u = self._take(self._epoch, self._position + self.rank * self.local_batch_size, self.local_batch_size)
+        q, v, u, dm = self._take(self._epoch, self._position + self.rank * self.local_batch_size, self.local_batch_size)
         self._position += self.global_batch_size
         while self._position >= self.samples_per_epoch:
             self._position -= self.samples_per_epoch
             self._epoch += 1
-        return self.split.assemble(q, v, self.max_demos, translate_u=u)
+        return self.split.assemble(q, v, self.max_demos, translate_u=u, demo_pairs=dm)
 
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
