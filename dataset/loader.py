@@ -283,14 +283,21 @@ class ARCSplit:
         ids, d = np.asarray(ids, np.int64), np.asarray(d, np.int64)
         h, w = self.grid_shapes[ids, 0], self.grid_shapes[ids, 1]
         sizes = h * w
-        inst = np.repeat(np.arange(len(ids), dtype=np.int64), sizes)
-        k = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        hh, ww = h[inst], w[inst]
-        fr, fc, tr = (DIHEDRAL_FLAGS[d[inst], j] for j in range(3))
-        r, c = k // ww, k % ww
-        r = np.where(fr, hh - 1 - r, r)
-        c = np.where(fc, ww - 1 - c, c)
-        pos = np.where(tr, c * side + r, r * side + c)
+        # per grid: canvas position of cell (r, c) = p0 + r * pr + c * pc (flips and transpose folded in)
+        fr, fc, tr = DIHEDRAL_FLAGS[d].T
+        a_r, s_r = np.where(fr, h - 1, 0), np.where(fr, -1, 1)
+        a_c, s_c = np.where(fc, w - 1, 0), np.where(fc, -1, 1)
+        p0 = np.where(tr, a_c * side + a_r, a_r * side + a_c)
+        pr = np.where(tr, s_r, s_r * side)
+        pc = np.where(tr, s_c * side, s_c)
+        total = int(sizes.sum())
+        inst = np.repeat(np.arange(len(ids), dtype=np.int32), sizes)
+        k = np.arange(total, dtype=np.int32) - np.repeat((np.cumsum(sizes) - sizes).astype(np.int32), sizes)
+        ww = np.repeat(w.astype(np.int32), sizes)
+        r = k // ww
+        c = k - r * ww
+        pos = np.repeat(p0.astype(np.int32), sizes) + r * np.repeat(pr.astype(np.int32), sizes) \
+            + c * np.repeat(pc.astype(np.int32), sizes)
         out[inst, pos] = self.grid_cells[np.repeat(self.grid_offsets[ids], sizes) + k] + COLOUR_OFFSET
         ht, wt = np.where(TRANSPOSES[d], w, h), np.where(TRANSPOSES[d], h, w)
         # EOS: the row below (columns 0..w) and the column right (rows 0..h) of the grid, where they fit
