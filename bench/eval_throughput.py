@@ -120,7 +120,7 @@ def evaluator_full_pass(split, loader, outputs: dict, run_dir: Path) -> dict:
         valid = rows < loader.num_samples
         rows = np.where(valid, rows, 0)
         take = rows % n
-        ev.update({"puzzle_identifiers": loader.sample_variant[rows], "query_index": loader.sample_query[rows],
+        ev.update({"variant_index": loader.sample_variant[rows], "query_index": loader.sample_query[rows],
                    "valid": valid}, {"preds": preds[take], "q_halt_logits": q[take], "steps": steps[take]})
     update_s = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)

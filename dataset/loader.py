@@ -285,7 +285,7 @@ class ARCSplit:
             "demo_inputs": torch.from_numpy(flat[idx[:, 2:2 + D]]),
             "demo_labels": torch.from_numpy(flat[idx[:, 2 + D:]]),
             "demo_mask": torch.from_numpy(mask[queries]),
-            "puzzle_identifiers": torch.from_numpy(variants.copy()),
+            "variant_index": torch.from_numpy(variants.copy()),
             "query_index": torch.from_numpy(queries.copy()),
             "puzzle_index": torch.from_numpy(self.query_puzzle[queries]),
             "valid": torch.from_numpy(np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)),

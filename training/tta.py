@@ -126,7 +126,7 @@ class TTASettings:
 class ContextOffsets(nn.Module):
     """A learned correction of the context tokens per puzzle ([N, 1, P, H]) or per (puzzle,
     variant) ([N, V, P, H], variants counted within their puzzle); zero at the start. Looked up
-    per sample from the batch's `puzzle_index` and `puzzle_identifiers` (global variant index);
+    per sample from the batch's `puzzle_index` and `variant_index` (global variant index);
     a variant beyond the first V gets no correction.
 
     With `colour_source` (models whose first 10 context tokens are per-colour slots, i.e. the
@@ -169,7 +169,7 @@ class ContextOffsets(nn.Module):
                 self.table.copy_(saved)
 
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        variant = data["puzzle_identifiers"]
+        variant = data["variant_index"]
         slot = self.slot_of_variant[variant]
         rows = self.table[data["puzzle_index"], slot.clamp_min(0)]  # [B, P, H]
         if self.colour_source is not None:
