@@ -25,14 +25,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dataset.random_batch import random_batch
 from models import load_model_class
 from training import build, preflight
+from training.config_schema import compose_config
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
 ENTRY = "pretrain_etrm.py"
 
 
@@ -111,8 +110,7 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
         return bool(ok)
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = compose_config(config_name, overrides)
     except Exception as e:  # report, do not crash: the next job lines still get checked
         check("config composes", False, f"{type(e).__name__}: {e}")
         return checks

@@ -167,9 +167,8 @@ def tiny_overrides(ctx: Ctx, run: str, steps: int, device: str, dtype: str, eval
 
 
 def compose_tiny(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
+    from training.config_schema import compose_config
+    return compose_config("cfg_pretrain_etrm_tiny", overrides)
 
 
 def train_losses(run_dir: Path) -> dict:
