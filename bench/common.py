@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from dataset.tokens import PAD_ID, VOCAB_SIZE
+from dataset.tokens import VOCAB_SIZE
 from models.config import ETRMConfig
 from dataset.random_batch import batch_from_pairs
 
@@ -214,17 +214,3 @@ def fmt_table(header: list[str], rows: list[list]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def real_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
-    """(real demo tokens, padded demo tokens, real query tokens, padded query tokens) of a batch;
-    padded counts are what the padded layout feeds (every slot x 2S, every query x S)."""
-    d_in, d_out, m = batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
-    real_demo = int(((d_in != PAD_ID).sum(-1) + (d_out != PAD_ID).sum(-1))[m].sum())
-    padded_demo = d_in.shape[0] * d_in.shape[1] * 2 * d_in.shape[2]
-    real_q = int((batch["inputs"] != PAD_ID).sum())
-    padded_q = batch["inputs"].numel()
-    return real_demo, padded_demo, real_q, padded_q
-
-
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("gc", "math", "os", "resource", "statistics", "time")]

@@ -58,9 +58,12 @@ class TimedEvaluator:
         self.update_s += time.perf_counter() - t0
         self.last_outputs = {k: v.detach().cpu() for k, v in outputs.items()}
 
-    def result(self, run_dir, step: int):
+    def local_data(self):
+        return self.inner.local_data()
+
+    def result(self, run_dir, step: int, parts=None):
         t0 = time.perf_counter()
-        out = self.inner.result(run_dir, step)
+        out = self.inner.result(run_dir, step, parts)
         self.result_s += time.perf_counter() - t0
         return out
 

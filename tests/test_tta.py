@@ -70,7 +70,10 @@ class Collect:
     def update(self, batch, outputs):
         self.preds.append(outputs["preds"].clone())
 
-    def result(self, run_dir, step):
+    def local_data(self):
+        return {}
+
+    def result(self, run_dir, step, parts=None):
         return {}
 
 

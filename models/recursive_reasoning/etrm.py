@@ -13,7 +13,7 @@ One ACT step (TRMWithEncoder.forward):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -279,6 +279,3 @@ class TRMWithEncoder(nn.Module):
             outputs["kl"] = kl
         new_carry = ETRMCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, min_halt_steps=min_halt_steps, current_data=data)
         return new_carry, outputs
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
