@@ -259,7 +259,7 @@ def test_trm_decoder_weights_load_into_a_model_with_the_new_paths(tmp_path):
 @pytest.mark.parametrize("encoder", ["standard", "hybrid_variational", "colour_slots"])
 def test_hydra_config_with_the_new_paths_builds_and_steps(encoder):
     """The options compose with any encoder's job line and build through the trainer's builder."""
-    from tests.test_config import compose_cfg
+    from tests.helpers import compose_cfg
     from training import build
 
     cfg = compose_cfg("cfg_pretrain_etrm_tiny", ["arch.demo_attention=true", "arch.map_read=true",
