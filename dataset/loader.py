@@ -130,7 +130,8 @@ class ARCSplit:
             counts["puzzles"] += len(a["puzzle_num_demos"])
             counts["queries"] += len(a["query_puzzle"])
             counts["variants"] += len(a["variants"])
-        self._set_arrays({k: np.concatenate(v) for k, v in cols.items()})
+        # one directory: its arrays as read (no copy: a RE-ARC split's cells are hundreds of MB)
+        self._set_arrays({k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in cols.items()})
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], puzzle_ids: list[str], metadata: dict, split: str,
@@ -144,7 +145,7 @@ class ARCSplit:
         return self
 
     def _set_arrays(self, a: dict[str, np.ndarray]) -> None:
-        self.grid_cells: np.ndarray = a["grid_cells"].astype(np.uint8)
+        self.grid_cells: np.ndarray = np.asarray(a["grid_cells"], dtype=np.uint8)
         self.grid_offsets: np.ndarray = a["grid_offsets"].astype(np.int64)
         self.grid_shapes: np.ndarray = a["grid_shapes"].astype(np.int64)
         self.pair_input: np.ndarray = a["pair_input"].astype(np.int64)
