@@ -303,3 +303,20 @@ def test_kill9_resume_reproduces_the_pool_draws(tmp_path, write_arc_task):
     assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
     run_cli(overrides)
     assert_same_end(clean, killed, steps)
+
+
+def test_the_rearc_recipe_composes_and_its_build_command_parses():
+    """config: +experiment=arc1_concept_rearc selects the data group and a schedule in its epoch
+    units; the recipe's builder command is one the builder accepts, with the three train sources."""
+    import shlex
+
+    from dataset.build_arc_dataset import parse_args
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["+experiment=arc1_concept_rearc"])
+    assert list(cfg.data_paths) == ["data/arc1concept-rearc-aug-1000"] and cfg.epochs == 250
+    argv = shlex.split(cfg.data_recipe.format(path=cfg.data_paths[0]))
+    assert argv[:3] == ["python", "-m", "dataset.build_arc_dataset"]
+    args = parse_args(argv[3:])
+    assert args.train_sources == ["arc-agi-1:train", "../shared/data/ConceptARC/corpus", "re-arc:data/re_arc"]
+    assert args.eval_sources == ["arc-agi-1:eval"] and args.output_dir == cfg.data_paths[0]
