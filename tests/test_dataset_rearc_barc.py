@@ -320,3 +320,29 @@ def test_the_rearc_recipe_composes_and_its_build_command_parses():
     args = parse_args(argv[3:])
     assert args.train_sources == ["arc-agi-1:train", "../shared/data/ConceptARC/corpus", "re-arc:data/re_arc"]
     assert args.eval_sources == ["arc-agi-1:eval"] and args.output_dir == cfg.data_paths[0]
+
+
+def test_symmetries_of_large_pools_match_a_full_check():
+    """variants.puzzle_symmetries checks the first 8 grids' symmetries only on all grids (pools of
+    thousands): the result must equal checking every dihedral on every grid."""
+    from dataset.variants import puzzle_symmetries
+
+    rng = np.random.default_rng(5)
+
+    def full(grids):
+        out = []
+        for e in range(8):
+            images = [dihedral(g, e) for g in grids]
+            if any(t.shape != g.shape for t, g in zip(images, grids)):
+                continue
+            q = {}
+            if all(q.setdefault(int(a), int(b)) == int(b) for t, g in zip(images, grids) for a, b in zip(t.ravel(), g.ravel())) \
+                    and len(set(q.values())) == len(q) and q.get(0, 0) == 0:
+                out.append(e)
+        return out
+
+    sym = [np.array([[1, 2, 1], [3, 4, 3]]) for _ in range(12)]  # flip left-right is a symmetry of all
+    broken = sym[:9] + [np.array([[1, 2, 3], [3, 4, 3]])] + sym[10:]  # ... but not of grid 9
+    square = [(lambda a: np.maximum(a, a.T))(rng.integers(0, 3, (3, 3))) for _ in range(10)]  # transpose
+    for grids in (sym, broken, square, [rng.integers(0, 10, (2, 2)) for _ in range(20)]):
+        assert [e for e, _ in puzzle_symmetries(grids)[1]] == full(grids)
