@@ -161,10 +161,11 @@ def filter_tasks(tasks: list[Task], side_name: str, max_grid_size: int, max_demo
         if t.pool is not None:  # a pool loses its oversized examples, counted
             big = (t.pool.shapes.max(axis=1) > max_grid_size).reshape(-1, 2).any(axis=1)
             if big.any():
-                h, w = t.pool.shapes[2 * int(np.flatnonzero(big)[0]):][:2].max(axis=0)
+                i = int(np.flatnonzero(big)[0])
+                (hi, wi), (ho, wo) = t.pool.shapes[2 * i], t.pool.shapes[2 * i + 1]
                 skipped.append({"side": side_name, "source": t.source, "file": t.file, "task_id": t.task_id,
                                 "reason": f"pool examples with a grid larger than --max-grid-size {max_grid_size}: "
-                                          f"{int(big.sum())} (e.g. one with a {h}-row or {w}-column grid)",
+                                          f"{int(big.sum())} (e.g. kept example {i}: input {hi}x{wi}, output {ho}x{wo})",
                                 "examples": int(big.sum())})
                 t.pool = t.pool.select(~big)
                 t.dropped_examples["grid too large"] = int(big.sum())
