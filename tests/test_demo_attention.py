@@ -26,8 +26,8 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_maps import NUM_MAPS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
-from tests.test_padding import SIDE, ragged_batch
+from tests.helpers import make_batch, tiny_config
+from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
 

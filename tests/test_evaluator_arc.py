@@ -1,7 +1,6 @@
 """Tests of the ARC evaluator (evaluators/arc.py) with hand-built predictions on a fake split."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import os
@@ -20,16 +19,10 @@ from training.distributed import gather_to_main
 from evaluators import load_evaluator_class
 from dataset.grids import crop_sizes
 from evaluators.arc import ARC, inverse_colour_tables, inverse_dihedral_index
+from tests.helpers import load_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 8
-
-
-def load_scorer():
-    spec = importlib.util.spec_from_file_location("score_submission", ROOT / "scripts" / "score_submission.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import torch
 from models import load_loss_class, load_model_class
 from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import ETRMConfig, TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def _model(seed=0, **kw):

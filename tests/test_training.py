@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, load_scorer
 
 from dataset.loader import load_split
-from tests.test_evaluator_arc import load_scorer
 from training import checkpoint, trainer
 from training.distributed import DistInfo
 
