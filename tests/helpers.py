@@ -3,9 +3,14 @@ the one compose helper, small synthetic batches and model configs, and the refer
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dataset.tokens import IGNORE_LABEL_ID, PAD_ID
@@ -115,3 +120,56 @@ def load_scorer():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+# ---- training runs as subprocesses (tests/test_training.py, tests/test_dataset_rearc_barc.py)
+def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir),
+        "arch.hidden_size": 32, "arch.num_heads": 2, "arch.H_cycles": 2, "arch.L_cycles": 1,
+        "arch.puzzle_emb_len": 4, "arch.halt_max_steps": 3, "arch.halt_exploration_prob": 0.0,
+        "global_batch_size": 8, "max_steps": 8, "eval_interval": "null", "max_eval_variants": 1,
+        "max_eval_groups": 4, "lr_warmup_steps": 2, "wandb_mode": "disabled", "checkpoint_keep_last": 10,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_train_record(records: list[dict], step: int) -> dict:
+    return [r for r in records if r["step"] == step and "train/total_loss" in r][-1]
+
+
+def run_cli(overrides: list[str], nproc: int = 0, extra_torchrun: tuple[str, ...] = (), wait: bool = True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               *extra_torchrun, "pretrain_etrm.py"]
+    else:
+        cmd = [sys.executable, "pretrain_etrm.py"]
+    cmd += ["--config-name", "cfg_pretrain_etrm_tiny", *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+# training that draws random numbers every step (halting exploration, the variational encoder's
+# sampling): a resume that lost the RNG state would take other draws, so other losses
+RANDOM_DRAWS = {"arch.encoder_type": "hybrid_variational", "arch.halt_exploration_prob": 0.5}
+
+
+def assert_same_end(clean: Path, other: Path, steps: int) -> None:
+    """The last train record and the final evaluation of two runs agree (timing aside)."""
+    a, b = last_train_record(read_metrics(clean), steps), last_train_record(read_metrics(other), steps)
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9) or key == "train/steps_per_s", key
+    eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    eval_b = json.loads((other / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    assert eval_a == eval_b

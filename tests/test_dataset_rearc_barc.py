@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -278,7 +276,7 @@ def test_bad_input_is_refused_naming_file_and_row_with_nothing_written(tmp_path,
 def test_kill9_resume_reproduces_the_pool_draws(tmp_path, write_arc_task):
     """A training run on a RE-ARC pool, killed with SIGKILL after its step-5 checkpoint and run
     again, ends where the run that never stopped ends: same losses (so the same drawn demos)."""
-    from tests.test_training import RANDOM_DRAWS, assert_same_end, run_cli, small_overrides
+    from tests.helpers import RANDOM_DRAWS, assert_same_end, run_cli, small_overrides
     from training import checkpoint
 
     rng = np.random.default_rng(4)
