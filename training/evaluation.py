@@ -58,10 +58,23 @@ def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
     """One all-reduce for a step's metrics. `sums` come from the loss head: `*_loss` keys are sums
     over the batch (reported per sample), the rest sums over the samples that halted (reported
     per halted sample, with their `count`). `rank_means` are per-rank values averaged over ranks."""
+    keys, mean_keys, stacked = reduce_metrics_on_device(sums, rank_means)
+    return metrics_from_totals(keys, mean_keys, stacked.tolist(), prefix, batch_size)
+
+
+def reduce_metrics_on_device(sums: dict[str, torch.Tensor], rank_means: dict[str, torch.Tensor] | None = None
+                             ) -> tuple[list[str], list[str], torch.Tensor]:
+    """The all-reduce of `reduce_metrics` without reading its result: (sum keys, rank-mean keys,
+    the summed values as one device vector). `metrics_from_totals` turns its values into metrics."""
     rank_means = rank_means or {}
     keys, mean_keys = sorted(sums), sorted(rank_means)
     stacked = torch.stack([sums[k].detach().float() for k in keys] + [rank_means[k].detach().float() for k in mean_keys])
-    totals = all_reduce_sum(stacked).tolist()
+    return keys, mean_keys, all_reduce_sum(stacked)
+
+
+def metrics_from_totals(keys: list[str], mean_keys: list[str], totals: list[float], prefix: str,
+                        batch_size: int) -> dict[str, float]:
+    """`reduce_metrics`' metrics from the host values of `reduce_metrics_on_device`'s vector."""
     values = dict(zip(keys, totals[:len(keys)]))
     count = values.pop("count", 0.0)
     # a step on which no sample halted has no accuracy or step count: leave those keys out rather
