@@ -53,6 +53,7 @@ class SyncCounter:
         self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self._main = threading.get_ident()
         self._inside = False
+        self.overlapped: collections.Counter = collections.Counter()
         self._saved: list[tuple[object, str, object]] = []
 
     def _where(self) -> str:
@@ -88,6 +89,16 @@ class SyncCounter:
         self._wrap(torch, "nonzero")
         self._wrap(torch, "masked_select")
         self._wrap(torch.cuda, "synchronize")
+        from training.host_copy import HostCopy  # a wait on a copy queued a step earlier: counted apart
+        original_get, counter = HostCopy.get, self
+
+        def get(host_copy):
+            if threading.get_ident() == counter._main:
+                counter.overlapped[counter.phase] += 1
+            return original_get(host_copy)
+
+        self._saved.append((HostCopy, "get", original_get))
+        HostCopy.get = get
 
         def bool_index(self_, index, *rest):  # t[mask] with a bool tensor: a nonzero inside
             items = index if isinstance(index, tuple) else (index,)
@@ -191,6 +202,7 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
     return {
         "steps": n_steps, "log_steps": log_steps, "log_interval": log_interval,
         "train_syncs": counter.total("train"), "train_syncs_per_step": counter.total("train") / max(1, n_steps),
+        "train_overlapped_reads_per_step": counter.overlapped["train"] / max(1, n_steps),
         "eval_batches": timing["eval_batches"], "eval_syncs": counter.total("eval"),
         "eval_syncs_per_batch": counter.total("eval") / max(1, timing["eval_batches"]),
         "data_wait_ms_per_step": 1e3 * data_s, "step_ms": 1e3 * step_s,
@@ -238,7 +250,8 @@ def main(argv=None) -> dict:
     print(f"host syncs, {args.preset} preset, batch {args.batch}, {r['steps']} steps, log_interval {r['log_interval']}, "
           f"{args.device}")
     print(f"  train: {r['train_syncs']} syncs over {r['steps']} steps = {r['train_syncs_per_step']:.2f} per step "
-          f"({r['log_steps']} log steps)")
+          f"({r['log_steps']} log steps); plus {r['train_overlapped_reads_per_step']:.2f} per step overlapped reads "
+          f"(training/host_copy.py: a wait on a copy queued a step earlier, which leaves the device's queue full)")
     for site, n in r["train_sites"].items():
         print(f"      {n:5d}  {site}")
     print(f"  eval: {r['eval_syncs']} syncs over {r['eval_batches']} batches = {r['eval_syncs_per_batch']:.2f} per batch")

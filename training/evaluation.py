@@ -24,6 +24,7 @@ from torch import nn
 
 from dataset.atomic import atomic_directory
 from dataset.tokens import IGNORE_LABEL_ID
+from models.recursive_reasoning.etrm import HOST_KEYS
 from training.distributed import DistInfo, all_reduce_sum
 from training.preflight import eval_paths
 from training.progress import Progress
@@ -36,13 +37,14 @@ from training.progress import Progress
 def to_device(obj, device: torch.device):
     """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`. Copies to the GPU
     are asynchronous; copies back to the CPU are not (an asynchronous one hands back a tensor that
-    may still be filling, which torch.save would write half-copied)."""
+    may still be filling, which torch.save would write half-copied). HOST_KEYS stay on the host."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=device.type == "cuda")
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: v if k in HOST_KEYS else to_device(v, device) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj) if f.name not in HOST_KEYS})
     return obj
 
 

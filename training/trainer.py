@@ -21,6 +21,7 @@ from training import build, checkpoint, preflight, run_identity
 from training.distributed import DistInfo, barrier, init_distributed, is_distributed, shutdown, wrap_ddp
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
                                  to_device)
+from training.host_copy import HostCopy
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, clipped_step_on_device, lr_at
 from training.progress import Progress
@@ -220,6 +221,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
     results: dict[str, float] = {}
     tick = time.perf_counter()
+    halted_copy = HostCopy()  # the carry's halted mask, copied to the host one step ahead of its use
+    if carry is not None:
+        halted_copy.start(carry.halted)
     guards = torch.tensor([float(counters[k]) for k in GUARD_COUNTERS], device=device)  # on the device between reads
     reported_nonfinite, collapse_warned = counters["nonfinite_total"], counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
     # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
@@ -232,6 +236,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         batch = to_device(next(train_iter), device)
         if carry is None:
             carry = head.model.initial_carry(batch)
+        elif halted_copy.pending:  # which slots take this batch's rows: the packing plan is made on the host
+            carry = dataclasses.replace(carry, host_halted=halted_copy.get())
         sched_step = step
         if budget_s is not None and step >= int(cfg.lr_warmup_steps):
             warm = int(cfg.lr_warmup_steps)
@@ -260,6 +266,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             ema.update(model, ok)
         # a skipped step's latents may hold NaN: every slot restarts from fresh data (as a fresh carry)
         carry = dataclasses.replace(carry, halted=carry.halted | ~ok)
+        halted_copy.start(carry.halted)  # read at the next step, after the optimizer's work is queued
         skipped = (~ok).float()
         # collapse guard: the public ETRM encoder ended with nearly the same context for every puzzle
         var = totals[len(keys) + mean_keys.index("encoder_cross_sample_var")] / world_size
