@@ -66,3 +66,33 @@ def test_eval_batch_plan_needs_no_device_read(tiny_data):
         for _ in range(3):
             carry, *_ = head(carry, batch)
     assert counter.total("eval") == 0
+
+
+@pytest.mark.parametrize("halting", ["max", "q"])
+def test_eval_reads_the_device_once_per_evaluation(tiny_data, halting, tmp_path):
+    """run_evaluation over several batches: one device read in all (the final all-reduce), and the
+    same predictions as running every ACT step (eval_halting=q: its early stop is read one step late)."""
+    from evaluators.arc import ARC
+    from training.distributed import DistInfo
+    from training.evaluation import run_evaluation, run_until_halted
+
+    split = load_split(str(tiny_data), "eval")
+    loader = EvalLoader(split, 8, max_variants=1, max_eval_groups=12)
+    head = head_for(split, "standard")
+    head.model.config.eval_halting = halting
+    if halting == "q":  # some samples halt early on the Q head, at different steps
+        with torch.no_grad():
+            head.model.inner.q_head.bias.fill_(0.0)
+            head.model.inner.q_head.weight.normal_(0.0, 0.5)
+    head.eval()
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with SyncCounter() as counter:
+        counter.phase = "eval"
+        results = run_evaluation(head, loader, [ARC(split)], info, "float32", None, 0, show_progress=False)
+    assert len(loader) >= 2 and counter.total("eval") == 1, dict(counter.counts["eval"])
+    # the reference: every ACT step, each sample's outputs kept at its first halt
+    exact = 0
+    for batch in loader:
+        out = run_until_halted(head, batch, "float32")
+        exact += int((out["exact"] & batch["valid"]).sum())
+    assert results["eval/exact_accuracy"] * results["eval/count"] == pytest.approx(exact)

@@ -26,6 +26,7 @@ from dataset.atomic import atomic_directory
 from dataset.tokens import IGNORE_LABEL_ID
 from models.recursive_reasoning.etrm import HOST_KEYS
 from training.distributed import DistInfo, all_reduce_sum
+from training.host_copy import HostCopy
 from training.preflight import eval_paths
 from training.progress import Progress
 
@@ -114,6 +115,9 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
     steps = torch.zeros(done.shape, dtype=torch.int32, device=device)
     loss = torch.zeros(done.shape, device=device, dtype=torch.float64) if loss_fn is not None else None
     n_tokens = (labels != IGNORE_LABEL_ID).sum(-1).clamp_min(1)
+    # eval_halting=max from a fresh carry: every sample halts at halt_max_steps, nothing to read
+    every_sample_runs_max = not head.training and head.model.config.eval_halting == "max"
+    all_done = HostCopy()
     for _ in range(head.model.config.halt_max_steps):
         with autocast_for(device, forward_dtype):
             carry, _, _, outputs, _ = head(carry, batch)
@@ -124,8 +128,13 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
         if loss is not None:
             loss = torch.where(newly, (loss_fn(outputs["logits"], labels).sum(-1) / n_tokens).to(loss.dtype), loss)
         done |= carry.halted
-        if bool(done.all()):
+        if every_sample_runs_max:
+            continue
+        # the Q head may halt them all early: read whether it did one step late (a copy queued
+        # behind this step, read after the next one is queued), so the device never waits on the host
+        if all_done.pending and bool(all_done.get().numpy()):  # a host tensor: no device read
             break
+        all_done.start(done.all())
     out = {"preds": preds, "q_halt_logits": q_halt, "steps": steps, "exact": exact_match(preds, labels)}
     if loss is not None:
         out["loss"] = loss
