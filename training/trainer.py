@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_write_text
+from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
 from training.distributed import DistInfo, barrier, init_distributed, is_distributed, shutdown, wrap_ddp
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
@@ -192,13 +193,13 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             log.warning("step %d: no checkpoint while updates are being skipped as non-finite", at_step)
             return
         trainer_state = {"step": at_step, "total_steps": total_steps, "world_size": world_size,
-                         "loader": train_loader.state_dict(), "counters": counters, "model_kwargs": kwargs,
+                         "loader": train_iter.state_dict(), "counters": counters, "model_kwargs": kwargs,
                          "project_name": project, "run_name": run_name}
         shared = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer_state": trainer_state,
                   "config_yaml": OmegaConf.to_yaml(cfg, resolve=True)}
         if ema is not None:
             shared["ema"] = ema.state_dict()
-        per_rank = {"rng": checkpoint.rng_state(), "loader": train_loader.state_dict(),
+        per_rank = {"rng": checkpoint.rng_state(), "loader": train_iter.state_dict(),
                     "carry": to_device(carry, torch.device("cpu")) if carry is not None else None}
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
         log.info("checkpoint %s", path)
@@ -216,7 +217,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         return results
 
     # --- the loop ---
-    train_iter = iter(train_loader)
+    # batches assembled on a worker thread (pinned with CUDA); its state is that of the consumed batches
+    train_iter = Prefetcher(train_loader, depth=2, pin=device.type == "cuda")
     progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
     recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
     results: dict[str, float] = {}
@@ -326,6 +328,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         elif cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0:
             save(step)
     progress.close()
+    train_iter.close()
     if step > 0 and not (run_dir / "checkpoints" / f"step_{step}").exists():
         save(step)  # resumed at the very end: still leave a final checkpoint
     logger.close()
