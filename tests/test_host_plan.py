@@ -12,7 +12,6 @@ from bench.host_syncs import SyncCounter
 from dataset.loader import EvalLoader, TrainLoader, load_split
 from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_training import tiny_data  # noqa: F401 (the fixture)
 
 
 def head_for(split, encoder_type: str) -> ACTLossHead:

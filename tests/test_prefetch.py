@@ -9,7 +9,6 @@ import torch
 
 from dataset.loader import TrainLoader, load_split
 from dataset.prefetch import Prefetcher
-from tests.test_training import tiny_data  # noqa: F401 (the fixture)
 
 
 def same(a: dict, b: dict) -> bool:

@@ -14,25 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tests.helpers import compose_cfg, load_scorer
 
 from dataset.loader import load_split
-from tests.test_evaluator_arc import load_scorer
 from training import checkpoint, trainer
 from training.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "config"
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """ARC-AGI-1 puzzles whose grids fit 6x6, 2 augmentations: seconds to build."""
-    out = tmp_path_factory.mktemp("data") / "arc1-6x6"
-    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
-                    "--eval-sources", "arc-agi-1:eval", "--output-dir", str(out), "--max-grid-size", "6",
-                    "--num-aug", "2", "--seed", "0"], cwd=REPO, check=True, capture_output=True)
-    return out
 
 
 def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
@@ -48,8 +36,7 @@ def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
 
 
 def compose_tiny(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
+    return compose_cfg("cfg_pretrain_etrm_tiny", overrides)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -286,8 +273,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def compose_eval(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_evaluate_etrm", overrides=overrides)
+    return compose_cfg("cfg_evaluate_etrm", overrides)
 
 
 def test_evaluate_checkpoint_reproduces_the_training_eval(tiny_data, tmp_path):

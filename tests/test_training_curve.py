@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_training import compose_tiny, read_metrics, tiny_data  # noqa: F401 (the fixture)
+from tests.helpers import compose_cfg
 from training import trainer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_run_losses.json"
@@ -20,8 +20,9 @@ def test_tiny_run_logs_the_recorded_losses(tiny_data, tmp_path):
     recorded = json.loads(FIXTURE.read_text())
     run_dir = tmp_path / "run"
     overrides = [f"data_paths=[{tiny_data}]", "build_if_missing=null", f"run_dir={run_dir}", *recorded["overrides"]]
-    results = trainer.train(compose_tiny(overrides))
-    logged = [r for r in read_metrics(run_dir) if "train/total_loss" in r]
+    results = trainer.train(compose_cfg("cfg_pretrain_etrm_tiny", overrides))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "train/total_loss" in r]
     assert [r["step"] for r in logged] == [r["step"] for r in recorded["train"]]
     for got, want in zip(logged, recorded["train"]):
         for key in ("train/total_loss", "train/lm_loss", "train/count", "grad/total_norm"):

@@ -25,7 +25,7 @@ from torch import nn
 from dataset.atomic import atomic_directory
 from dataset.tokens import IGNORE_LABEL_ID
 from models.recursive_reasoning.etrm import HOST_KEYS
-from training.distributed import DistInfo, all_reduce_sum
+from training.distributed import DistInfo, all_reduce_sum, gather_to_main
 from training.host_copy import HostCopy
 from training.preflight import eval_paths
 from training.progress import Progress
@@ -130,11 +130,13 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
         done |= carry.halted
         if every_sample_runs_max:
             continue
-        # the Q head may halt them all early: read whether it did one step late (a copy queued
-        # behind this step, read after the next one is queued), so the device never waits on the host
+        # the Q head may halt them all early: on a GPU read whether it did one step late (a copy
+        # queued behind this step, read after the next one is queued), so the device never waits on the host
         if all_done.pending and bool(all_done.get().numpy()):  # a host tensor: no device read
             break
         all_done.start(done.all())
+        if device.type != "cuda" and bool(all_done.get().numpy()):  # no queue to keep full: stop now
+            break
     out = {"preds": preds, "q_halt_logits": q_halt, "steps": steps, "exact": exact_match(preds, labels)}
     if loss is not None:
         out["loss"] = loss
@@ -176,8 +178,10 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
                **(extra_metrics or {})}
 
     def collect(folder: Path | None) -> None:
+        # evaluators never see ranks: each rank's samples are gathered here, rank 0 scores them all
         for evaluator in evaluators:
-            out = evaluator.result(folder, step)  # collective: every rank calls it, rank 0 gets the metrics
+            parts = gather_to_main(evaluator.local_data())
+            out = evaluator.result(folder, step, parts) if parts is not None else None
             if out:
                 results.update(out)
 
