@@ -185,12 +185,28 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
     patches += [(mod, "run_evaluation", counted_eval) for mod in _modules_with("run_evaluation", real_eval)]
     saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
     debug = contextlib.nullcontext()
-    if device == "cuda":
+    cuda_warnings: collections.Counter = collections.Counter()
+    if device == "cuda":  # torch's own count: every synchronizing CUDA call warns, whatever reached it
+        import warnings
+        debug = warnings.catch_warnings()
+        shown = warnings.showwarning
+
+        def showwarning(message, *a, **kw):
+            if "synchroniz" in str(message) and threading.get_ident() == counter._main:
+                cuda_warnings[counter.phase] += 1
+            else:
+                shown(message, *a, **kw)
+
+        warnings.showwarning = showwarning
         torch.cuda.set_sync_debug_mode("warn")
     try:
         for o, n, v in patches:
             setattr(o, n, v)
         with counter, debug:
+            if device == "cuda":
+                import warnings
+                warnings.simplefilter("always")
+                warnings.showwarning = showwarning
             trainer.train(cfg)
     finally:
         for o, n, v in saved:
@@ -207,6 +223,9 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
         "train_overlapped_reads_per_step": counter.overlapped["train"] / max(1, n_steps),
         "eval_batches": timing["eval_batches"], "eval_syncs": counter.total("eval"),
         "eval_syncs_per_batch": counter.total("eval") / max(1, timing["eval_batches"]),
+        "cuda_sync_warnings_per_step": cuda_warnings["train"] / max(1, n_steps) if device == "cuda" else None,
+        "cuda_sync_warnings_per_eval_batch": (cuda_warnings["eval"] / max(1, timing["eval_batches"])
+                                              if device == "cuda" else None),
         "data_wait_ms_per_step": 1e3 * data_s, "step_ms": 1e3 * step_s,
         "data_wait_frac": data_s / step_s if step_s else float("nan"),
         "train_sites": dict(counter.counts["train"].most_common()),
