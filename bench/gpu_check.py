@@ -622,10 +622,38 @@ def stage_reader(ctx: Ctx) -> None:
 
 # Most valuable first; within a group the compiled variants come last (their compilation is the
 # slowest, least predictable part).
+def stage_host_syncs(ctx: Ctx) -> None:
+    """bench.host_syncs (issue 21): host syncs per training step and per eval batch of the real
+    trainer (intercepted sync points and torch's sync debug mode), and the data wait per step, on
+    ARC-AGI-1 (2 augmentations) with the paper preset's arch."""
+    from bench import host_syncs
+    data = ctx.work / "data" / "arc1-aug-2"
+    if not (data / "metadata.json").exists():
+        subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
+                        "--eval-sources", "arc-agi-1:eval", "--output-dir", str(data), "--num-aug", "2",
+                        "--no-progress", "--overwrite"], cwd=REPO, check=True, capture_output=True)
+    arch = host_syncs.TINY_ARCH if ctx.cpu else host_syncs.PAPER_ARCH
+    steps, batch, log_interval = (6, 8, 3) if ctx.cpu else (40, 192, 10)
+    with ctx.step("measure"):
+        r = host_syncs.measure(data, ctx.work / "host_syncs_run", arch, steps, batch, log_interval, 2,
+                               "cpu" if ctx.cpu else "cuda")
+    ctx.record(**{k: v for k, v in r.items() if not k.endswith("_sites")}, train_sites=r["train_sites"],
+               eval_sites=r["eval_sites"])
+    ctx.headline(f"{r['train_syncs_per_step']:.2f} host syncs per step (log_interval {log_interval}), "
+                 f"{r['eval_syncs_per_batch']:.2f} per eval batch; data wait {r['data_wait_ms_per_step']:.2f} ms "
+                 f"of a {r['step_ms']:.1f} ms step")
+    ctx.check("syncs_per_step_at_most_one_per_log_interval", r["train_syncs"] <= r["log_steps"], r["train_syncs"],
+              r["log_steps"], kind="target")
+    ctx.check("syncs_per_eval_batch_at_most_one", r["eval_syncs_per_batch"] <= 1.0, r["eval_syncs_per_batch"], 1.0,
+              kind="target")
+    ctx.check("data_wait_under_2pct", r["data_wait_frac"] < 0.02, round(r["data_wait_frac"], 4), 0.02, kind="target")
+
+
 STAGES: list[Stage] = [
     Stage("env", stage_env, gpu_s=40, cpu_s=60, min_s=10),
     Stage("correctness", stage_correctness, gpu_s=90, cpu_s=300),
     Stage("speed", stage_speed, gpu_s=75, cpu_s=300),
+    Stage("host_syncs", stage_host_syncs, gpu_s=90, cpu_s=180),
     Stage("eval", stage_eval, gpu_s=120, cpu_s=300),
     Stage("evaluator_full", stage_evaluator_full, gpu_s=60, cpu_s=120),
     Stage("ddp", stage_ddp, gpu_s=75, cpu_s=240),

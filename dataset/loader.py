@@ -396,6 +396,10 @@ class ARCSplit:
             "demo_inputs": torch.from_numpy(flat[idx[:, 2:2 + D]]),
             "demo_labels": torch.from_numpy(flat[idx[:, 2 + D:]]),
             "demo_mask": torch.from_numpy(mask),
+            # real (non-PAD) tokens of each demo pair, 0 in empty slots: stays on the host, where the
+            # encoders' packing plan reads it instead of the device (models/encoders/common.py)
+            "demo_lengths": torch.from_numpy(((x[:, 2:2 + D] != PAD_ID).sum(-1) + (x[:, 2 + D:] != PAD_ID).sum(-1))
+                                             .astype(np.int32) * mask),
             "variant_index": torch.from_numpy(variants.copy()),
             "query_index": torch.from_numpy(queries.copy()),
             "puzzle_index": torch.from_numpy(self.query_puzzle[queries]),

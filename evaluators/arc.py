@@ -61,8 +61,19 @@ def _to_numpy(x) -> np.ndarray:
         x = x.detach()
         if x.is_floating_point() and x.dtype != torch.float64:
             x = x.float()  # bfloat16 / float16 have no numpy dtype
-        return x.cpu().numpy()
+        return (x if x.device.type == "cpu" else x.cpu()).numpy()
     return np.asarray(x)
+
+
+def _queue_copy(x):
+    """A device tensor's copy into pinned host memory, queued (read it after the copy's event)."""
+    if not isinstance(x, torch.Tensor) or x.device.type == "cpu":
+        return x
+    x = x.detach()
+    if x.is_floating_point() and x.dtype != torch.float64:
+        x = x.float()
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    return host.copy_(x, non_blocking=True)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -118,15 +129,37 @@ class ARC:
     # ---------------------------------------------------------------- collection
     def begin(self) -> None:
         self._chunks: list[dict] = []
+        self._pending: list[tuple[dict, object]] = []  # (pinned host copies, their event), oldest first
 
     def update(self, batch: dict, outputs: dict) -> None:
-        preds = _to_numpy(outputs["preds"])
+        """Collect one eval batch. Device tensors are copied to pinned host memory without waiting
+        (no host sync per batch); the copies are read once they are done, at the latest in
+        `local_data` (one wait per evaluation)."""
+        fields = {"preds": outputs["preds"], "q": outputs["q_halt_logits"], "steps": outputs.get("steps"),
+                  "valid": batch.get("valid"), "variant": batch["variant_index"], "query": batch["query_index"]}
+        if not any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in fields.values()):
+            self._collect({k: None if v is None else _to_numpy(v) for k, v in fields.items()})
+            return
+        host = {k: _queue_copy(v) for k, v in fields.items()}
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((host, event))
+        while self._pending and self._pending[0][1].query():  # done already: no wait
+            self._collect_pending()
+
+    def _collect_pending(self) -> None:
+        host, event = self._pending.pop(0)
+        event.synchronize()
+        self._collect({k: None if v is None else _to_numpy(v) for k, v in host.items()})
+
+    def _collect(self, a: dict) -> None:
+        preds = a["preds"]
         n = preds.shape[0]
         keep = np.ones(n, dtype=bool)
-        if batch.get("valid") is not None:
-            keep &= _to_numpy(batch["valid"]).astype(bool).reshape(n)
-        variant = _to_numpy(batch["variant_index"]).astype(np.int64).reshape(n)
-        query = _to_numpy(batch["query_index"]).astype(np.int64).reshape(n)
+        if a["valid"] is not None:
+            keep &= a["valid"].astype(bool).reshape(n)
+        variant = a["variant"].astype(np.int64).reshape(n)
+        query = a["query"].astype(np.int64).reshape(n)
         # only test queries are scored (padding rows may hold any index: mask them first)
         rows = np.flatnonzero(keep)
         rows = rows[self._query_test[query[rows]] >= 0]
@@ -140,10 +173,10 @@ class ARC:
         ar = np.arange(self.side)
         mask = (ar[None, :, None] < h[:, None, None]) & (ar[None, None, :] < w[:, None, None])
         cells = (grid[mask] - COLOUR_OFFSET).astype(np.uint8)  # row-major crops, sample after sample
-        q = _to_numpy(outputs["q_halt_logits"]).astype(np.float32).reshape(n)[rows]
+        q = a["q"].astype(np.float32).reshape(n)[rows]
         steps = None
-        if outputs.get("steps") is not None:
-            steps = _to_numpy(outputs["steps"]).astype(np.float64).reshape(n)[rows]
+        if a["steps"] is not None:
+            steps = a["steps"].astype(np.float64).reshape(n)[rows]
         self._chunks.append({
             "variant": variant[rows].astype(np.int32), "query": query[rows].astype(np.int32),
             "h": h.astype(np.int16), "w": w.astype(np.int16), "q": q, "steps": steps, "cells": cells,
@@ -151,6 +184,8 @@ class ARC:
 
     def local_data(self) -> dict[str, np.ndarray]:
         """This process's collected samples as one dict of arrays."""
+        while self._pending:
+            self._collect_pending()
         data = _concat_chunks(self._chunks)
         self._chunks = [data]  # keep the concatenation, drop the pieces
         return data

@@ -24,14 +24,6 @@ from training.distributed import DistInfo
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """ARC-AGI-1 puzzles whose grids fit 6x6, 2 augmentations: seconds to build."""
-    out = tmp_path_factory.mktemp("data") / "arc1-6x6"
-    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
-                    "--eval-sources", "arc-agi-1:eval", "--output-dir", str(out), "--max-grid-size", "6",
-                    "--num-aug", "2", "--seed", "0"], cwd=REPO, check=True, capture_output=True)
-    return out
 
 
 def compose_tiny(overrides: list[str]):

@@ -24,7 +24,9 @@ from torch import nn
 
 from dataset.atomic import atomic_directory
 from dataset.tokens import IGNORE_LABEL_ID
+from models.recursive_reasoning.etrm import HOST_KEYS
 from training.distributed import DistInfo, all_reduce_sum, gather_to_main
+from training.host_copy import HostCopy
 from training.preflight import eval_paths
 from training.progress import Progress
 
@@ -36,13 +38,14 @@ from training.progress import Progress
 def to_device(obj, device: torch.device):
     """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`. Copies to the GPU
     are asynchronous; copies back to the CPU are not (an asynchronous one hands back a tensor that
-    may still be filling, which torch.save would write half-copied)."""
+    may still be filling, which torch.save would write half-copied). HOST_KEYS stay on the host."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=device.type == "cuda")
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: v if k in HOST_KEYS else to_device(v, device) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj) if f.name not in HOST_KEYS})
     return obj
 
 
@@ -58,10 +61,23 @@ def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
     """One all-reduce for a step's metrics. `sums` come from the loss head: `*_loss` keys are sums
     over the batch (reported per sample), the rest sums over the samples that halted (reported
     per halted sample, with their `count`). `rank_means` are per-rank values averaged over ranks."""
+    keys, mean_keys, stacked = reduce_metrics_on_device(sums, rank_means)
+    return metrics_from_totals(keys, mean_keys, stacked.tolist(), prefix, batch_size)
+
+
+def reduce_metrics_on_device(sums: dict[str, torch.Tensor], rank_means: dict[str, torch.Tensor] | None = None
+                             ) -> tuple[list[str], list[str], torch.Tensor]:
+    """The all-reduce of `reduce_metrics` without reading its result: (sum keys, rank-mean keys,
+    the summed values as one device vector). `metrics_from_totals` turns its values into metrics."""
     rank_means = rank_means or {}
     keys, mean_keys = sorted(sums), sorted(rank_means)
     stacked = torch.stack([sums[k].detach().float() for k in keys] + [rank_means[k].detach().float() for k in mean_keys])
-    totals = all_reduce_sum(stacked).tolist()
+    return keys, mean_keys, all_reduce_sum(stacked)
+
+
+def metrics_from_totals(keys: list[str], mean_keys: list[str], totals: list[float], prefix: str,
+                        batch_size: int) -> dict[str, float]:
+    """`reduce_metrics`' metrics from the host values of `reduce_metrics_on_device`'s vector."""
     values = dict(zip(keys, totals[:len(keys)]))
     count = values.pop("count", 0.0)
     # a step on which no sample halted has no accuracy or step count: leave those keys out rather
@@ -99,6 +115,9 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
     steps = torch.zeros(done.shape, dtype=torch.int32, device=device)
     loss = torch.zeros(done.shape, device=device, dtype=torch.float64) if loss_fn is not None else None
     n_tokens = (labels != IGNORE_LABEL_ID).sum(-1).clamp_min(1)
+    # eval_halting=max from a fresh carry: every sample halts at halt_max_steps, nothing to read
+    every_sample_runs_max = not head.training and head.model.config.eval_halting == "max"
+    all_done = HostCopy()
     for _ in range(head.model.config.halt_max_steps):
         with autocast_for(device, forward_dtype):
             carry, _, _, outputs, _ = head(carry, batch)
@@ -109,7 +128,14 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
         if loss is not None:
             loss = torch.where(newly, (loss_fn(outputs["logits"], labels).sum(-1) / n_tokens).to(loss.dtype), loss)
         done |= carry.halted
-        if bool(done.all()):
+        if every_sample_runs_max:
+            continue
+        # the Q head may halt them all early: on a GPU read whether it did one step late (a copy
+        # queued behind this step, read after the next one is queued), so the device never waits on the host
+        if all_done.pending and bool(all_done.get().numpy()):  # a host tensor: no device read
+            break
+        all_done.start(done.all())
+        if device.type != "cuda" and bool(all_done.get().numpy()):  # no queue to keep full: stop now
             break
     out = {"preds": preds, "q_halt_logits": q_halt, "steps": steps, "exact": exact_match(preds, labels)}
     if loss is not None:

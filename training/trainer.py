@@ -7,6 +7,7 @@ checkpoints at their intervals, and a final evaluation + checkpoint.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -16,15 +17,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_write_text
+from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
 from training.distributed import DistInfo, barrier, init_distributed, is_distributed, shutdown, wrap_ddp
-from training.evaluation import autocast_for, eval_settings, reduce_metrics, to_device
+from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
+                                 to_device)
+from training.host_copy import HostCopy
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
-from training.optim import EMA, build_optimizer, clipped_step, lr_at
+from training.optim import EMA, build_optimizer, clipped_step_on_device, lr_at
 from training.progress import Progress
 from training.tta import TTASettings, evaluate_with_tta
 
 log = logging.getLogger("etrm")
+# the step's guards, counted on the device and read at log steps and checkpoints (trainer_state["counters"])
+GUARD_COUNTERS = ("nonfinite_total", "nonfinite_in_a_row", "low_var_in_a_row")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     forward_dtype = cfg.arch.forward_dtype
 
     # --- resume: an explicit checkpoint, else the newest complete one in run_dir ---
-    step, carry, counters = 0, None, {"nonfinite_total": 0, "nonfinite_in_a_row": 0, "low_var_in_a_row": 0}
+    step, carry, counters = 0, None, dict.fromkeys(GUARD_COUNTERS, 0)
     torch.manual_seed(int(cfg.seed) * 1000 + rank)  # per-rank stream for halting exploration
     if ckpt_path:
         state = checkpoint.load_checkpoint(ckpt_path, rank, map_location=device)
@@ -182,17 +188,18 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
              sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
 
     def save(at_step: int) -> None:
+        counters.update(zip(GUARD_COUNTERS, (int(v) for v in guards.tolist())))  # read at checkpoints only
         if counters["nonfinite_in_a_row"]:
             log.warning("step %d: no checkpoint while updates are being skipped as non-finite", at_step)
             return
         trainer_state = {"step": at_step, "total_steps": total_steps, "world_size": world_size,
-                         "loader": train_loader.state_dict(), "counters": counters, "model_kwargs": kwargs,
+                         "loader": train_iter.state_dict(), "counters": counters, "model_kwargs": kwargs,
                          "project_name": project, "run_name": run_name}
         shared = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer_state": trainer_state,
                   "config_yaml": OmegaConf.to_yaml(cfg, resolve=True)}
         if ema is not None:
             shared["ema"] = ema.state_dict()
-        per_rank = {"rng": checkpoint.rng_state(), "loader": train_loader.state_dict(),
+        per_rank = {"rng": checkpoint.rng_state(), "loader": train_iter.state_dict(),
                     "carry": to_device(carry, torch.device("cpu")) if carry is not None else None}
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
         log.info("checkpoint %s", path)
@@ -210,11 +217,17 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         return results
 
     # --- the loop ---
-    train_iter = iter(train_loader)
+    # batches assembled on a worker thread (pinned with CUDA); its state is that of the consumed batches
+    train_iter = Prefetcher(train_loader, depth=2, pin=device.type == "cuda")
     progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
     recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
     results: dict[str, float] = {}
     tick = time.perf_counter()
+    halted_copy = HostCopy()  # the carry's halted mask, copied to the host one step ahead of its use
+    if carry is not None:
+        halted_copy.start(carry.halted)
+    guards = torch.tensor([float(counters[k]) for k in GUARD_COUNTERS], device=device)  # on the device between reads
+    reported_nonfinite, collapse_warned = counters["nonfinite_total"], counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
     # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
     # follows whichever of steps or time is further along, so the cosine ends at the deadline
     budget_s = float(cfg.max_train_minutes) * 60 if cfg.get("max_train_minutes") else None
@@ -225,6 +238,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         batch = to_device(next(train_iter), device)
         if carry is None:
             carry = head.model.initial_carry(batch)
+        elif halted_copy.pending:  # which slots take this batch's rows: the packing plan is made on the host
+            carry = dataclasses.replace(carry, host_halted=halted_copy.get())
         sched_step = step
         if budget_s is not None and step >= int(cfg.lr_warmup_steps):
             warm = int(cfg.lr_warmup_steps)
@@ -240,44 +255,59 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
 
         encoder_norm, inner_norm = grad_norms(model)
         total_norm = torch.sqrt(encoder_norm ** 2 + inner_norm ** 2)
-        reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "train", gbs,
-                                 rank_means={"encoder_cross_sample_var": cross_sample_variance(outputs["context"])})
+        # nothing of this step is read on the host until the log step: metrics, the skip decision
+        # and the guards' counters stay on the device (one read per log interval)
+        keys, mean_keys, totals = reduce_metrics_on_device(
+            dict(metrics, total_loss=loss.detach()),
+            rank_means={"encoder_cross_sample_var": cross_sample_variance(outputs["context"])})
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if clipped_step(optimizer, grads, float(total_norm), float(cfg.grad_clip_norm or 0.0), reduced["train/total_loss"]):
-            if ema is not None:
-                ema.update(model)
-            counters["nonfinite_in_a_row"] = 0
-        else:
-            counters["nonfinite_total"] += 1
-            counters["nonfinite_in_a_row"] += 1
-            carry = None  # latents may hold NaN: restart every slot from fresh data
-            log.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
-                        step, counters["nonfinite_in_a_row"])
-            if counters["nonfinite_in_a_row"] >= int(cfg.max_nonfinite_in_a_row):
-                raise RuntimeError(f"{counters['nonfinite_in_a_row']} non-finite updates in a row at step {step}: stopping. "
-                                   f"The last good checkpoint in {run_dir / 'checkpoints'} is intact; lower lr or check the data.")
+        # the loss summed over ranks decides (every rank skips alike), with the norm of the reduced grads
+        ok = clipped_step_on_device(optimizer, grads, total_norm, float(cfg.grad_clip_norm or 0.0),
+                                    totals[keys.index("total_loss")])
+        if ema is not None:
+            ema.update(model, ok)
+        # a skipped step's latents may hold NaN: every slot restarts from fresh data (as a fresh carry)
+        carry = dataclasses.replace(carry, halted=carry.halted | ~ok)
+        halted_copy.start(carry.halted)  # read at the next step, after the optimizer's work is queued
+        skipped = (~ok).float()
+        # collapse guard: the public ETRM encoder ended with nearly the same context for every puzzle
+        var = totals[len(keys) + mean_keys.index("encoder_cross_sample_var")] / world_size
+        low = (var < float(cfg.collapse_var_threshold)).float()
+        guards = torch.stack([guards[0] + skipped, (guards[1] + 1) * skipped, (guards[2] + 1) * low])
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        # collapse guard: the public ETRM encoder ended with nearly the same context for every puzzle
-        var = reduced["train/encoder_cross_sample_var"]
-        counters["low_var_in_a_row"] = counters["low_var_in_a_row"] + 1 if var < cfg.collapse_var_threshold else 0
-        collapsed = counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
-        if collapsed and counters["low_var_in_a_row"] == int(cfg.collapse_patience):
-            log.warning("encoder collapse? train/encoder_cross_sample_var=%.3g has stayed below %.3g for %d steps",
-                        var, cfg.collapse_var_threshold, cfg.collapse_patience)
-
-        if dist_info.is_main and (step % int(cfg.log_interval) == 0 or step == total_steps):
-            now = time.perf_counter()
-            reduced.update({"train/lr": lr, "grad/encoder_norm": float(encoder_norm), "grad/inner_norm": float(inner_norm),
-                            "grad/total_norm": float(total_norm), "train/nonfinite_skipped": counters["nonfinite_total"],
-                            "train/encoder_collapse_warning": float(collapsed), "train/epoch": step / steps_per_epoch,
-                            "train/steps_per_s": int(cfg.log_interval) / max(now - tick, 1e-9)})
-            tick = now
-            logger.log(reduced, step)
-            progress.set_postfix(loss=f"{reduced['train/total_loss']:.3f}",
-                                 exact=f"{reduced.get('train/exact_accuracy', 0):.2f}")
-        recent.append({k: reduced[k] for k in ("train/count", "train/exact_accuracy", "train/accuracy") if k in reduced})
+        if step % int(cfg.log_interval) == 0 or step == total_steps:
+            values = torch.cat([totals, torch.stack([encoder_norm, inner_norm, total_norm]).float(), guards]).tolist()
+            n = len(keys) + len(mean_keys)
+            reduced = metrics_from_totals(keys, mean_keys, values[:n], "train", gbs)
+            encoder_norm_v, inner_norm_v, total_norm_v = values[n:n + 3]
+            counters.update(zip(GUARD_COUNTERS, (int(v) for v in values[n + 3:])))
+            if counters["nonfinite_total"] > reported_nonfinite:
+                log.warning("step %d: %d non-finite losses or gradient norms so far, their updates skipped (%d in a row)",
+                            step, counters["nonfinite_total"], counters["nonfinite_in_a_row"])
+                reported_nonfinite = counters["nonfinite_total"]
+            if counters["nonfinite_in_a_row"] >= int(cfg.max_nonfinite_in_a_row):
+                raise RuntimeError(f"{counters['nonfinite_in_a_row']} non-finite updates in a row at step {step}: stopping. "
+                                   f"The last good checkpoint in {run_dir / 'checkpoints'} is intact; lower lr or check the data.")
+            collapsed = counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
+            if collapsed and not collapse_warned:
+                log.warning("encoder collapse? train/encoder_cross_sample_var=%.3g has stayed below %.3g for %d steps",
+                            reduced["train/encoder_cross_sample_var"], cfg.collapse_var_threshold,
+                            counters["low_var_in_a_row"])
+            collapse_warned = collapsed
+            if dist_info.is_main:
+                now = time.perf_counter()
+                reduced.update({"train/lr": lr, "grad/encoder_norm": encoder_norm_v, "grad/inner_norm": inner_norm_v,
+                                "grad/total_norm": total_norm_v, "train/nonfinite_skipped": counters["nonfinite_total"],
+                                "train/encoder_collapse_warning": float(collapsed), "train/epoch": step / steps_per_epoch,
+                                "train/steps_per_s": int(cfg.log_interval) / max(now - tick, 1e-9)})
+                tick = now
+                logger.log(reduced, step)
+                progress.set_postfix(loss=f"{reduced['train/total_loss']:.3f}",
+                                     exact=f"{reduced.get('train/exact_accuracy', 0):.2f}")
+            # the end-of-run summary's window holds the log steps' records
+            recent.append({k: reduced[k] for k in ("train/count", "train/exact_accuracy", "train/accuracy") if k in reduced})
         progress.update(1)
 
         train_seconds += time.perf_counter() - step_start
@@ -298,6 +328,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         elif cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0:
             save(step)
     progress.close()
+    train_iter.close()
     if step > 0 and not (run_dir / "checkpoints" / f"step_{step}").exists():
         save(step)  # resumed at the very end: still leave a final checkpoint
     logger.close()

@@ -50,6 +50,7 @@ class CellPerceiverEncoder(nn.Module):
         token_mask = mask.view(B, D, S) & demo_mask[:, :, None]
         return h.reshape(B, D * S, -1), token_mask.reshape(B, D * S)
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> EncoderOutput:
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:  # demo_lengths: no packing plan here
         h, mask = self.tokens(demo_inputs, demo_labels, demo_mask)
         return EncoderOutput(context=self.set_encoder(h, mask))

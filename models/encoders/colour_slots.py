@@ -39,7 +39,8 @@ class ColourSlotEncoder(CellPerceiverEncoder):
         self.slot_absent = nn.Parameter(trunc_normal_(torch.empty(H), std=1.0))
         self.slot_proj = Linear(H, H)
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> EncoderOutput:
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:  # demo_lengths: no packing plan here
         h, mask = self.tokens(demo_inputs, demo_labels, demo_mask)          # [B, N, H], [B, N]
         colour = demo_inputs.reshape(h.shape[0], -1) - COLOUR_OFFSET        # [B, N]
         is_colour = mask & (colour >= 0) & (colour < NUM_COLOURS)

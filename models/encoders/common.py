@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,21 +73,38 @@ def pack_bucket(n: int, cap: int) -> int:
     return min(-(-n // 256) * 256, cap)
 
 
-# data-dependent shapes and a host sync: runs eagerly under torch.compile (no graph to capture)
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`; to a GPU through pinned memory, so the copy is queued, not waited for."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+# data-dependent shapes: runs eagerly under torch.compile (no graph to capture)
 @torch.compiler.disable
-def packing_plan(real: torch.Tensor, select: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def packing_plan(real: torch.Tensor, select: torch.Tensor, lengths: torch.Tensor | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """How to encode rows of a padded layout at their own length. real: [N, L] bool (real tokens);
     select: [N] bool (rows that matter). -> one (rows [n], order [n, b], mask [n, b]) per bucket
     length b: the selected rows of that bucket, the indices of their tokens in the padded layout
-    (real tokens first, in layout order, then the tail) and which of those are real. One host
-    sync (the lengths pick the shapes)."""
-    rows = select.nonzero().squeeze(1)
-    lengths = real[rows].sum(1)
-    buckets = [pack_bucket(n, real.shape[1]) for n in lengths.tolist()]
-    bucket_of = torch.tensor(buckets, dtype=torch.long, device=rows.device)
+    (real tokens first, in layout order, then the tail) and which of those are real.
+
+    The lengths pick the shapes, so they must be known on the host: `lengths` (a CPU tensor [N],
+    each selected row's real-token count, 0 for the others: a real demo pair has cells) gives
+    them without reading the device (the batch's `demo_lengths`, carried by the ACT carry); without
+    it they are read from the device (one host sync)."""
+    if lengths is not None:
+        host = lengths.numpy().reshape(-1)
+        rows_host = np.flatnonzero(host > 0)
+        lengths_host = host[rows_host]
+    else:
+        rows_host = select.nonzero().squeeze(1).cpu().numpy()
+        lengths_host = real[torch.from_numpy(rows_host).to(real.device)].sum(1).cpu().numpy()
+    buckets = np.array([pack_bucket(int(n), real.shape[1]) for n in lengths_host], dtype=np.int64)
     plan = []
-    for b in sorted(set(buckets)):
-        group = rows[bucket_of == b]
+    for b in sorted(set(buckets.tolist())):
+        group = host_to_device(rows_host[buckets == b], real.device)
         g_real = real[group]
         # real tokens first, in layout order (stable sort of the PAD flag), then the tail;
         # contiguous whether or not b cuts the row (a stride change would recompile forward_tokens)
@@ -167,17 +185,19 @@ class PairEncoder(nn.Module):
     # the frames it calls (forward_tokens, pool) are still compiled, each once per bucket shape
     # until automatic dynamic shapes makes n and l symbolic. One break instead of one per bucket.
     @torch.compiler.disable(recursive=False)
-    def pooled(self, inputs: torch.Tensor, labels: torch.Tensor, select: torch.Tensor, pool) -> torch.Tensor:
+    def pooled(self, inputs: torch.Tensor, labels: torch.Tensor, select: torch.Tensor, pool,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Encode pairs and pool each to one vector. inputs, labels: [N, S]; select: [N] bool, the
         pairs that matter (real demo slots); pool(h [n, L, H], key mask [n, L]) -> [n, H].
         -> [N, H]. Packed: unselected rows are 0 and are never computed. Padded: every row is
-        computed (unselected ones are garbage, to be masked out by the caller)."""
+        computed (unselected ones are garbage, to be masked out by the caller). `lengths`: the host's
+        real-token counts of the rows (packing_plan), None = read them from the device."""
         if not self.packed:
             h, mask = self.forward(inputs, labels)
             return pool(h, mask)
         tokens = torch.cat([inputs, labels], dim=1)              # [N, 2S]
         out = None
-        for group, order, mask in packing_plan(tokens != self.pad_id, select):
+        for group, order, mask in packing_plan(tokens != self.pad_id, select, lengths):
             h = self.forward_tokens(tokens[group].gather(1, order), order, mask)
             if self.cls is not None:
                 mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)

@@ -14,7 +14,8 @@ class HybridVariationalEncoder(HybridStandardEncoder):
         super().__init__(cfg)
         self.bottleneck = VariationalBottleneck(cfg)
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> EncoderOutput:
-        pooled = self.encode_set(demo_inputs, demo_labels, demo_mask).mean(dim=1)  # [B, H]
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:
+        pooled = self.encode_set(demo_inputs, demo_labels, demo_mask, demo_lengths).mean(dim=1)  # [B, H]
         context, kl = self.bottleneck(pooled)
         return EncoderOutput(context=context, kl=kl)

@@ -17,11 +17,12 @@ class StandardEncoder(nn.Module):
         self.pool = AttentionPool(cfg.hidden_size, cfg.num_heads) if cfg.pooling == "attention" else None
         self.proj = Linear(cfg.hidden_size, cfg.puzzle_emb_len * cfg.hidden_size)
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> EncoderOutput:
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:
         B, D, S = demo_inputs.shape
         pool = masked_mean if self.pool is None else self.pool
         pooled = self.pair.pooled(demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S),
-                                  demo_mask.reshape(B * D), pool)                # [B*D, H]
+                                  demo_mask.reshape(B * D), pool, demo_lengths)                # [B*D, H]
         puzzle = masked_mean(pooled.view(B, D, -1), demo_mask)                    # [B, H]
         context = rms_norm(self.proj(puzzle).view(B, self.cfg.puzzle_emb_len, self.cfg.hidden_size))
         return EncoderOutput(context=context)

@@ -33,6 +33,29 @@ class ETRMCarry:
     halted: torch.Tensor               # [B] bool, the slot finished its sample last step
     min_halt_steps: torch.Tensor       # [B] int32, exploration: may not halt before this
     current_data: dict[str, torch.Tensor] = field(default_factory=dict)  # the slot's batch rows
+    # host side (CPU tensors, never moved to the device: HOST_KEYS), so the encoders' packing plan
+    # needs no device read: the real-token count of each demo pair of the slot's current rows
+    # (the batch's `demo_lengths`, following the rows the carry keeps), and the host's copy of
+    # `halted` (None = not known on the host; the trainer fills it from a copy queued a step earlier)
+    demo_lengths: torch.Tensor | None = None   # [B, D] int32, CPU
+    host_halted: torch.Tensor | None = None    # [B] bool, CPU
+
+
+# batch keys and carry fields that stay on the host (training/evaluation.py to_device skips them)
+HOST_KEYS = ("demo_lengths", "host_halted")
+
+
+def merged_demo_lengths(carry: ETRMCarry, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The host's demo lengths of the rows this step runs (halted slots take the batch's rows, the
+    others keep theirs), or None when the host cannot know them without reading the device."""
+    new, old = batch.get("demo_lengths"), carry.demo_lengths
+    if new is None or old is None or new.device.type != "cpu" or new.shape != old.shape:
+        return None
+    if carry.host_halted is not None:
+        return torch.where(carry.host_halted[:, None], new, old)
+    if torch.equal(new, old):  # the same rows whatever halted (an eval batch, run step after step)
+        return new
+    return None
 
 
 class DemoAttention(nn.Module):
@@ -217,7 +240,9 @@ class TRMWithEncoder(nn.Module):
             steps=torch.zeros(B, dtype=torch.int32, device=device),
             halted=torch.ones(B, dtype=torch.bool, device=device),
             min_halt_steps=torch.zeros(B, dtype=torch.int32, device=device),
-            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
+            current_data={k: torch.zeros_like(v) for k, v in batch.items() if k not in HOST_KEYS},
+            demo_lengths=torch.zeros_like(batch["demo_lengths"]) if "demo_lengths" in batch else None,
+            host_halted=torch.ones(B, dtype=torch.bool),
         )
 
     # ------------------------------------------------------------------ step
@@ -225,6 +250,7 @@ class TRMWithEncoder(nn.Module):
     def forward(self, carry: ETRMCarry, batch: dict[str, torch.Tensor]) -> tuple[ETRMCarry, dict[str, torch.Tensor]]:
         cfg = self.config
         reset = carry.halted  # [B]
+        demo_lengths = merged_demo_lengths(carry, batch)  # host side: None = the encoders read the device
 
         # 1. halted slots take the new rows and start over; the others keep theirs
         data = {k: torch.where(reset.view(-1, *([1] * (v.ndim - 1))), batch[k], v) for k, v in carry.current_data.items()}
@@ -245,7 +271,7 @@ class TRMWithEncoder(nn.Module):
             B = data["inputs"].shape[0]
             context = z_H.new_zeros(B, cfg.puzzle_emb_len, cfg.hidden_size)
         else:
-            enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+            enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths=demo_lengths)
             context, kl = enc.context, enc.kl
             if cfg.demo_attention:  # the demo cells the inner model attends to, re-read every step too
                 demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
@@ -277,5 +303,6 @@ class TRMWithEncoder(nn.Module):
         }
         if kl is not None:
             outputs["kl"] = kl
-        new_carry = ETRMCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, min_halt_steps=min_halt_steps, current_data=data)
+        new_carry = ETRMCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, min_halt_steps=min_halt_steps, current_data=data,
+                              demo_lengths=demo_lengths)
         return new_carry, outputs

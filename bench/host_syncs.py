@@ -1,0 +1,290 @@
+"""Host syncs per training step and per eval batch, and the data wait per step, of the real trainer.
+
+A host sync is a point where the Python thread reads a device value (`.item()`, `.tolist()`,
+`bool(t)`, `float(t)`, `.cpu()`, `.numpy()`, `nonzero`, a boolean-mask index, ...): on a GPU each
+one drains the queue and leaves the GPU idle while the host catches up. On CPU there is no queue,
+so they are counted by intercepting those calls on the main thread while `training.trainer.train`
+runs (with --device cuda, torch's sync debug mode is used as well, which also catches what the
+interception cannot see). Reads of host-side numpy arrays are not syncs and are not counted.
+
+Data wait: the seconds the main thread spends getting the next training batch (assembly on the
+main thread today; a wait on the prefetch queue when batches are assembled on a worker thread),
+against the seconds of the whole step.
+
+    python -m bench.host_syncs                      # tiny model on a 6x6 ARC-AGI-1 build (built if absent)
+    python -m bench.host_syncs --preset paper --data /path/to/arc1-dataset --steps 4 --batch 16
+
+Prints one table (per training step: syncs, syncs at log steps, data wait; per eval batch: syncs)
+and, with --json, writes it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the paper preset's arch (bench/common.py PRESETS["paper"]) as trainer overrides
+PAPER_ARCH = {"arch.hidden_size": 512, "arch.num_heads": 8, "arch.H_cycles": 3, "arch.L_cycles": 4,
+              "arch.encoder_num_layers": 2, "arch.puzzle_emb_len": 16, "arch.halt_max_steps": 16}
+TINY_ARCH = {"arch.hidden_size": 32, "arch.num_heads": 2, "arch.H_cycles": 2, "arch.L_cycles": 1,
+             "arch.puzzle_emb_len": 4, "arch.halt_max_steps": 3}
+
+
+class SyncCounter:
+    """Counts host syncs on the main thread by phase ("train", "eval", "other"), with the caller's
+    file:line of each, while installed (a context manager)."""
+
+    # `.numpy()` is left out: it only works on CPU tensors, whose device read was the `.cpu()` before it
+    METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "nonzero")
+
+    def __init__(self):
+        self.phase = "other"
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self._main = threading.get_ident()
+        self._inside = False
+        self.overlapped: collections.Counter = collections.Counter()
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _where(self) -> str:
+        for frame in reversed(traceback.extract_stack(limit=12)[:-2]):
+            if str(REPO) in frame.filename and "bench/host_syncs.py" not in frame.filename:
+                return f"{Path(frame.filename).relative_to(REPO)}:{frame.lineno}"
+        return "?"
+
+    def record(self, what: str) -> None:
+        if self._inside or threading.get_ident() != self._main:
+            return
+        self._inside = True  # a sync point that calls another one counts once
+        try:
+            self.counts[self.phase][f"{what} @ {self._where()}"] += 1
+        finally:
+            self._inside = False
+
+    def _wrap(self, owner, name: str, test=None) -> None:
+        original = getattr(owner, name)
+        counter = self
+
+        def wrapped(*args, **kwargs):
+            if test is None or test(*args, **kwargs):
+                counter.record(name)
+            return original(*args, **kwargs)
+
+        self._saved.append((owner, name, original))
+        setattr(owner, name, wrapped)
+
+    def __enter__(self):
+        for m in self.METHODS:
+            self._wrap(torch.Tensor, m)
+        self._wrap(torch, "nonzero")
+        self._wrap(torch, "masked_select")
+        self._wrap(torch.cuda, "synchronize")
+        from training.host_copy import HostCopy  # a wait on a copy queued a step earlier: counted apart
+        original_get, counter = HostCopy.get, self
+
+        def get(host_copy):
+            if threading.get_ident() == counter._main:
+                counter.overlapped[counter.phase] += 1
+            return original_get(host_copy)
+
+        self._saved.append((HostCopy, "get", original_get))
+        HostCopy.get = get
+
+        def bool_index(self_, index, *rest):  # t[mask] with a bool tensor: a nonzero inside
+            items = index if isinstance(index, tuple) else (index,)
+            return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+        self._wrap(torch.Tensor, "__getitem__", bool_index)
+        self._wrap(torch.Tensor, "__setitem__", bool_index)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
+
+    def total(self, phase: str) -> int:
+        return sum(self.counts[phase].values())
+
+
+def build_tiny_data(out: Path) -> Path:
+    if not (out / "metadata.json").is_file():
+        subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
+                        "--eval-sources", "arc-agi-1:eval", "--output-dir", str(out), "--max-grid-size", "6",
+                        "--num-aug", "2", "--seed", "0"], cwd=REPO, check=True, capture_output=True)
+    return out
+
+
+def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_interval: int, eval_batches: int,
+            device: str, extra: dict | None = None) -> dict:
+    """Train `steps` steps (then the final eval over `eval_batches` batches) with every sync point
+    counted, and return the per-step and per-eval-batch numbers."""
+    from hydra import compose, initialize_config_dir
+
+    from training import evaluation, trainer
+
+    overrides = {"data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir), **arch,
+                 "arch.halt_exploration_prob": 0.1, "global_batch_size": batch, "eval_global_batch_size": batch,
+                 "max_steps": steps, "eval_interval": "null", "max_eval_variants": 1, "max_eval_groups": eval_batches * batch,
+                 "lr_warmup_steps": 2, "wandb_mode": "disabled", "log_interval": log_interval, "device": device,
+                 "arch.forward_dtype": "float32", **(extra or {})}
+    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
+        cfg = compose(config_name="cfg_pretrain_etrm_tiny", overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+    counter = SyncCounter()
+    timing = {"data_s": [], "step_s": [], "eval_batches": 0}
+    loaders = _loader_classes()
+    originals = {cls: cls.__next__ for cls in loaders}
+    step_clock = {"last": None}
+
+    def timed_next(self):
+        if threading.get_ident() != counter._main or type(self) not in timing.setdefault("outer", {type(self)}):
+            return originals[type(self)](self)  # the prefetch worker's assembly: not a wait of the step
+        start = time.perf_counter()
+        if step_clock["last"] is not None:  # one step = from one batch request to the next
+            timing["step_s"].append(start - step_clock["last"])
+        step_clock["last"] = start
+        counter.phase = "data"
+        try:
+            return originals[type(self)](self)
+        finally:
+            timing["data_s"].append(time.perf_counter() - start)
+            counter.phase = "train"
+
+    real_eval = evaluation.run_evaluation
+
+    def counted_eval(head, loader, *a, **kw):
+        counter.phase = "eval"
+        step_clock["last"] = None
+
+        class Counted:
+            def __len__(self):
+                return len(loader)
+
+            def __iter__(self):
+                for b in loader:
+                    timing["eval_batches"] += 1
+                    yield b
+
+        try:
+            return real_eval(head, Counted(), *a, **kw)
+        finally:
+            counter.phase = "other"
+
+    patches = [(cls, "__next__", timed_next) for cls in loaders]
+    patches += [(mod, "run_evaluation", counted_eval) for mod in _modules_with("run_evaluation", real_eval)]
+    saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
+    debug = contextlib.nullcontext()
+    cuda_warnings: collections.Counter = collections.Counter()
+    if device == "cuda":  # torch's own count: every synchronizing CUDA call warns, whatever reached it
+        import warnings
+        debug = warnings.catch_warnings()
+        shown = warnings.showwarning
+
+        def showwarning(message, *a, **kw):
+            if "synchroniz" in str(message) and threading.get_ident() == counter._main:
+                cuda_warnings[counter.phase] += 1
+            else:
+                shown(message, *a, **kw)
+
+        warnings.showwarning = showwarning
+        torch.cuda.set_sync_debug_mode("warn")
+    try:
+        for o, n, v in patches:
+            setattr(o, n, v)
+        with counter, debug:
+            if device == "cuda":
+                import warnings
+                warnings.simplefilter("always")
+                warnings.showwarning = showwarning
+            trainer.train(cfg)
+    finally:
+        for o, n, v in saved:
+            setattr(o, n, v)
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+    n_steps = len(timing["data_s"])
+    log_steps = len([s for s in range(1, steps + 1) if s % log_interval == 0 or s == steps])
+    data_s = sum(timing["data_s"][1:]) / max(1, n_steps - 1)  # the first batch also builds the canvas cache
+    step_s = sum(timing["step_s"]) / max(1, len(timing["step_s"]))
+    return {
+        "steps": n_steps, "log_steps": log_steps, "log_interval": log_interval,
+        "train_syncs": counter.total("train"), "train_syncs_per_step": counter.total("train") / max(1, n_steps),
+        "train_overlapped_reads_per_step": counter.overlapped["train"] / max(1, n_steps),
+        "eval_batches": timing["eval_batches"], "eval_syncs": counter.total("eval"),
+        "eval_syncs_per_batch": counter.total("eval") / max(1, timing["eval_batches"]),
+        "cuda_sync_warnings_per_step": cuda_warnings["train"] / max(1, n_steps) if device == "cuda" else None,
+        "cuda_sync_warnings_per_eval_batch": (cuda_warnings["eval"] / max(1, timing["eval_batches"])
+                                              if device == "cuda" else None),
+        "data_wait_ms_per_step": 1e3 * data_s, "step_ms": 1e3 * step_s,
+        "data_wait_frac": data_s / step_s if step_s else float("nan"),
+        "train_sites": dict(counter.counts["train"].most_common()),
+        "eval_sites": dict(counter.counts["eval"].most_common()),
+    }
+
+
+def _loader_classes() -> list:
+    import dataset.loader
+    classes = [dataset.loader.TrainLoader]
+    try:
+        from dataset.prefetch import Prefetcher
+        classes.append(Prefetcher)
+    except ImportError:
+        pass
+    return classes
+
+
+def _modules_with(name: str, fn) -> list:
+    return [m for m in list(sys.modules.values()) if m is not None and getattr(m, name, None) is fn]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    ap.add_argument("--data", type=Path, default=None, help="dataset dir (default: a 6x6 ARC-AGI-1 build in /tmp)")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--log-interval", type=int, default=4)
+    ap.add_argument("--eval-batches", type=int, default=3)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    import tempfile
+    data = args.data or build_tiny_data(Path(tempfile.gettempdir()) / "etrm-host-syncs-arc1-6x6")
+    arch = PAPER_ARCH if args.preset == "paper" else TINY_ARCH
+    with tempfile.TemporaryDirectory() as tmp:
+        r = measure(data, Path(tmp) / "run", arch, args.steps, args.batch, args.log_interval, args.eval_batches,
+                    args.device)
+    print(f"host syncs, {args.preset} preset, batch {args.batch}, {r['steps']} steps, log_interval {r['log_interval']}, "
+          f"{args.device}")
+    print(f"  train: {r['train_syncs']} syncs over {r['steps']} steps = {r['train_syncs_per_step']:.2f} per step "
+          f"({r['log_steps']} log steps); plus {r['train_overlapped_reads_per_step']:.2f} per step overlapped reads "
+          f"(training/host_copy.py: a wait on a copy queued a step earlier, which leaves the device's queue full)")
+    for site, n in r["train_sites"].items():
+        print(f"      {n:5d}  {site}")
+    print(f"  eval: {r['eval_syncs']} syncs over {r['eval_batches']} batches = {r['eval_syncs_per_batch']:.2f} per batch")
+    for site, n in r["eval_sites"].items():
+        print(f"      {n:5d}  {site}")
+    print(f"  data wait: {r['data_wait_ms_per_step']:.2f} ms per step of {r['step_ms']:.1f} ms "
+          f"({100 * r['data_wait_frac']:.2f}%)")
+    if args.json:
+        from dataset.atomic import atomic_write_text
+        atomic_write_text(args.json, json.dumps(r, indent=1))
+    return r
+
+
+if __name__ == "__main__":
+    main()
