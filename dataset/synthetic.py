@@ -56,6 +56,11 @@ benchmark's defaults in brackets.
                    nothing); demos show both factors. Parameter: axes x mode. [0.33]
   crop_dihedral    cut out the bounding box of the non-background, then one of the 8
                    flips/rotations (identity included). Parameter: the flip/rotation. [0.27]
+  crowd            object cells with >= k (2 or 3) foreground neighbours (4- or 8-neighbourhood)
+                   become colour c. Parameter: k x neighbourhood x c. [0.08]
+  connect          two same-coloured cells on a row / a column / either (drawn) with only
+                   background between are joined by a line of colour c, or of their own colour.
+                   Parameter: axes x colour. [0.28]
   gravity_recolour every cell falls in one of 4 directions (no wall), then one input colour
                    becomes one absent from the input. Parameter: direction x (src, dst). [0.04]
 
