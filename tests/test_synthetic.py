@@ -18,6 +18,7 @@ from dataset.loader import load_split
 from dataset.twins import pair_key
 
 REPO = Path(__file__).resolve().parents[1]
+NUM_TRAIN, NUM_EVAL = 10 * len(synthetic.FAMILIES), 3 * len(synthetic.FAMILIES)  # enough to see each family's rules vary
 
 
 def _tree_digest(root: Path) -> str:
@@ -35,22 +36,23 @@ def _tasks(root: Path, split: str) -> dict[str, tuple[str, dict]]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("syn") / "data"
-    assert synthetic.main(["--output-dir", str(out), "--num-train", "60", "--num-eval", "25", "--seed", "3"]) == 0
+    assert synthetic.main(["--output-dir", str(out), "--num-train", str(NUM_TRAIN), "--num-eval", str(NUM_EVAL), "--seed", "3"]) == 0
     return out
 
 
 def test_deterministic_per_seed(generated, tmp_path):
     again = tmp_path / "again"
     other = tmp_path / "other"
-    assert synthetic.main(["--output-dir", str(again), "--num-train", "60", "--num-eval", "25", "--seed", "3"]) == 0
-    assert synthetic.main(["--output-dir", str(other), "--num-train", "60", "--num-eval", "25", "--seed", "4"]) == 0
+    sizes = ["--num-train", str(NUM_TRAIN), "--num-eval", str(NUM_EVAL)]
+    assert synthetic.main(["--output-dir", str(again), *sizes, "--seed", "3"]) == 0
+    assert synthetic.main(["--output-dir", str(other), *sizes, "--seed", "4"]) == 0
     assert _tree_digest(again) == _tree_digest(generated)
     assert _tree_digest(other) != _tree_digest(generated)
 
 
 def test_layout_counts_and_families(generated):
     manifest = synthetic.load_manifest(generated)
-    for split, n in (("train", 60), ("eval", 25)):
+    for split, n in (("train", NUM_TRAIN), ("eval", NUM_EVAL)):
         tasks = _tasks(generated, split)
         assert len(tasks) == n
         fams = [fam for fam, _ in tasks.values()]
@@ -68,9 +70,12 @@ def test_rule_holds_on_every_pair_and_bounds(generated):
             assert 2 <= len(task["train"]) <= 4 and 1 <= len(task["test"]) <= 2
             for pair in task["train"] + task["test"]:
                 a, b = np.array(pair["input"]), np.array(pair["output"])
+                # content families may cut out or count (outputs down to 1x1, scale_count inputs 2x2)
+                lo = synthetic.MIN_SIDE if fam in synthetic.MAP_FAMILIES else 1
                 for g in (a, b):
-                    assert synthetic.MIN_SIDE <= min(g.shape) and max(g.shape) <= synthetic.MAX_SIDE
+                    assert lo <= min(g.shape) and max(g.shape) <= synthetic.MAX_SIDE
                     assert g.min() >= 0 and g.max() <= 9
+                assert min(a.shape) >= (synthetic.MIN_SIDE if fam in synthetic.MAP_FAMILIES else 2)
                 np.testing.assert_array_equal(synthetic.apply_rule(fam, rule, a), b)
                 assert not np.array_equal(a, b) or a.shape != b.shape, f"{tid}: a pair that changes nothing"
             demos = [(np.array(p["input"]), np.array(p["output"])) for p in task["train"]]
@@ -149,7 +154,7 @@ def test_builder_accepts_the_output(generated, tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["counts"]["train"]["puzzles"] == 60 and meta["counts"]["eval"]["puzzles"] == 25
+    assert meta["counts"]["train"]["puzzles"] == NUM_TRAIN and meta["counts"]["eval"]["puzzles"] == NUM_EVAL
     assert meta["skipped"] == []
     split = load_split(str(out), "eval")
     assert split.side == 8 and set(split.puzzle_ids) == set(_tasks(generated, "eval"))
