@@ -28,10 +28,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dataset.loader import BUILD_HINT
 from dataset.random_batch import random_batch
 from models import load_model_class
-from training import build
+from training import build, preflight
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 ENTRY = "pretrain_etrm.py"
@@ -94,26 +93,13 @@ def job_world_sizes(line: str) -> list[int]:
 
 
 def check_launch(cfg, world_sizes: list[int], check) -> None:
-    """What would stop the job at launch, before any GPU time: a missing dataset, or a global
-    batch that does not split evenly over the GPUs."""
-    for key, split in (("data_paths", "train"), ("data_paths_test", "eval")):
-        for path in cfg.get(key) or []:
-            p = Path(path)
-            if build.is_auto_built(cfg, path):
-                check(f"dataset {path}", True, "built at launch when missing (build_if_missing)")
-            elif not (p / "metadata.json").is_file():
-                check(f"dataset {path}", False, f"missing; build it with: {BUILD_HINT.format(path=path)}")
-            else:
-                ok = (p / split / "arrays.npz").is_file() and (key == "data_paths_test" or (p / "eval" / "arrays.npz").is_file())
-                check(f"dataset {path}", ok, "present" if ok else f"has no '{split}' split; rebuild it with: "
-                      f"{BUILD_HINT.format(path=path)}")
-    gbs = int(cfg.global_batch_size)
-    eval_gbs = int(cfg.get("eval_global_batch_size") or gbs)
+    """What would stop the job at launch, before any GPU time (training/preflight.py, the trainer's
+    own checks): a missing dataset, or a global batch that does not split evenly over the GPUs."""
+    for item in preflight.dataset_checks(cfg):
+        check(item.name, item.ok, item.detail)
     for world in world_sizes:
-        ok = gbs % world == 0 and eval_gbs % world == 0
-        check(f"global batch divides over {world} GPU(s)", ok,
-              f"global_batch_size={gbs}, eval_global_batch_size={eval_gbs}"
-              + ("" if ok else f": not divisible by {world}; pick a multiple of {world}"))
+        for item in preflight.batch_checks(cfg, world):
+            check(item.name.replace(" rank(s)", " GPU(s)"), item.ok, item.detail)
 
 
 def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,

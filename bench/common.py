@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from dataset.grids import PAD_ID, VOCAB_SIZE
+from dataset.tokens import PAD_ID, VOCAB_SIZE
 from dataset.random_batch import batch_from_pairs
 
 SIDE = 30

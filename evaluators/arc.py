@@ -1,6 +1,6 @@
 """ARC evaluator: vote over augmented variants, score pass@k, write the submission.
 
-Each eval sample is one (variant, query) pair: ``puzzle_identifiers`` is the global variant
+Each eval sample is one (variant, query) pair: ``variant_index`` is the global variant
 index in the split, ``query_index`` the index of the query pair. For every prediction the
 evaluator crops the canvas at its EOS boundary (the rule of ``dataset.grids.decode_grid``),
 undoes the variant (``dataset.augment.invert_variant``) and votes: identical answers to the
@@ -125,7 +125,7 @@ class ARC:
         keep = np.ones(n, dtype=bool)
         if batch.get("valid") is not None:
             keep &= _to_numpy(batch["valid"]).astype(bool).reshape(n)
-        variant = _to_numpy(batch["puzzle_identifiers"]).astype(np.int64).reshape(n)
+        variant = _to_numpy(batch["variant_index"]).astype(np.int64).reshape(n)
         query = _to_numpy(batch["query_index"]).astype(np.int64).reshape(n)
         # only test queries are scored (padding rows may hold any index: mask them first)
         rows = np.flatnonzero(keep)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from bench.gpu_check import TOL, packed_vs_padded
 from training import checkpoint
 from training.distributed import init_distributed, shutdown
-from training.trainer import to_device
+from training.evaluation import to_device
 
 
 def test_to_device_copies_back_to_cpu_blocking(monkeypatch):

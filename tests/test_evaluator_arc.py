@@ -122,7 +122,7 @@ def batches(split, samples, batch_size=5, pad_with=None, rng_seed=0):
                               "steps": 99})
             valid.append(False)
         batch = {
-            "puzzle_identifiers": torch.tensor([c["variant"] for c in chunk], dtype=torch.int64),
+            "variant_index": torch.tensor([c["variant"] for c in chunk], dtype=torch.int64),
             "query_index": torch.tensor([c["query"] for c in chunk], dtype=torch.int64),
             "valid": torch.tensor(valid, dtype=torch.bool),
         }
@@ -565,7 +565,7 @@ def test_real_builder_and_loader(tmp_path):
     ev.begin()
     for batch in loader.EvalLoader(split, global_batch_size=5, max_eval_groups=2):
         preds = []
-        for v, q in zip(batch["puzzle_identifiers"].tolist(), batch["query_index"].tolist()):
+        for v, q in zip(batch["variant_index"].tolist(), batch["query_index"].tolist()):
             p, i = int(split.query_puzzle[q]), int(split.query_test_index[q])
             preds.append(encode_grid(apply_variant(np.asarray(split.test_pairs(p)[i][1], np.uint8),
                                                    split.variants[v]), split.side))

@@ -53,7 +53,7 @@ def make_batch(B: int = 4, D: int = 3, side: int = 5, seed: int = 0, n_demos: li
         lab = encode_grid(qo, side)
         out["labels"][b] = np.where(lab == PAD_ID, IGNORE_LABEL_ID, lab)
     batch = {k: torch.from_numpy(v) for k, v in out.items()}
-    batch["puzzle_identifiers"] = torch.arange(B)
+    batch["variant_index"] = torch.arange(B)
     batch["query_index"] = torch.arange(B)
     batch["puzzle_index"] = torch.arange(B)
     batch["valid"] = torch.ones(B, dtype=torch.bool)

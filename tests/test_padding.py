@@ -40,7 +40,7 @@ def ragged_batch(B: int = 3, D: int = 4, side: int = SIDE, seed: int = 0) -> dic
     labels = np.where(labels == PAD_ID, IGNORE_LABEL_ID, labels)
     t = torch.from_numpy
     return dict(inputs=t(inputs), labels=t(labels), demo_inputs=t(d_in), demo_labels=t(d_out), demo_mask=t(mask),
-                puzzle_identifiers=torch.arange(B), query_index=torch.arange(B), valid=torch.ones(B, dtype=torch.bool))
+                variant_index=torch.arange(B), query_index=torch.arange(B), valid=torch.ones(B, dtype=torch.bool))
 
 
 ENCODERS = [("standard", "mean"), ("standard", "attention"), ("hybrid_standard", "mean"), ("hybrid_variational", "mean")]

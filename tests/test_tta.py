@@ -22,7 +22,7 @@ from dataset.loader import ARCSplit
 from dataset.synthetic import generate, write_dataset
 from training import build
 from training.distributed import DistInfo
-from training.trainer import run_evaluation
+from training.evaluation import run_evaluation
 from training import tta
 from training.tta import TTASettings, adapt, adaptation_fit
 

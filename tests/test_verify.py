@@ -48,7 +48,7 @@ def test_good_and_bad_job_lines_give_the_right_exit_code(tmp_path, capsys):
                     f"arch.halt_exploration_prob=0.5 data_paths=[{data}]\n")
     assert verify.main([str(jobs), "--steps", "6", "--hidden", "16"]) == 0
     out = capsys.readouterr().out
-    assert out.count("[x]") == 8 and "KL term present iff variational" in out and "expected present" in out
+    assert out.count("[x]") == 9 and "KL term present iff variational" in out and "expected present" in out
 
     jobs.write_text(f"{ENTRY} +run_name=bad arch.encoder_type=nope\n{ENTRY} +run_name=typo arch.no_such_key=1\n")
     assert verify.main([str(jobs), "--steps", "2", "--hidden", "16"]) == 1
@@ -66,8 +66,8 @@ def test_jobs_that_would_die_at_launch_fail_verification(tmp_path, capsys):
     missing = next(line for line in out.splitlines() if "absent" in line)
     assert missing.startswith("  [ ] dataset") and "python -m dataset.build_arc_dataset" in missing
     assert "--output-dir " + str(tmp_path / "absent") in missing
-    odd = next(line for line in out.splitlines() if "divides over 3 GPU" in line)
-    assert odd.startswith("  [ ]") and "not divisible by 3" in odd
+    odd = next(line for line in out.splitlines() if "global_batch_size divides over 3 GPU" in line)
+    assert odd.startswith("  [ ]") and "does not divide evenly over world_size=3" in odd
 
 
 @pytest.mark.slow

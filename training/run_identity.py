@@ -28,7 +28,7 @@ RESUME_MUTABLE_KEYS = frozenset({
     "evaluators", "data_paths_test", "tta", "summary_note",
     # checkpoints, logging, runtime, guards
     "checkpoint_every_eval", "checkpoint_interval", "checkpoint_keep_last", "log_interval", "wandb_mode",
-    "device", "compile", "build_if_missing", "max_nonfinite_in_a_row", "collapse_var_threshold", "collapse_patience",
+    "device", "compile", "build_if_missing", "data_recipe", "max_nonfinite_in_a_row", "collapse_var_threshold", "collapse_patience",
 })
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
+from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import config_from_dict
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
