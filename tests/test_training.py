@@ -169,9 +169,13 @@ def test_wandb_offline_run_is_written(tiny_data, tmp_path, monkeypatch):
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline_runs) == 1
-    # the offline record stream (protobuf) names every logged key in plain UTF-8
-    records = next(offline_runs[0].glob("*.wandb")).read_bytes()
-    for key in ("train/lm_loss", "train/exact_accuracy", "grad/encoder_norm", "ARC/pass@2", "arch"):
+    # the offline record stream (protobuf) names every logged key in plain UTF-8; wandb 0.31's
+    # finish() may return before its writer has flushed the stream: wait for it (bounded)
+    stream, deadline = next(offline_runs[0].glob("*.wandb")), time.time() + 30
+    while b"trainer/step" not in stream.read_bytes() and time.time() < deadline:
+        time.sleep(0.2)
+    records = stream.read_bytes()
+    for key in ("train/lm_loss", "train/exact_accuracy", "grad/encoder_norm", "ARC/pass@2", "arch", "trainer/step"):
         assert key.encode() in records, key
 
 
