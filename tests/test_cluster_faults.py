@@ -305,3 +305,21 @@ def test_wandb_goes_offline_keeps_its_id_and_logs_on_the_trainer_step(tmp_path, 
     # no W&B `step=` (points below the last logged step would be dropped): trainer/step is the x-axis
     assert fake.logged == [({"train/loss": 1.0, "trainer/step": 8}, {}), ({"train/loss": 1.0, "trainer/step": 5}, {})]
     assert (("*",), {"step_metric": "trainer/step"}) in fake.defined
+
+
+# ---------------------------------------------------------------------------------------------
+# the Slurm script and verify
+
+
+def test_verify_accepts_the_sbatch_script_and_names_what_a_copy_lacks(tmp_path):
+    import verify
+
+    script = REPO / "scripts" / "slurm" / "etrm.sbatch"
+    checks, nodes = verify.check_sbatch(script)
+    assert nodes == 2 and all(ok for _, ok, _ in checks), checks
+    broken = tmp_path / "broken.sbatch"
+    broken.write_text(script.read_text().replace("#SBATCH --requeue\n", "")
+                      .replace(",SIGUSR1,SIGUSR2", "").replace("--kill-on-bad-exit=1 ", ""))
+    failed = {name for name, ok, _ in verify.check_sbatch(broken)[0] if not ok}
+    assert failed == {"#SBATCH --requeue", "torchrun --signals-to-handle forwards that signal to the workers",
+                      "srun --kill-on-bad-exit"}
