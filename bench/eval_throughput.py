@@ -58,9 +58,12 @@ class TimedEvaluator:
         self.update_s += time.perf_counter() - t0
         self.last_outputs = {k: v.detach().cpu() for k, v in outputs.items()}
 
-    def result(self, run_dir, step: int):
+    def local_data(self):
+        return self.inner.local_data()
+
+    def result(self, run_dir, step: int, parts=None):
         t0 = time.perf_counter()
-        out = self.inner.result(run_dir, step)
+        out = self.inner.result(run_dir, step, parts)
         self.result_s += time.perf_counter() - t0
         return out
 
@@ -94,11 +97,9 @@ def build_model(arch_config: str | None, preset: str, split, batch: int, packed:
     """(loss head, model config dict) on CPU, seeded."""
     torch.manual_seed(0)
     if arch_config:
-        from hydra import compose, initialize_config_dir
-
         from training import build
-        with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-            cfg = compose(config_name=arch_config, overrides=[f"arch.encoder_packed={str(packed).lower()}"])
+        from training.config_schema import compose_config
+        cfg = compose_config(arch_config, [f"arch.encoder_packed={str(packed).lower()}"])
         kwargs = build.model_kwargs(cfg, split, batch)
         _, head = build.build_model(cfg, kwargs)
         return head, kwargs

@@ -156,20 +156,11 @@ class ARC:
         return data
 
     # ---------------------------------------------------------------- result
-    def result(self, out_dir: str | os.PathLike | None, step: int) -> dict | None:
-        """Collective. Rank 0 gets the metrics and, when `out_dir` is given, writes submission.json,
-        solutions.json, metrics.json and report.html into that (existing) folder."""
-        local = self.local_data()
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            rank = dist.get_rank()
-            gathered = [None] * dist.get_world_size() if rank == 0 else None
-            dist.gather_object(local, gathered, dst=0)
-            if rank != 0:
-                return None
-            data = _concat_chunks(gathered)
-        else:
-            data = local
+    def result(self, out_dir: str | os.PathLike | None, step: int, parts: list[dict] | None = None) -> dict:
+        """The metrics of `parts` (every process's `local_data()`, gathered by the runner; default:
+        this process's own samples) and, when `out_dir` is given, submission.json, solutions.json,
+        metrics.json and report.html written into that (existing) folder."""
+        data = _concat_chunks(parts) if parts is not None else self.local_data()
 
         scored = self.score(data)
         metrics = scored["metrics"]

@@ -1,16 +1,203 @@
-"""Helpers shared by several test modules (test modules import this, never each other)."""
+"""Helpers shared by several test modules (test modules import this, never each other):
+the one compose helper, small synthetic batches and model configs, and the reference scorer."""
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+import pytest
+
+import numpy as np
+import torch
+
+from dataset.tokens import IGNORE_LABEL_ID, PAD_ID
+from dataset.grids import encode_grid
+from training.config_schema import compose_config as compose_cfg  # noqa: F401 (the one compose helper)
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "config"
+
+torch.set_num_threads(2)
+
+RULES = (
+    lambda g: g,
+    lambda g: g[:, ::-1],
+    lambda g: g[::-1, :],
+    lambda g: (g + 1) % 10,
+)
 
 
-def compose_cfg(name: str, overrides: list[str] | tuple[str, ...] = ()):
-    """The config `name` with `overrides`, composed exactly as `python pretrain_etrm.py
-    --config-name name overrides...` (or evaluate_etrm.py) would compose it."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name=name, overrides=list(overrides))
+def tiny_config(**kw) -> dict:
+    cfg = dict(
+        batch_size=4, seq_len=25, vocab_size=12, max_demos=3, puzzle_emb_len=4, hidden_size=32, num_heads=4,
+        expansion=2.0, H_cycles=2, L_cycles=2, L_layers=1, halt_max_steps=4, halt_exploration_prob=0.0,
+        encoder_num_layers=1, encoder_set_layers=1,
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def make_batch(B: int = 4, D: int = 3, side: int = 5, seed: int = 0, n_demos: list[int] | None = None,
+               rules: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Each row: a puzzle with a rule from RULES, up to D demos (the rest masked, PAD), a query."""
+    rng = np.random.default_rng(seed)
+    S = side * side
+    out = dict(
+        inputs=np.zeros((B, S), np.int64), labels=np.zeros((B, S), np.int64),
+        demo_inputs=np.zeros((B, D, S), np.int64), demo_labels=np.zeros((B, D, S), np.int64),
+        demo_mask=np.zeros((B, D), bool),
+    )
+    for b in range(B):
+        rule = RULES[(rules[b] if rules is not None else b) % len(RULES)]
+        nd = n_demos[b] if n_demos is not None else int(rng.integers(1, D + 1))
+        pairs = []
+        for _ in range(nd + 1):
+            h, w = rng.integers(2, side, size=2)
+            g = rng.integers(0, 10, size=(h, w))
+            pairs.append((g, np.ascontiguousarray(rule(g))))
+        for d, (gi, go) in enumerate(pairs[:nd]):
+            out["demo_inputs"][b, d] = encode_grid(gi, side)
+            out["demo_labels"][b, d] = encode_grid(go, side)
+            out["demo_mask"][b, d] = True
+        qi, qo = pairs[-1]
+        out["inputs"][b] = encode_grid(qi, side)
+        lab = encode_grid(qo, side)
+        out["labels"][b] = np.where(lab == PAD_ID, IGNORE_LABEL_ID, lab)
+    batch = {k: torch.from_numpy(v) for k, v in out.items()}
+    batch["variant_index"] = torch.arange(B)
+    batch["query_index"] = torch.arange(B)
+    batch["puzzle_index"] = torch.arange(B)
+    batch["valid"] = torch.ones(B, dtype=torch.bool)
+    return batch
+
+
+def small_encoder(kind, pooling="mean", side=5, seed=0):
+    from models.encoders import build_encoder
+
+    torch.manual_seed(seed)
+    return build_encoder(kind, hidden_size=32, num_heads=4, seq_len=side * side, puzzle_emb_len=4,
+                         num_layers=1, expansion=2.0, pooling=pooling, set_layers=1)
+
+
+def demos_of(batch):
+    return batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
+
+
+PADDING_SIDE = 12  # tests/test_padding.py's canvas
+
+
+def ragged_batch(B: int = 3, D: int = 4, side: int = PADDING_SIDE, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Grids of many sizes (1x1 up to the full canvas, outputs larger than inputs), a ragged
+    number of real demos per row (at least one)."""
+    rng = np.random.default_rng(seed)
+    S = side * side
+    d_in = np.zeros((B, D, S), np.int64)
+    d_out = np.zeros((B, D, S), np.int64)
+    mask = np.zeros((B, D), bool)
+    inputs = np.zeros((B, S), np.int64)
+    labels = np.zeros((B, S), np.int64)
+    for b in range(B):
+        n = 1 + b % D
+        for d in range(n):
+            h, w = rng.integers(1, side + 1, 2)
+            h2, w2 = (side, side) if (b, d) == (0, 0) else rng.integers(1, side + 1, 2)
+            d_in[b, d] = encode_grid(rng.integers(0, 10, (h, w)), side)
+            d_out[b, d] = encode_grid(rng.integers(0, 10, (h2, w2)), side)
+            mask[b, d] = True
+        inputs[b] = encode_grid(rng.integers(0, 10, (3, 4)), side)
+        labels[b] = encode_grid(rng.integers(0, 10, (5, 2)), side)
+    labels = np.where(labels == PAD_ID, IGNORE_LABEL_ID, labels)
+    t = torch.from_numpy
+    return dict(inputs=t(inputs), labels=t(labels), demo_inputs=t(d_in), demo_labels=t(d_out), demo_mask=t(mask),
+                variant_index=torch.arange(B), query_index=torch.arange(B), valid=torch.ones(B, dtype=torch.bool))
+
+
+def load_scorer():
+    """scripts/score_submission.py as a module (the reference scorer)."""
+    spec = importlib.util.spec_from_file_location("score_submission", REPO / "scripts" / "score_submission.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------------------------
+# short training runs of the tiny config (test_training.py, test_cluster_faults.py); the dataset
+# they train on is conftest.py's `tiny_data` fixture
+
+def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
+    base = {
+        "data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir),
+        "arch.hidden_size": 32, "arch.num_heads": 2, "arch.H_cycles": 2, "arch.L_cycles": 1,
+        "arch.puzzle_emb_len": 4, "arch.halt_max_steps": 3, "arch.halt_exploration_prob": 0.0,
+        "global_batch_size": 8, "max_steps": 8, "eval_interval": "null", "max_eval_variants": 1,
+        "max_eval_groups": 4, "lr_warmup_steps": 2, "wandb_mode": "disabled", "checkpoint_keep_last": 10,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def compose_tiny(overrides: list[str]):
+    return compose_cfg("cfg_pretrain_etrm_tiny", overrides)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_train_record(records: list[dict], step: int) -> dict:
+    return [r for r in records if r["step"] == step and "train/total_loss" in r][-1]
+
+
+def run_cli(overrides: list[str], nproc: int = 0, extra_torchrun: tuple[str, ...] = (), wait: bool = True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               *extra_torchrun, "pretrain_etrm.py"]
+    else:
+        cmd = [sys.executable, "pretrain_etrm.py"]
+    cmd += ["--config-name", "cfg_pretrain_etrm_tiny", *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+# training that draws random numbers every step (halting exploration, the variational encoder's
+# sampling): a resume that lost the RNG state would take other draws, so other losses
+RANDOM_DRAWS = {"arch.encoder_type": "hybrid_variational", "arch.halt_exploration_prob": 0.5}
+
+
+def assert_same_end(clean: Path, other: Path, steps: int) -> None:
+    """The last train record and the final evaluation of two runs agree (timing aside)."""
+    a, b = last_train_record(read_metrics(clean), steps), last_train_record(read_metrics(other), steps)
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9) or key == "train/steps_per_s", key
+    eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    eval_b = json.loads((other / "eval" / f"step_{steps}" / "metrics.json").read_text())
+    assert eval_a == eval_b
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(entry.name))
+    return children + [d for c in children for d in _descendants(c)]

@@ -22,8 +22,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.test_training import (RANDOM_DRAWS, _descendants, assert_same_end, compose_tiny, last_train_record,  # noqa: F401
-                                 read_metrics, run_cli, small_overrides, tiny_data)
+from tests.helpers import (RANDOM_DRAWS, _descendants, assert_same_end, compose_tiny, read_metrics, run_cli,
+                           small_overrides)
 from training import checkpoint, distributed, metrics_logger, preemption, trainer, tta
 
 REPO = Path(__file__).resolve().parents[1]

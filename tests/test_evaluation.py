@@ -107,3 +107,11 @@ def test_the_packages_import_each_other_without_a_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+def test_test_modules_share_helpers_through_tests_helpers_only():
+    """A test module importing another test module runs (and couples to) that module's tests."""
+    for path in sorted((REPO / "tests").glob("*.py")):
+        name = _module_name(path)
+        imported = {m for m in _imports(path, name) if m.startswith("tests.test_") and m.count(".") == 1}
+        assert not imported, f"{path.name} imports {sorted(imported)}: move the shared helper to tests/helpers.py"

@@ -1,7 +1,6 @@
 """Tests of the ARC evaluator (evaluators/arc.py) with hand-built predictions on a fake split."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import os
@@ -16,19 +15,14 @@ import torch
 
 from dataset.augment import apply_variant, identity_variant, invert_variant
 from dataset.grids import EOS_ID, decode_grid, encode_grid
+from training.distributed import gather_to_main
 from evaluators import load_evaluator_class
 from dataset.grids import crop_sizes
 from evaluators.arc import ARC, inverse_colour_tables, inverse_dihedral_index
+from tests.helpers import load_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 8
-
-
-def load_scorer():
-    spec = importlib.util.spec_from_file_location("score_submission", ROOT / "scripts" / "score_submission.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------------------------------
@@ -484,7 +478,8 @@ def _gather_worker(rank, world, port, out_dir):
         for n, (b, o) in enumerate(batches(split, samples, batch_size=4)):
             if n % world == rank:  # interleaved shards, like a distributed sampler
                 ev.update(b, o)
-        m = ev.result(eval_dir(os.path.join(out_dir, "dist"), 1) if rank == 0 else None, 1)
+        parts = gather_to_main(ev.local_data())  # what the runner (training/evaluation.py) does
+        m = ev.result(eval_dir(os.path.join(out_dir, "dist"), 1), 1, parts) if rank == 0 else None
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(m, f)
     finally:

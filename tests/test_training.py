@@ -14,66 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tests.helpers import (RANDOM_DRAWS, _cmdline, _descendants, assert_same_end, compose_cfg, compose_tiny,
+                           last_train_record, load_scorer, read_metrics, run_cli, small_overrides)
 
 from dataset.loader import load_split
-from tests.test_evaluator_arc import load_scorer
 from training import checkpoint, trainer
 from training.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "config"
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """ARC-AGI-1 puzzles whose grids fit 6x6, 2 augmentations: seconds to build."""
-    out = tmp_path_factory.mktemp("data") / "arc1-6x6"
-    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", "arc-agi-1:train",
-                    "--eval-sources", "arc-agi-1:eval", "--output-dir", str(out), "--max-grid-size", "6",
-                    "--num-aug", "2", "--seed", "0"], cwd=REPO, check=True, capture_output=True)
-    return out
-
-
-def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
-    base = {
-        "data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir),
-        "arch.hidden_size": 32, "arch.num_heads": 2, "arch.H_cycles": 2, "arch.L_cycles": 1,
-        "arch.puzzle_emb_len": 4, "arch.halt_max_steps": 3, "arch.halt_exploration_prob": 0.0,
-        "global_batch_size": 8, "max_steps": 8, "eval_interval": "null", "max_eval_variants": 1,
-        "max_eval_groups": 4, "lr_warmup_steps": 2, "wandb_mode": "disabled", "checkpoint_keep_last": 10,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def compose_tiny(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def last_train_record(records: list[dict], step: int) -> dict:
-    return [r for r in records if r["step"] == step and "train/total_loss" in r][-1]
-
-
-def run_cli(overrides: list[str], nproc: int = 0, extra_torchrun: tuple[str, ...] = (), wait: bool = True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               *extra_torchrun, "pretrain_etrm.py"]
-    else:
-        cmd = [sys.executable, "pretrain_etrm.py"]
-    cmd += ["--config-name", "cfg_pretrain_etrm_tiny", *overrides]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_tiny_config_trains_evaluates_and_checkpoints(tiny_data, tmp_path):
@@ -192,11 +140,6 @@ def test_two_ranks_match_one_rank(tiny_data, tmp_path):
     assert {"rank_0.pt", "rank_1.pt"} <= {p.name for p in (two / "checkpoints" / "step_5").iterdir()}
 
 
-# training that draws random numbers every step (halting exploration, the variational encoder's
-# sampling): a resume that lost the RNG state would take other draws, so other losses
-RANDOM_DRAWS = {"arch.encoder_type": "hybrid_variational", "arch.halt_exploration_prob": 0.5}
-
-
 def test_resume_continues_the_random_streams(tiny_data, tmp_path):
     """A run resumed from its step-4 checkpoint makes the same random draws, hence the same
     losses, as the run that never stopped."""
@@ -234,17 +177,6 @@ def test_kill9_then_rerun_matches_uninterrupted(tiny_data, tmp_path):
     assert_same_end(clean, killed, steps)
 
 
-def assert_same_end(clean: Path, other: Path, steps: int) -> None:
-    """The last train record and the final evaluation of two runs agree (timing aside)."""
-    a, b = last_train_record(read_metrics(clean), steps), last_train_record(read_metrics(other), steps)
-    assert set(a) == set(b)
-    for key in a:
-        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9) or key == "train/steps_per_s", key
-    eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
-    eval_b = json.loads((other / "eval" / f"step_{steps}" / "metrics.json").read_text())
-    assert eval_a == eval_b
-
-
 @pytest.mark.slow
 def test_torchrun_max_restarts_recovers_a_killed_worker(tiny_data, tmp_path):
     """torchrun restarts both ranks after one is killed; they resume from the last checkpoint
@@ -269,29 +201,8 @@ def test_torchrun_max_restarts_recovers_a_killed_worker(tiny_data, tmp_path):
     assert_same_end(clean, run_dir, steps)
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                children.append(int(entry.name))
-    return children + [d for c in children for d in _descendants(c)]
-
-
 def compose_eval(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_evaluate_etrm", overrides=overrides)
+    return compose_cfg("cfg_evaluate_etrm", overrides)
 
 
 def test_evaluate_checkpoint_reproduces_the_training_eval(tiny_data, tmp_path):

@@ -14,12 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from dataset import load_split
 from evaluators import load_evaluator_class
 from models import load_loss_class, load_model_class
+from models.config import DATA_DERIVED_KEYS
 from training.preflight import build_command, dataset_checks, eval_paths, is_auto_built, require
 
 log = logging.getLogger("etrm")
 
-# Added to the arch config from the dataset's metadata, never set by hand.
-DATA_DERIVED_KEYS = ("seq_len", "vocab_size", "max_demos", "batch_size")
 
 
 def ensure_dataset(cfg: DictConfig, is_main: bool) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from dataset.atomic import atomic_directory
 from dataset.tokens import IGNORE_LABEL_ID
-from training.distributed import DistInfo, all_reduce_sum
+from training.distributed import DistInfo, all_reduce_sum, gather_to_main
 from training.preflight import eval_paths
 from training.progress import Progress
 
@@ -152,8 +152,10 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
                **(extra_metrics or {})}
 
     def collect(folder: Path | None) -> None:
+        # evaluators never see ranks: each rank's samples are gathered here, rank 0 scores them all
         for evaluator in evaluators:
-            out = evaluator.result(folder, step)  # collective: every rank calls it, rank 0 gets the metrics
+            parts = gather_to_main(evaluator.local_data())
+            out = evaluator.result(folder, step, parts) if parts is not None else None
             if out:
                 results.update(out)
 
