@@ -68,9 +68,10 @@ def init_distributed(requested_device: str = "auto", timeout_minutes: float | No
         timeout = datetime.timedelta(minutes=minutes)
         dist.init_process_group(backend=backend, timeout=timeout, store=_generation_store(rank, world_size, timeout),
                                 rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
-        # stop/checkpoint decisions are a few CPU numbers per step: a gloo group keeps them off the
-        # GPU stream (no host sync), the default group serves when it is gloo already
-        _control_group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+        # stop/checkpoint decisions are a few CPU numbers per step: a gloo group of their own keeps
+        # them off the GPU stream (no host sync) and out of DDP's asynchronous gradient reductions
+        # (sharing a gloo default group with those, a worker aborted at exit now and then)
+        _control_group = dist.new_group(backend="gloo", timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
