@@ -168,16 +168,62 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
     return checks
 
 
+def check_sbatch(path: Path) -> tuple[list[tuple[str, bool, str]], int]:
+    """Checks of a Slurm script that runs job lines (scripts/slurm/etrm.sbatch or a copy of it):
+    what preemption, requeue and multi-node restarts need (docs/CLUSTER.md). Returns the checks
+    and the script's node count."""
+    import re
+    import subprocess
+
+    from training.preemption import EXIT_PREEMPTED
+
+    text = path.read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#") or line.startswith("#SBATCH"))
+    checks: list[tuple[str, bool, str]] = []
+    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    checks.append(("script parses (bash -n)", syntax.returncode == 0, syntax.stderr.strip()[:200]))
+    nodes = re.search(r"^#SBATCH\s+(?:--nodes[= ]|-N\s*)(\d+)", text, re.M)
+    checks.append(("#SBATCH --nodes", nodes is not None, f"{nodes.group(1)} nodes" if nodes else "missing"))
+    checks.append(("#SBATCH --requeue", re.search(r"^#SBATCH\s+--requeue\b", text, re.M) is not None,
+                   "a preempted or signalled job goes back in the queue"))
+    sig = re.search(r"^#SBATCH\s+--signal[= ](B:)?(?:SIG)?(\w+)@(\d+)", text, re.M)
+    checks.append(("#SBATCH --signal=[B:]USR1@SECONDS", sig is not None and sig.group(2) in ("USR1", "USR2", "TERM"),
+                   f"SIG{sig.group(2)} {sig.group(3)} s before the limit" if sig else "missing: no warning before the time limit"))
+    handled = re.search(r"--signals[-_]to[-_]handle[= ]\s*(\S+)", body)
+    forwarded = sig is not None and handled is not None and f"SIG{sig.group(2)}" in handled.group(1)
+    checks.append(("torchrun --signals-to-handle forwards that signal to the workers", forwarded,
+                   handled.group(1) if handled else "missing: torchrun's agent would die of SIGUSR1, workers unsaved"))
+    checks.append(("srun --kill-on-bad-exit", re.search(r"srun\b[^\n]*--kill-on-bad-exit", body) is not None, ""))
+    checks.append(("torchrun c10d rendezvous keyed on the job id",
+                   re.search(r"--rdzv-backend[= ]c10d", body) is not None
+                   and re.search(r"--rdzv-id[= ]\"?\$\{?SLURM_JOB_ID", body) is not None, ""))
+    declared = re.search(r"^EXIT_PREEMPTED=(\d+)", text, re.M)
+    checks.append((f"requeues on the trainer's stop status {EXIT_PREEMPTED}",
+                   declared is not None and int(declared.group(1)) == EXIT_PREEMPTED and "scontrol requeue" in body,
+                   f"script says {declared.group(1) if declared else 'nothing'}"))
+    return checks, int(nodes.group(1)) if nodes else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job_file", type=Path)
     parser.add_argument("--steps", type=int, default=16, help="training steps per job (default 16)")
     parser.add_argument("--hidden", type=int, default=32, help="reduced hidden size (default 32)")
+    parser.add_argument("--sbatch", type=Path, help="the Slurm script the lines will run under (scripts/slurm/etrm.sbatch): "
+                        "checked, and each line's batch split checked over its nodes x --nproc-per-node GPUs")
     args = parser.parse_args(argv)
     if not args.job_file.is_file():
         parser.error(f"job file {args.job_file} does not exist")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    failures = 0
+    failures, nodes = 0, None
+    if args.sbatch:
+        if not args.sbatch.is_file():
+            parser.error(f"sbatch script {args.sbatch} does not exist")
+        sbatch_checks, nodes = check_sbatch(args.sbatch)
+        print(f"{args.sbatch}")
+        for name, ok, detail in sbatch_checks:
+            print(f"  [{'x' if ok else ' '}] {name}" + (f"  ({detail})" if detail else ""))
+            failures += not ok
     jobs = [(n, line.strip()) for n, line in enumerate(args.job_file.read_text().splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")]
     if not jobs:
@@ -187,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config_name, overrides = parse_job_line(line)
             run_name = next((o.split("=", 1)[1].strip('"') for o in overrides if o.lstrip("+").startswith("run_name=")), "?")
-            checks = verify_job(config_name, overrides, args.steps, args.hidden, job_world_sizes(line))
+            # under the sbatch script the line's launcher is replaced: its GPUs per node x the script's nodes
+            worlds = job_world_sizes(line) if nodes is None else [job_world_sizes(line)[0] * nodes]
+            checks = verify_job(config_name, overrides, args.steps, args.hidden, worlds)
         except Exception as e:
             run_name, checks = "?", [("job line parses and runs", False, f"{type(e).__name__}: {e}")]
         print(f"\n{args.job_file}:{lineno}  {run_name}")

@@ -180,7 +180,7 @@ def log_wandb(entries: list[dict], step: int) -> bool:
                     image(a1["grid"], "answer 1") if a1 else None, a1["votes"] if a1 else 0,
                     image(a2["grid"], "answer 2") if a2 else None, a2["votes"] if a2 else 0,
                     image(t["truth"], "truth"))
-        wandb.log({"ARC/report": table}, step=step)
+        wandb.log({"ARC/report": table, "trainer/step": step})  # x-axis: training/metrics_logger.py
         return True
     except Exception as exc:  # the report must never break an eval
         log.warning("could not log the ARC report to wandb: %s", exc)

@@ -30,7 +30,6 @@ def write_arc_task():
     return _write_arc_task
 
 
-# the training, prefetch, host-plan and training-curve tests share one build
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """ARC-AGI-1 puzzles whose grids fit 6x6, 2 augmentations: seconds to build."""

@@ -122,7 +122,10 @@ def load_scorer():
     return mod
 
 
-# ---- training runs as subprocesses (tests/test_training.py, tests/test_dataset_rearc_barc.py)
+# ---------------------------------------------------------------------------------------------
+# short training runs of the tiny config (test_training.py, test_cluster_faults.py); the dataset
+# they train on is conftest.py's `tiny_data` fixture
+
 def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
     base = {
         "data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir),
@@ -133,6 +136,10 @@ def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def compose_tiny(overrides: list[str]):
+    return compose_cfg("cfg_pretrain_etrm_tiny", overrides)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -173,3 +180,23 @@ def assert_same_end(clean: Path, other: Path, steps: int) -> None:
     eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
     eval_b = json.loads((other / "eval" / f"step_{steps}" / "metrics.json").read_text())
     assert eval_a == eval_b
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                children.append(int(entry.name))
+    return children + [d for c in children for d in _descendants(c)]

@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import (RANDOM_DRAWS, assert_same_end, compose_cfg, last_train_record, load_scorer, read_metrics,
-                           run_cli, small_overrides)
+from tests.helpers import (RANDOM_DRAWS, _cmdline, _descendants, assert_same_end, compose_cfg, compose_tiny,
+                           last_train_record, load_scorer, read_metrics, run_cli, small_overrides)
 
 from dataset.loader import load_split
 from training import checkpoint, trainer
 from training.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-
-
-def compose_tiny(overrides: list[str]):
-    return compose_cfg("cfg_pretrain_etrm_tiny", overrides)
 
 
 def test_tiny_config_trains_evaluates_and_checkpoints(tiny_data, tmp_path):
@@ -123,9 +117,13 @@ def test_wandb_offline_run_is_written(tiny_data, tmp_path, monkeypatch):
     run_id = (run_dir / "wandb_run_id").read_text().strip()
     offline_runs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline_runs) == 1
-    # the offline record stream (protobuf) names every logged key in plain UTF-8
-    records = next(offline_runs[0].glob("*.wandb")).read_bytes()
-    for key in ("train/lm_loss", "train/exact_accuracy", "grad/encoder_norm", "ARC/pass@2", "arch"):
+    # the offline record stream (protobuf) names every logged key in plain UTF-8; wandb 0.31's
+    # finish() may return before its writer has flushed the stream: wait for it (bounded)
+    stream, deadline = next(offline_runs[0].glob("*.wandb")), time.time() + 30
+    while b"trainer/step" not in stream.read_bytes() and time.time() < deadline:
+        time.sleep(0.2)
+    records = stream.read_bytes()
+    for key in ("train/lm_loss", "train/exact_accuracy", "grad/encoder_norm", "ARC/pass@2", "arch", "trainer/step"):
         assert key.encode() in records, key
 
 
@@ -140,8 +138,6 @@ def test_two_ranks_match_one_rank(tiny_data, tmp_path):
         for key in ("train/total_loss", "train/lm_loss", "grad/inner_norm"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (step, key)
     assert {"rank_0.pt", "rank_1.pt"} <= {p.name for p in (two / "checkpoints" / "step_5").iterdir()}
-
-
 
 
 def test_resume_continues_the_random_streams(tiny_data, tmp_path):
@@ -203,26 +199,6 @@ def test_torchrun_max_restarts_recovers_a_killed_worker(tiny_data, tmp_path):
     assert b"resumed from" in out, out.decode()[-3000:]
     assert checkpoint.latest_checkpoint(run_dir).name == f"step_{steps}"
     assert_same_end(clean, run_dir, steps)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                children.append(int(entry.name))
-    return children + [d for c in children for d in _descendants(c)]
 
 
 def compose_eval(overrides: list[str]):

@@ -8,7 +8,10 @@ DDP and checkpoint path as many.
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import secrets
+import time
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +45,15 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
 
 
-def init_distributed(requested_device: str = "auto") -> DistInfo:
-    """Initialise from RANK/WORLD_SIZE/LOCAL_RANK when torchrun set them (nccl on CUDA, gloo on CPU)."""
+DEFAULT_TIMEOUT_MINUTES = 30.0
+_control_group = None  # a gloo group for the loop's small CPU decisions (None: the default group)
+
+
+def init_distributed(requested_device: str = "auto", timeout_minutes: float | None = None) -> DistInfo:
+    """Initialise from RANK/WORLD_SIZE/LOCAL_RANK when torchrun set them (nccl on CUDA, gloo on CPU).
+    `timeout_minutes` bounds every collective and store wait (config `dist_timeout_minutes`), so a
+    hung peer surfaces as an error after that long instead of after torch's default."""
+    global _control_group
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,21 +62,71 @@ def init_distributed(requested_device: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if (world_size > 1 or launched_by_torchrun()) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        timeout = datetime.timedelta(minutes=30)
-        dist.init_process_group(backend=backend, timeout=timeout, store=_restart_scoped_store(rank, world_size, timeout),
+        minutes = DEFAULT_TIMEOUT_MINUTES if timeout_minutes is None else float(timeout_minutes)
+        if not minutes > 0:
+            raise ValueError(f"dist_timeout_minutes must be > 0, got {timeout_minutes!r}")
+        timeout = datetime.timedelta(minutes=minutes)
+        dist.init_process_group(backend=backend, timeout=timeout, store=_generation_store(rank, world_size, timeout),
                                 rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
+        # stop/checkpoint decisions are a few CPU numbers per step: a gloo group of their own keeps
+        # them off the GPU stream (no host sync) and out of DDP's asynchronous gradient reductions
+        # (sharing a gloo default group with those, a worker aborted at exit now and then)
+        _control_group = dist.new_group(backend="gloo", timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def _restart_scoped_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
-    """The rendezvous store, with keys scoped to this torchrun restart.
+GENERATION_KEY = "etrm/generation"
 
-    When workers use the torchrun agent's shared store, a restarted group (`--max-restarts`) would
-    otherwise read the dead group's gloo/nccl addresses left in it and fail to connect."""
+
+def _generation_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's store, with keys scoped to this group of workers.
+
+    torchrun's c10d rendezvous hands every round of workers the same TCPStore (its agent's,
+    `TORCHELASTIC_USE_AGENT_STORE`): a group restarted by `--max-restarts` would read the dead
+    group's gloo/nccl addresses left in it. TORCHELASTIC_RESTART_COUNT cannot scope the keys: each
+    node counts its own restarts (a healthy node restarts its workers without counting), so after a
+    restart nodes disagree on it and wait for each other under different prefixes. The prefix is a
+    value the new group agrees on through the store itself (`agree_on_generation`)."""
     use_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                           is_master=not use_agent_store and rank == 0, timeout=timeout, multi_tenant=not use_agent_store)
-    return dist.PrefixStore(f"etrm/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    return dist.PrefixStore(f"etrm/{agree_on_generation(store, rank, world_size, timeout)}", store)
+
+
+def agree_on_generation(store: dist.Store, rank: int, world_size: int, timeout: datetime.timedelta,
+                        poll_s: float = 0.2) -> str:
+    """A token every rank of this group of processes returns, fresh for each group, agreed through
+    `store` even when the store still holds the keys of earlier groups.
+
+    Rank 0 publishes a fresh token; every other rank announces itself under the token it reads,
+    with its own fresh token; rank 0 answers once all have announced themselves under its token,
+    echoing each rank's own token. A rank that read a dead group's token never gets its own token
+    echoed back (a stale answer cannot hold a token drawn by this process), so it reads again."""
+    mine = secrets.token_hex(8)
+    deadline = time.monotonic() + timeout.total_seconds()
+    if rank == 0:
+        store.set(GENERATION_KEY, mine)
+        joined = {}
+        for r in range(1, world_size):
+            key = f"etrm/{mine}/joined/{r}"
+            while not store.check([key]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rank {r} did not join process group {mine} within {timeout}; "
+                                       f"joined so far: {sorted(joined)} (dist_timeout_minutes)")
+                time.sleep(poll_s / 4)
+            joined[str(r)] = store.get(key).decode()
+        store.set(f"etrm/{mine}/ready", json.dumps(joined))
+        return mine
+    while True:
+        seen = store.get(GENERATION_KEY).decode()  # blocks until some rank 0 has published one
+        store.set(f"etrm/{seen}/joined/{rank}", mine)
+        ready = f"etrm/{seen}/ready"
+        if store.check([ready]) and json.loads(store.get(ready)).get(str(rank)) == mine:
+            return seen
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: rank 0 of this process group never answered within {timeout} "
+                               f"(last token read: {seen}; dist_timeout_minutes)")
+        time.sleep(poll_s)
 
 
 def is_distributed() -> bool:
@@ -93,8 +153,26 @@ def broadcast_object(obj, src: int = 0):
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=_control_group)
     return box[0]
+
+
+def control_max(values: list[float]) -> list[float]:
+    """Element-wise max over ranks of a few CPU numbers (stop flags, rank 0's clock), on the gloo
+    control group: no CUDA synchronisation."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
+    return t.tolist()
+
+
+def all_gather_object(obj) -> list:
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj, group=_control_group)
+    return out
 
 
 def gather_to_main(obj) -> list | None:
@@ -113,5 +191,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _control_group
     if is_distributed():
         dist.destroy_process_group()
+    _control_group = None

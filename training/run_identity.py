@@ -29,7 +29,8 @@ RESUME_MUTABLE_KEYS = frozenset({
     "eval_interval", "eval_global_batch_size", "max_eval_groups", "max_eval_variants", "eval_halting",
     "evaluators", "data_paths_test", "tta", "summary_note",
     # checkpoints, logging, runtime, guards
-    "checkpoint_every_eval", "checkpoint_interval", "checkpoint_keep_last", "log_interval", "wandb_mode",
+    "checkpoint_every_eval", "checkpoint_interval", "checkpoint_interval_minutes", "dist_timeout_minutes",
+    "checkpoint_keep_last", "log_interval", "wandb_mode",
     "device", "compile", "build_if_missing", "data_recipe", "max_nonfinite_in_a_row", "collapse_var_threshold", "collapse_patience",
 })
 

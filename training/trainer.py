@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -19,12 +18,14 @@ from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_write_text
 from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
-from training.distributed import DistInfo, barrier, init_distributed, is_distributed, shutdown, wrap_ddp
+from training.distributed import (DistInfo, barrier, broadcast_object, init_distributed, is_distributed, shutdown,
+                                  wrap_ddp)
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
                                  to_device)
 from training.host_copy import HostCopy
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, clipped_step_on_device, lr_at
+from training.preemption import LoopControl, Preempted, restore_signal_handlers
 from training.progress import Progress
 from training.tta import TTASettings, evaluate_with_tta
 
@@ -89,10 +90,11 @@ def learning_summary(step: int, recent: list[dict], results: dict, note: str | N
 def train(cfg: DictConfig, config_name: str | None = None) -> dict[str, float]:
     """Train (or resume) the run `cfg` describes. `config_name` (the Hydra config's name) is part
     of the run's identity (training/run_identity.py)."""
-    dist_info = init_distributed(cfg.device)
+    dist_info = init_distributed(cfg.device, cfg.get("dist_timeout_minutes"))
     try:
         return _train(cfg, config_name, dist_info)
     finally:
+        restore_signal_handlers()
         shutdown()
 
 
@@ -103,7 +105,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     project, run_name, run_dir = run_identity.run_identity(cfg, config_name)
     # resume: an explicit checkpoint, else the newest complete one in run_dir. Checked against this
     # command's config before any data or model work (a changed config must not resume silently).
-    ckpt_path = cfg.get("load_checkpoint") or checkpoint.latest_checkpoint(run_dir)
+    # Rank 0 reads the file system and decides for every rank (a stale cache must not split them).
+    checkpoint.require_shared_run_dir(run_dir, rank)
+    ckpt_path = broadcast_object(cfg.get("load_checkpoint") or checkpoint.latest_checkpoint(run_dir) if rank == 0 else None)
     config_changes = run_identity.check_resume_compatible(cfg, ckpt_path) if ckpt_path else []
 
     # --- data (validated before any model work) ---
@@ -140,8 +144,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # --- resume: an explicit checkpoint, else the newest complete one in run_dir ---
     step, carry, counters = 0, None, dict.fromkeys(GUARD_COUNTERS, 0)
     torch.manual_seed(int(cfg.seed) * 1000 + rank)  # per-rank stream for halting exploration
-    if ckpt_path:
-        state = checkpoint.load_checkpoint(ckpt_path, rank, map_location=device)
+    state = checkpoint.load_for_resume(run_dir, cfg.get("load_checkpoint"), rank, map_location=device) if ckpt_path else None
+    if state is not None:
+        ckpt_path = state["path"]  # an unreadable newest one falls back to the previous (load_for_resume)
         build.check_data_fits(state["trainer_state"].get("model_kwargs", {}), train_split, f"checkpoint {ckpt_path}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -202,6 +207,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         per_rank = {"rng": checkpoint.rng_state(), "loader": train_iter.state_dict(),
                     "carry": to_device(carry, torch.device("cpu")) if carry is not None else None}
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
+        control.saved()
         log.info("checkpoint %s", path)
 
     settings = eval_settings(cfg, weights="ema" if ema is not None else "model")
@@ -232,6 +238,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # follows whichever of steps or time is further along, so the cosine ends at the deadline
     budget_s = float(cfg.max_train_minutes) * 60 if cfg.get("max_train_minutes") else None
     train_seconds = 0.0
+    stop_signal = 0
+    control = LoopControl(cfg.get("checkpoint_interval_minutes"), cfg.get("max_train_minutes"), dist_info.is_main)
+    control.__enter__()  # signal handlers: only flags (training/preemption.py); restored below
     while step < total_steps:
         step_start = time.perf_counter()
         head.train()
@@ -311,25 +320,30 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         progress.update(1)
 
         train_seconds += time.perf_counter() - step_start
-        if budget_s is not None and step < total_steps:
-            # every rank stops at the same step: rank 0's clock decides
-            out_of_time = torch.tensor(float(train_seconds >= budget_s), device=device)
-            if world_size > 1:
-                torch.distributed.broadcast(out_of_time, src=0)
-            if bool(out_of_time):
-                log.info("max_train_minutes=%s reached after %d steps: final evaluation", cfg.max_train_minutes, step)
-                total_steps = step
-        last = step == total_steps
-        if step % eval_every == 0 or last:
-            if evaluators:
-                results = evaluate(step)
-            if cfg.checkpoint_every_eval or last:
-                save(step)
-        elif cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0:
+        # every rank takes the same decision at the same step (rank 0's clock, any rank's signal)
+        stop_signal, minutes_due, out_of_time = control.decide(train_seconds)
+        if out_of_time and step < total_steps:
+            log.info("max_train_minutes=%s reached after %d steps: final evaluation", cfg.max_train_minutes, step)
+            total_steps = step
+        if stop_signal:
+            log.warning("signal %d received: checkpoint at step %d, then exit", stop_signal, step)
             save(step)
+            break
+        last = step == total_steps
+        eval_due = step % eval_every == 0 or last
+        # the checkpoint comes before the evaluation: an evaluation that crashes loses no training
+        if (eval_due and (cfg.checkpoint_every_eval or last)) or minutes_due or \
+                (cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0):
+            save(step)
+        if eval_due and evaluators:
+            results = evaluate(step)
+    control.__exit__()
     progress.close()
     train_iter.close()
-    if step > 0 and not (run_dir / "checkpoints" / f"step_{step}").exists():
+    if stop_signal:
+        logger.close()
+        raise Preempted(stop_signal, step)
+    if step > 0 and broadcast_object(not (run_dir / "checkpoints" / f"step_{step}").exists() if rank == 0 else None):
         save(step)  # resumed at the very end: still leave a final checkpoint
     logger.close()
     if dist_info.is_main:

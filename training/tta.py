@@ -36,6 +36,7 @@ from dataset import ARCSplit, EvalLoader, TrainLoader
 from dataset.adaptation import adaptation_split
 from dataset.atomic import atomic_write
 from dataset.tokens import NUM_COLOURS
+from training.checkpoint import rng_state, set_rng_state
 from training.distributed import DistInfo, all_reduce_sum, wrap_ddp
 from training.evaluation import autocast_for, reduce_metrics, run_evaluation, run_until_halted, to_device
 from training.optim import clipped_step, lr_at
@@ -381,8 +382,14 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     and context corrections go to out_dir/tta_adapted.pt."""
     if tta is None or not tta.active:
         return run_evaluation(head, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings)
-    adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
-                           max_demos=max_demos)
+    # adapting re-seeds the global RNG (halting exploration): the training run that called this
+    # evaluation must continue its own random streams afterwards, not replay the adaptation's seed
+    saved_rng = rng_state()
+    try:
+        adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
+                               max_demos=max_demos)
+    finally:
+        set_rng_state(saved_rng)
     results = run_evaluation(adapted, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings,
                              extra_metrics=stats)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
