@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 import subprocess
+import time
+import signal
 import sys
 from pathlib import Path
 
@@ -180,6 +182,27 @@ def assert_same_end(clean: Path, other: Path, steps: int) -> None:
     eval_a = json.loads((clean / "eval" / f"step_{steps}" / "metrics.json").read_text())
     eval_b = json.loads((other / "eval" / f"step_{steps}" / "metrics.json").read_text())
     assert eval_a == eval_b
+
+
+def kill9_then_rerun_matches_uninterrupted(data: Path, tmp_path: Path, steps: int, checkpoint_every: int = 5) -> None:
+    """Train `steps` steps clean; train again, SIGKILL the run once its first checkpoint is complete,
+    rerun the same command: it must end exactly where the clean run ended."""
+    from training import checkpoint
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run_cli(small_overrides(data, clean, max_steps=steps, checkpoint_interval=checkpoint_every, **RANDOM_DRAWS))
+    overrides = small_overrides(data, killed, max_steps=steps, checkpoint_interval=checkpoint_every, **RANDOM_DRAWS)
+    proc = run_cli(overrides, wait=False)
+    first = killed / "checkpoints" / f"step_{checkpoint_every}" / checkpoint.MARKER
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run never wrote its first checkpoint"
+    assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
+    run_cli(overrides)
+    assert_same_end(clean, killed, steps)
 
 
 def _cmdline(pid: int) -> bytes:

@@ -5,9 +5,6 @@ eval twins checked on every pool example, and bad input refused naming its file 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -276,8 +273,7 @@ def test_bad_input_is_refused_naming_file_and_row_with_nothing_written(tmp_path,
 def test_kill9_resume_reproduces_the_pool_draws(tmp_path, write_arc_task):
     """A training run on a RE-ARC pool, killed with SIGKILL after its step-5 checkpoint and run
     again, ends where the run that never stopped ends: same losses (so the same drawn demos)."""
-    from tests.helpers import RANDOM_DRAWS, assert_same_end, run_cli, small_overrides
-    from training import checkpoint
+    from tests.helpers import kill9_then_rerun_matches_uninterrupted
 
     rng = np.random.default_rng(4)
     re_arc = write_re_arc(tmp_path / "re", {f"{i:08x}": random_pool(rng, 12) for i in range(3)})
@@ -287,20 +283,7 @@ def test_kill9_resume_reproduces_the_pool_draws(tmp_path, write_arc_task):
     data = tmp_path / "data"
     build_dataset([f"re-arc:{re_arc}"], [str(ev)], data, num_aug=4, max_grid_size=6, progress=False, log=None)
     steps = 24  # 36 samples per epoch, batch 8: the run crosses epochs (fresh draws) after the kill
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    run_cli(small_overrides(data, clean, max_steps=steps, checkpoint_interval=5, **RANDOM_DRAWS))
-    overrides = small_overrides(data, killed, max_steps=steps, checkpoint_interval=5, **RANDOM_DRAWS)
-    proc = run_cli(overrides, wait=False)
-    first = killed / "checkpoints" / "step_5" / checkpoint.MARKER
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), "the run never wrote its first checkpoint"
-    assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
-    run_cli(overrides)
-    assert_same_end(clean, killed, steps)
+    kill9_then_rerun_matches_uninterrupted(data, tmp_path, steps=steps)
 
 
 def test_the_rearc_recipe_composes_and_its_build_command_parses():

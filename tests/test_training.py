@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import (RANDOM_DRAWS, _cmdline, _descendants, assert_same_end, compose_cfg, compose_tiny,
+from tests.helpers import (kill9_then_rerun_matches_uninterrupted, RANDOM_DRAWS, _cmdline, _descendants, assert_same_end, compose_cfg, compose_tiny,
                            last_train_record, load_scorer, read_metrics, run_cli, small_overrides)
 
 from dataset.loader import load_split
@@ -160,21 +160,7 @@ def test_resume_continues_the_random_streams(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_kill9_then_rerun_matches_uninterrupted(tiny_data, tmp_path):
-    steps = 40
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    run_cli(small_overrides(tiny_data, clean, max_steps=steps, checkpoint_interval=5, **RANDOM_DRAWS))
-    overrides = small_overrides(tiny_data, killed, max_steps=steps, checkpoint_interval=5, **RANDOM_DRAWS)
-    proc = run_cli(overrides, wait=False)
-    first = killed / "checkpoints" / "step_5" / checkpoint.MARKER
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), "the run never wrote its first checkpoint"
-    assert not (killed / "checkpoints" / f"step_{steps}").exists(), "the run finished before it could be killed"
-    run_cli(overrides)
-    assert_same_end(clean, killed, steps)
+    kill9_then_rerun_matches_uninterrupted(tiny_data, tmp_path, steps=40)
 
 
 @pytest.mark.slow
