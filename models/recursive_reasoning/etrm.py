@@ -22,6 +22,7 @@ from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour
 from models.config import config_from_dict
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
+from models.grid_features import GridFeatureEmbedding, grid_features
 from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources
 from models.layers import Attention, Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
 
@@ -63,6 +64,8 @@ class ETRMConfig:
     demo_num_layers: int = 1           # demo_attention: layers of the demo reader's pair transformer
     map_read: bool = False             # the inner model's cells also read through candidate cell maps, chosen
                                        # with the demos' agreement with each map (models/grid_maps.py)
+    grid_features: bool = False        # every cell token (query, and the encoder's / demo reader's demo cells) also
+                                       # gets per-cell features computed from its grid (models/grid_features.py)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -75,10 +78,10 @@ class ETRMConfig:
             raise ValueError("halt_max_steps must be >= 1")
         if self.demo_attention and self.demo_num_layers < 0:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
-        if self.demo_attention or self.map_read:
+        if self.demo_attention or self.map_read or self.grid_features:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read need a square canvas, seq_len {self.seq_len}")
+                raise ValueError(f"demo_attention / map_read / grid_features need a square canvas, seq_len {self.seq_len}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ETRMConfig":
@@ -148,6 +151,8 @@ class ETRMInner(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.side = math.isqrt(cfg.seq_len)
+        if cfg.grid_features:
+            self.grid_embed = GridFeatureEmbedding(H)
         if cfg.map_read:
             self.map_read = nn.ModuleList([MapRead(H, cfg.num_heads) for _ in range(cfg.L_layers)])
         if cfg.demo_attention:
@@ -165,6 +170,8 @@ class ETRMInner(nn.Module):
         """[B, S] tokens + [B, P, H] context -> [B, P+S, H]. Tokens are scaled by sqrt(H) (unit
         RMS); the context comes out of the encoder at unit RMS already and is not rescaled."""
         tokens = self.embed_scale * self.embed_tokens(inputs)
+        if self.cfg.grid_features:  # what the cell is part of, where in it, what it sees (zero at init)
+            tokens = tokens + self.grid_embed(grid_features(inputs, self.side)).to(tokens.dtype)
         context = context.to(tokens.dtype)
         if self.cfg.context_colour_table:  # cell of colour c (token c + 2) += context[:, c]
             colour = (inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1)
@@ -235,6 +242,7 @@ class TRMWithEncoder(nn.Module):
             latent_dim=cfg.encoder_latent_dim,
             rope_theta=cfg.rope_theta,
             packed=cfg.encoder_packed,
+            grid_features=cfg.grid_features,
         )
         if cfg.context_colour_table and not getattr(self.encoder, "colour_table", False):
             raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_COLOURS} context tokens "
@@ -244,7 +252,8 @@ class TRMWithEncoder(nn.Module):
             self.demo_reader = DemoReader(
                 EncoderConfig(hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, seq_len=cfg.seq_len,
                               vocab_size=cfg.vocab_size, num_layers=cfg.demo_num_layers, expansion=cfg.expansion,
-                              rope_theta=cfg.rope_theta, packed=cfg.encoder_packed))
+                              rope_theta=cfg.rope_theta, packed=cfg.encoder_packed,
+                              grid_features=cfg.grid_features))
         if cfg.map_read:
             self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
 
