@@ -4,6 +4,7 @@ See README.md and jobs-etrm-semi-final.txt for full-scale commands."""
 import training.env_defaults  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch is imported)
 
 import hydra
+import training.config_schema  # noqa: F401  (registers the arch schema before Hydra composes)
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 

@@ -25,15 +25,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dataset.loader import BUILD_HINT
 from dataset.random_batch import random_batch
 from models import load_model_class
-from training import build
+from training import build, preflight
+from training.config_schema import compose_config
 
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
 ENTRY = "pretrain_etrm.py"
 
 
@@ -94,26 +92,13 @@ def job_world_sizes(line: str) -> list[int]:
 
 
 def check_launch(cfg, world_sizes: list[int], check) -> None:
-    """What would stop the job at launch, before any GPU time: a missing dataset, or a global
-    batch that does not split evenly over the GPUs."""
-    for key, split in (("data_paths", "train"), ("data_paths_test", "eval")):
-        for path in cfg.get(key) or []:
-            p = Path(path)
-            if build.is_auto_built(cfg, path):
-                check(f"dataset {path}", True, "built at launch when missing (build_if_missing)")
-            elif not (p / "metadata.json").is_file():
-                check(f"dataset {path}", False, f"missing; build it with: {BUILD_HINT.format(path=path)}")
-            else:
-                ok = (p / split / "arrays.npz").is_file() and (key == "data_paths_test" or (p / "eval" / "arrays.npz").is_file())
-                check(f"dataset {path}", ok, "present" if ok else f"has no '{split}' split; rebuild it with: "
-                      f"{BUILD_HINT.format(path=path)}")
-    gbs = int(cfg.global_batch_size)
-    eval_gbs = int(cfg.get("eval_global_batch_size") or gbs)
+    """What would stop the job at launch, before any GPU time (training/preflight.py, the trainer's
+    own checks): a missing dataset, or a global batch that does not split evenly over the GPUs."""
+    for item in preflight.dataset_checks(cfg):
+        check(item.name, item.ok, item.detail)
     for world in world_sizes:
-        ok = gbs % world == 0 and eval_gbs % world == 0
-        check(f"global batch divides over {world} GPU(s)", ok,
-              f"global_batch_size={gbs}, eval_global_batch_size={eval_gbs}"
-              + ("" if ok else f": not divisible by {world}; pick a multiple of {world}"))
+        for item in preflight.batch_checks(cfg, world):
+            check(item.name.replace(" rank(s)", " GPU(s)"), item.ok, item.detail)
 
 
 def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
@@ -125,8 +110,7 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
         return bool(ok)
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = compose_config(config_name, overrides)
     except Exception as e:  # report, do not crash: the next job lines still get checked
         check("config composes", False, f"{type(e).__name__}: {e}")
         return checks
@@ -149,8 +133,6 @@ def verify_job(config_name: str, overrides: list[str], steps: int, hidden: int,
     torch.manual_seed(0)
     kwargs = build.model_kwargs(small, fake_split, batch_size)
     model, head = build.build_model(small, kwargs)
-    check("encoder type", type(model.encoder).__name__ != "" and model.config.encoder_type == encoder_type,
-          f"{type(model.encoder).__name__}")
     with torch.no_grad():
         model.q_head.weight.normal_(0.0, 1.0 / hidden ** 0.5)
         model.q_head.bias.fill_(0.0)

@@ -1,4 +1,4 @@
-"""Speed and learning benches (see README, "Speed benches").
+"""Speed and learning benches (docs/BENCHMARKS.md).
 
 Importing this package applies the project's process defaults first (OMP_WAIT_POLICY=PASSIVE,
 see training/env_defaults.py): they must be set before torch is imported.

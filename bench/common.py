@@ -15,22 +15,20 @@ from contextlib import nullcontext
 
 import torch
 
-from dataset.grids import PAD_ID, VOCAB_SIZE
+from dataset.tokens import VOCAB_SIZE
+from models.config import ETRMConfig
 from dataset.random_batch import batch_from_pairs
 
 SIDE = 30
 SEQ_LEN = SIDE * SIDE
 
-# TRM numbers; puzzle_emb_len 16, 30x30 canvas (see bench/train_step.py)
+# Each preset is the model defaults (ETRMConfig, models/config.py: the paper-size model of the job
+# files, hidden 512, H_cycles 3, L_cycles 6) with these changes, plus the bench's default batch.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_heads=4, expansion=4.0, H_cycles=2, L_cycles=2, L_layers=2,
-                 encoder_type="standard", encoder_num_layers=1, batch=8),
-    "paper": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
-                  encoder_type="standard", encoder_num_layers=2, batch=2),
-    "hybrid_standard": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
-                            encoder_type="hybrid_standard", encoder_num_layers=4, batch=2),
-    "hybrid_variational": dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=4, L_layers=2,
-                               encoder_type="hybrid_variational", encoder_num_layers=4, batch=2),
+    "tiny": dict(hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, encoder_num_layers=1, batch=8),
+    "paper": dict(batch=2),
+    "hybrid_standard": dict(encoder_type="hybrid_standard", encoder_num_layers=4, batch=2),
+    "hybrid_variational": dict(encoder_type="hybrid_variational", encoder_num_layers=4, batch=2),
 }
 KL_WEIGHT = 1e-4
 
@@ -68,8 +66,10 @@ def arc_batch(B: int, max_demos: int = 10, tasks: list | None = None, side: int 
 def model_config(preset: str | dict, batch: int, max_demos: int = 10, **overrides) -> dict:
     p = dict(PRESETS[preset]) if isinstance(preset, str) else dict(preset)
     p.pop("batch", None)
-    cfg = dict(batch_size=batch, seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE, max_demos=max_demos, puzzle_emb_len=16,
-               halt_max_steps=16, halt_exploration_prob=0.0, forward_dtype="float32", **p)
+    # the model defaults, no halting exploration (timings repeat), float32 parameters (autocast does the rest)
+    cfg = dict(ETRMConfig.defaults(), batch_size=batch, seq_len=SEQ_LEN, vocab_size=VOCAB_SIZE, max_demos=max_demos,
+               halt_exploration_prob=0.0, forward_dtype="float32")
+    cfg.update(p)
     cfg.update(overrides)
     return cfg
 
@@ -214,17 +214,3 @@ def fmt_table(header: list[str], rows: list[list]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def real_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int, int, int]:
-    """(real demo tokens, padded demo tokens, real query tokens, padded query tokens) of a batch;
-    padded counts are what the padded layout feeds (every slot x 2S, every query x S)."""
-    d_in, d_out, m = batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
-    real_demo = int(((d_in != PAD_ID).sum(-1) + (d_out != PAD_ID).sum(-1))[m].sum())
-    padded_demo = d_in.shape[0] * d_in.shape[1] * 2 * d_in.shape[2]
-    real_q = int((batch["inputs"] != PAD_ID).sum())
-    padded_q = batch["inputs"].numel()
-    return real_demo, padded_demo, real_q, padded_q
-
-
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("gc", "math", "os", "resource", "statistics", "time")]

@@ -9,7 +9,7 @@ The model (random weights: speed only) is a bench preset (bench/common.py; defau
 cfg_pretrain_etrm_arc_agi_1). The eval split is --data's, or arc-agi-1:eval built with --num-aug
 variants per puzzle into a temp dir.
 
-The loop is the trainer's own `run_evaluation` (training/trainer.py) with the ARC evaluator: every
+The loop is the one eval loop, `run_evaluation` (training/evaluation.py) with the ARC evaluator: every
 sample runs halt_max_steps ACT steps in eval mode, no grad, autocast to --dtype on CUDA (CPU runs
 float32, as in training). Only --batches batches, spread evenly over the split, are timed after a
 warm-up of two ACT steps on the first of them: examples/s is MEASURED on them (loader, model and
@@ -58,9 +58,12 @@ class TimedEvaluator:
         self.update_s += time.perf_counter() - t0
         self.last_outputs = {k: v.detach().cpu() for k, v in outputs.items()}
 
-    def result(self, run_dir, step: int):
+    def local_data(self):
+        return self.inner.local_data()
+
+    def result(self, run_dir, step: int, parts=None):
         t0 = time.perf_counter()
-        out = self.inner.result(run_dir, step)
+        out = self.inner.result(run_dir, step, parts)
         self.result_s += time.perf_counter() - t0
         return out
 
@@ -94,11 +97,9 @@ def build_model(arch_config: str | None, preset: str, split, batch: int, packed:
     """(loss head, model config dict) on CPU, seeded."""
     torch.manual_seed(0)
     if arch_config:
-        from hydra import compose, initialize_config_dir
-
         from training import build
-        with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-            cfg = compose(config_name=arch_config, overrides=[f"arch.encoder_packed={str(packed).lower()}"])
+        from training.config_schema import compose_config
+        cfg = compose_config(arch_config, [f"arch.encoder_packed={str(packed).lower()}"])
         kwargs = build.model_kwargs(cfg, split, batch)
         _, head = build.build_model(cfg, kwargs)
         return head, kwargs
@@ -120,7 +121,7 @@ def evaluator_full_pass(split, loader, outputs: dict, run_dir: Path) -> dict:
         valid = rows < loader.num_samples
         rows = np.where(valid, rows, 0)
         take = rows % n
-        ev.update({"puzzle_identifiers": loader.sample_variant[rows], "query_index": loader.sample_query[rows],
+        ev.update({"variant_index": loader.sample_variant[rows], "query_index": loader.sample_query[rows],
                    "valid": valid}, {"preds": preds[take], "q_halt_logits": q[take], "steps": steps[take]})
     update_s = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def run(arch_config: str | None = None, preset: str = "tiny", data: str | None =
     from dataset import EvalLoader, load_split
     from evaluators.arc import ARC
     from training.distributed import DistInfo
-    from training.trainer import autocast_for, run_evaluation
+    from training.evaluation import autocast_for, run_evaluation
 
     record = record or (lambda d: None)
     res: dict = {"arch_config": arch_config, "preset": None if arch_config else preset, "batch": batch,

@@ -12,8 +12,10 @@ what it measured. After every stage the driver rewrites, atomically:
   $OUT/summary.json   per stage: status, wall time, headline, failed checks
 and $OUT/log.txt holds every stage's full output. stdout gets one line per stage and a table.
 
-Checks are of two kinds: `correctness` (the CUDA path computes what the CPU path computes) and
-`target` (a speed goal of the issue). Tolerances are stated next to each check (see TOL).
+Checks are of two kinds: `correctness` (the CUDA path computes what the CPU path computes; the
+checks and their tolerances, TOL, live in tests/cuda_checks.py, also run by `pytest -m gpu`) and
+`target` (a speed goal of the issue). The scheduler (budgets, time-outs, killing a stage's process
+tree) is bench/scheduler.py.
 Without CUDA (or with --cpu) every stage runs a shortened version on CPU: smaller models and
 batches, fewer steps, torch.compile through the aot_eager backend (dynamo's graph capture and
 recompiles, not inductor's code generation). docs/GPU_CHECK.md says what every number means.
@@ -33,17 +35,16 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from bench.scheduler import Budget, Stage, run_limited
 from dataset.atomic import atomic_write_text
+from tests.cuda_checks import TOL, packed_vs_padded, reader_precision, rel  # GPU correctness (also pytest -m gpu)
 
 REPO = Path(__file__).resolve().parents[1]
 RESERVE_S = 8              # kept free at the end for the summary
@@ -56,24 +57,6 @@ EVAL_TARGET_S = 15 * 60
 UTILISATION_TARGET = 0.40
 READER_COST_TARGET = 1.5  # issue 11: the demo-reading step at most 1.5x the packed standard step
 
-# Tolerances (relative: |a - b| / |b|, tensors by Frobenius norm).
-# Calibrated on CPU with bf16 autocast: tiny-config losses bf16 vs float32 differed by <= 4.3e-3 on
-# each of 12 steps; packed vs padded (batch 2, 3 demos) by <= 8.8e-5 (loss), 6.7e-3 (context),
-# 4.4e-3 (logits), 4.0e-2 (worst gradient: hybrid set-encoder q_proj) in bf16, <= 3.3e-6 in float32.
-TOL = {
-    "fp32_device_vs_cpu_loss": 2e-3,    # each of the first REF_STEPS steps, CUDA float32 vs CPU float32 (the
-                                        # efficient attention kernel may run float32 inputs as TF32)
-    "bf16_vs_cpu_fp32_loss": 2e-2,      # each of the first REF_STEPS steps, CUDA bf16 vs CPU float32
-    "compiled_vs_eager_loss": 2e-2,     # each of the first REF_STEPS steps, bf16 both
-    "resumed_vs_straight_loss": 2e-2,   # each step after the resume, bf16 both
-    # "grad": all gradients as one vector; "worst_grad": the worst single parameter (small
-    # gradients have large bf16 relative errors, so it is checked in float32 only)
-    "packed_vs_padded_fp32": {"loss": 1e-4, "context": 1e-4, "logits": 1e-4, "grad": 1e-4, "worst_grad": 1e-3},
-    "packed_vs_padded_bf16": {"loss": 1e-2, "context": 3e-2, "logits": 3e-2, "grad": 3e-2},
-    # the demo-reading paths (issue 11), one training step of the same weights: bf16 vs float32
-    # on the device (map_read's sharp map choice amplifies rounding more than attention does)
-    "reader_bf16_vs_fp32": {"loss": 2e-2, "logits": 5e-2},
-}
 
 
 # ============================================================================ stage context
@@ -137,15 +120,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def rel(a, b) -> float:
-    """|a - b| / |b| for numbers or tensors (Frobenius norm)."""
-    import torch
-    if isinstance(a, torch.Tensor):
-        a, b = a.detach().double(), b.detach().double()
-        return float((a - b).norm() / b.norm().clamp_min(1e-30))
-    return abs(a - b) / max(abs(b), 1e-30)
-
-
 # ============================================================================ shared pieces
 
 def tiny_data(ctx: Ctx) -> Path:
@@ -167,9 +141,8 @@ def tiny_overrides(ctx: Ctx, run: str, steps: int, device: str, dtype: str, eval
 
 
 def compose_tiny(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
+    from training.config_schema import compose_config
+    return compose_config("cfg_pretrain_etrm_tiny", overrides)
 
 
 def train_losses(run_dir: Path) -> dict:
@@ -331,77 +304,6 @@ def _importable(mod: str) -> bool:
     return importlib.util.find_spec(mod) is not None
 
 
-class AttentionOps:
-    """Counts F.scaled_dot_product_attention calls and the fused aten kernels they dispatch to
-    (a call with no fused kernel under it ran the math fallback)."""
-
-    FUSED = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_fused_attention_overrideable")
-
-    def __enter__(self):
-        import torch.nn.functional as F
-        from torch.utils._python_dispatch import TorchDispatchMode
-        self.calls, self.ops = 0, {}
-        self.F, self._orig = F, F.scaled_dot_product_attention
-        watch = self
-
-        def counting_sdpa(*a, **kw):
-            watch.calls += 1
-            return watch._orig(*a, **kw)
-        F.scaled_dot_product_attention = counting_sdpa
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                name = func.overloadpacket.__name__
-                if "attention" in name:
-                    watch.ops[name] = watch.ops.get(name, 0) + 1
-                return func(*args, **(kwargs or {}))
-        self.mode = Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-        self.F.scaled_dot_product_attention = self._orig
-        return False
-
-    def summary(self) -> dict:
-        fused = sum(n for op, n in self.ops.items() if op in self.FUSED)
-        return {"sdpa_calls": self.calls, "fused_forward_calls": fused, "math_fallback_calls": self.calls - fused,
-                "ops": dict(self.ops)}
-
-
-def packed_vs_padded(ctx: Ctx, preset, batch_size: int, dtype: str) -> dict:
-    """One train step of the same weights in both encoder layouts: loss, context, logits and every
-    gradient compared (relative), plus which attention kernels ran and the carry's dtype."""
-    import torch
-
-    from bench.common import arc_batch, autocast, build_head, model_config
-    batch = {k: v.to(ctx.device) for k, v in arc_batch(batch_size).items()}
-    head = build_head(model_config(preset, batch_size), ctx.device)
-    res, runs = {}, {}
-    for layout in ("packed", "padded"):
-        head.model.set_encoder_packing(layout == "packed")
-        head.zero_grad(set_to_none=True)
-        with AttentionOps() as ops:
-            with autocast(ctx.device, dtype):
-                carry, loss, _, out, _ = head(head.initial_carry(batch), batch)
-            loss.backward()
-        runs[layout] = (loss.detach(), out["context"].detach(), out["logits"].detach(),
-                        {n: p.grad.detach().clone() for n, p in head.named_parameters() if p.grad is not None})
-        res[f"attention_{layout}"] = ops.summary()
-        res[f"carry_dtype_{layout}"] = str(carry.z_H.dtype).replace("torch.", "")
-    (l1, c1, g1, gr1), (l0, c0, g0, gr0) = runs["packed"], runs["padded"]
-    grads = {n: rel(gr1[n], gr0[n]) for n in gr0 if n in gr1}
-    worst = max(grads, key=grads.get)
-    names = sorted(set(gr0) & set(gr1))
-    flat = lambda g: torch.cat([g[n].flatten().double() for n in names])  # noqa: E731
-    res.update(loss=rel(l1, l0), context=rel(c1, c0), logits=rel(g1, g0), grad=rel(flat(gr1), flat(gr0)),
-               worst_grad=grads[worst], worst_grad_name=worst, same_grad_keys=set(gr0) == set(gr1))
-    return res
-
-
 def stage_correctness(ctx: Ctx) -> None:
     """The tiny config on the device (float32 and bf16, eager) against the CPU float32 run; packed
     vs padded encoder under bf16; which SDPA kernels run; the carry stays float32."""
@@ -444,7 +346,7 @@ def stage_correctness(ctx: Ctx) -> None:
         spec = preset or dict(PRESETS["tiny"], encoder_type="hybrid_standard")
         for dtype in ("float32", "bfloat16"):
             with ctx.step(f"layouts_{label}_{dtype}"):
-                r = packed_vs_padded(ctx, spec, 4 if ctx.cpu else 16, dtype)
+                r = packed_vs_padded(ctx.device, spec, 4 if ctx.cpu else 16, dtype)
                 layouts[f"{label}_{dtype}"] = r
                 ctx.record(layouts=layouts)
                 tol = TOL["packed_vs_padded_bf16" if dtype == "bfloat16" else "packed_vs_padded_fp32"]
@@ -691,34 +593,6 @@ def stage_tta(ctx: Ctx) -> None:
                  f"({r['plan']['eval_samples']} samples): {plan_min:.1f} min here (extrapolated)")
 
 
-def reader_precision(ctx: Ctx, option: str, batch_size: int) -> dict:
-    """One training step of the paper preset with `option` on, float32 and bf16 on the same weights
-    and batch: loss and logits, relative."""
-    import torch
-
-    from bench.common import arc_batch, autocast, build_head, model_config
-    batch = {k: v.to(ctx.device) for k, v in arc_batch(batch_size).items()}
-    head = build_head(dict(model_config("tiny" if ctx.cpu else "paper", batch_size), **{option: True}), ctx.device)
-    # the new paths start with zero output projections (the model without them); give them
-    # weights, as training would, or both dtypes would only compare the standard model
-    torch.manual_seed(0)
-    for name, p in head.model.named_parameters():
-        new_path = name.startswith(("inner.demo_attn.", "inner.map_read."))  # every layer's
-        if new_path and name.endswith(("o_proj.weight", "choice.weight", "choice.bias")):
-            torch.nn.init.normal_(p, std=0.02)
-    runs = {}
-    for dtype in ("float32", "bfloat16"):
-        head.zero_grad(set_to_none=True)
-        with autocast(ctx.device, dtype):
-            _, loss, _, out, _ = head(head.initial_carry(batch), batch)
-        loss.backward()
-        runs[dtype] = (loss.detach().float(), out["logits"].detach().float())
-    del head
-    _free_memory()
-    (l32, g32), (l16, g16) = runs["float32"], runs["bfloat16"]
-    return {"loss": rel(l16, l32), "logits": rel(g16, g32)}
-
-
 def stage_reader(ctx: Ctx) -> None:
     """Cost of the inner model reading the demos (issue 11): bench.train_step, paper preset, bf16,
     batch 192, the packed standard step side by side with arch.map_read and arch.demo_attention;
@@ -727,7 +601,7 @@ def stage_reader(ctx: Ctx) -> None:
     dtype = "float32" if ctx.cpu else "bfloat16"
     for option in ("map_read", "demo_attention"):
         with ctx.step(f"{option}_precision"):
-            prec = reader_precision(ctx, option, 2 if ctx.cpu else 16)
+            prec = reader_precision(ctx.device, option, 2 if ctx.cpu else 16)
             ctx.record(**{f"{option}_bf16_vs_fp32": prec})
             for key, limit in TOL["reader_bf16_vs_fp32"].items():
                 ctx.check(f"{option}_bf16_vs_fp32_{key}", prec[key] <= limit, prec[key], limit)
@@ -744,18 +618,6 @@ def stage_reader(ctx: Ctx) -> None:
                 ctx.check(f"{option}_cost_ratio", ratio <= READER_COST_TARGET, round(ratio, 3), READER_COST_TARGET,
                           kind="target")
             _free_memory()
-
-
-@dataclass
-class Stage:
-    name: str
-    fn: Callable[[Ctx], None]
-    gpu_s: int             # budget on the device
-    cpu_s: int             # budget with --cpu
-    min_s: int = 30        # not started with less than this left
-
-    def budget(self, cpu: bool) -> int:
-        return self.cpu_s if cpu else self.gpu_s
 
 
 # Most valuable first; within a group the compiled variants come last (their compilation is the
@@ -799,34 +661,6 @@ def run_stage(name: str, cpu: bool, work: Path) -> int:
         return 1
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc), children first found first."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _kill_stage(proc: subprocess.Popen) -> None:
-    """Stop a stage that ran out of time: its process group and every process it started (torchrun
-    puts its workers in sessions of their own, out of the group's reach)."""
-    tree = _descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _summary_entry(entry: dict) -> dict:
     return {k: entry[k] for k in ("status", "wall_s", "headline", "failed_checks", "missed_targets", "errors", "reason",
                                   "call", "later_attempt") if k in entry}
@@ -859,7 +693,7 @@ def drive(args) -> int:
         done = {n for n, e in results.get("stages", {}).items() if e.get("status") in FINISHED}
         names = [n for n in names if n not in done]
     budget = args.budget_s or (1800 if cpu else 400)
-    start = time.perf_counter()
+    clock = Budget(budget, RESERVE_S)
     log_file = open(out / "log.txt", "a", buffering=1)
 
     def say(text: str) -> None:
@@ -880,23 +714,14 @@ def drive(args) -> int:
         env.setdefault("OMP_NUM_THREADS", "2")
     for name in names:
         stage = STAGE_BY_NAME[name]
-        left = budget - (time.perf_counter() - start) - RESERVE_S
-        limit = min(stage.budget(cpu), left)
-        if limit < min(stage.min_s, stage.budget(cpu)):
-            entry = {"status": "skipped", "reason": f"{left:.0f} s left, needs {stage.min_s}"}
+        limit = clock.limit_for(stage, cpu)
+        if limit is None:
+            entry = {"status": "skipped", "reason": f"{clock.left():.0f} s left, needs {stage.min_s}"}
         else:
             log_file.write(f"\n===== stage {name} (limit {limit:.0f} s) =====\n")
             log_pos = log_file.tell()
-            t0 = time.perf_counter()
             cmd = [sys.executable, "-m", "bench.gpu_check", "--run-stage", name, "--work", str(work)] + (["--cpu"] if cpu else [])
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=limit)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_stage(proc)
-                rc, timed_out = proc.returncode, True
-            wall = time.perf_counter() - t0
+            rc, timed_out, wall = run_limited(cmd, limit, REPO, env, log_file)
             sfile = work / "stages" / f"{name}.json"
             entry = json.loads(sfile.read_text()) if sfile.exists() else {"checks": {}, "headline": [], "errors": {}}
             failed = [c for c, v in entry.get("checks", {}).items() if not v["ok"] and v.get("kind") == "correctness"]
@@ -917,7 +742,7 @@ def drive(args) -> int:
             entry = old
         results["stages"][name] = entry
         summary["stages"][name] = _summary_entry(entry)
-        results["elapsed_s"] = summary["elapsed_s"] = round(time.perf_counter() - start, 1)
+        results["elapsed_s"] = summary["elapsed_s"] = round(clock.elapsed(), 1)
         _write_json(work / "results.json", results)
         _write_json(out / "results.json", results)
         _write_json(out / "summary.json", summary)

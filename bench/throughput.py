@@ -26,12 +26,7 @@ import torch
 from bench.common import (PRESETS, add_device_args, arc_batch, build_head, fmt_table, model_config, peak_memory_mib,
                           reset_peak_memory, time_fn, train_step, use_device_args, utilisation)
 
-PAPER = dict(hidden_size=512, num_heads=8, expansion=4.0, H_cycles=3, L_cycles=6, L_layers=2)
-CONFIGS = {
-    "tiny": dict(PRESETS["tiny"]),
-    "paper_standard": dict(PAPER, encoder_type="standard", encoder_num_layers=2, batch=2),
-    "paper_hybrid": dict(PAPER, encoder_type="hybrid_standard", encoder_num_layers=4, batch=2),
-}
+CONFIGS = {"tiny": PRESETS["tiny"], "paper_standard": PRESETS["paper"], "paper_hybrid": PRESETS["hybrid_standard"]}
 
 
 def run_config(name: str, batch_size: int | None, device: str, dtype: str, repeats: int) -> dict:

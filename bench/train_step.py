@@ -5,10 +5,11 @@
         [--padded] [--compare] [--arch KEY=VALUE ...] [--repeats N] [--threads 2] [--compile]
         [--utilisation] [--train-only]
 
-Presets (TRM numbers, puzzle_emb_len 16, 30x30 canvas): tiny = hidden 64, 4 heads, expansion 4,
-H_cycles 2, L_cycles 2, L_layers 2, standard encoder 1 layer, batch 8; paper = hidden 512, 8 heads,
-H_cycles 3, L_cycles 4, standard encoder 2 layers, batch 2; hybrid_standard / hybrid_variational =
-paper with that encoder at 4 layers (kl_weight 1e-4).
+Presets (bench/common.py PRESETS: the model defaults of ETRMConfig with a few changes; 30x30
+canvas): paper = the defaults (hidden 512, 8 heads, H_cycles 3, L_cycles 6, L_layers 2, standard
+encoder 2 layers, puzzle_emb_len 16), batch 2; tiny = hidden 64, 4 heads, H_cycles 2, L_cycles 2,
+encoder 1 layer, batch 8; hybrid_standard / hybrid_variational = paper with that encoder at 4
+layers (kl_weight 1e-4). (Before the presets were tied to the defaults, paper had L_cycles 4.)
 
 The batch: the first B tasks of ARC-AGI-1 training (sorted by id), all their demos (up to
 --max-demos), their first test pair as the query. Training step = fresh carry, one ACT step

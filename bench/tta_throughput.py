@@ -29,16 +29,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bench.common import (SIDE, add_device_args, build_head, count_flops, eval_step, fmt_table, load_arc_tasks,
-                          model_config, sync, time_fn, use_device_args)
-from bench.throughput import PAPER
+from bench.common import (PRESETS, SIDE, add_device_args, build_head, count_flops, eval_step, fmt_table,
+                          load_arc_tasks, model_config, sync, time_fn, use_device_args)
 from dataset.random_batch import batch_from_pairs
 
-PRESETS = {
-    "tiny": dict(hidden_size=64, num_heads=4, expansion=4.0, H_cycles=2, L_cycles=2, L_layers=2,
-                 encoder_type="standard", encoder_num_layers=1, batch=8),
-    "paper": dict(PAPER, encoder_type="standard", encoder_num_layers=2, batch=2),
-}
 ARC1_EVAL_TEST_INPUTS = 419  # of the 400 ARC-AGI-1 eval tasks
 MAX_DEMOS = 10
 
@@ -54,7 +48,7 @@ def loo_batch(B: int, device: str) -> dict[str, torch.Tensor]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.tta_throughput", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    ap.add_argument("--preset", choices=("tiny", "paper"), default="paper")  # bench/common.py PRESETS
     ap.add_argument("--batch", type=int, default=None)
     add_device_args(ap)
     ap.add_argument("--repeats", type=int, default=3)

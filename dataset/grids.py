@@ -1,6 +1,6 @@
 """Grid <-> token canvas. One definition used by the builder, loader, evaluator and benches.
 
-Tokens: PAD 0, EOS 1, colour c (0-9) -> c + 2. A grid of h x w is written at the top-left
+Tokens (`dataset/tokens.py`): PAD 0, EOS 1, colour c (0-9) -> c + 2. A grid of h x w is written at the top-left
 (or at a translation offset) of a side x side canvas; EOS marks the row below and the
 column right of the grid where they fit, so the model can predict the answer's size.
 """
@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PAD_ID = 0
-EOS_ID = 1
-COLOUR_OFFSET = 2
-NUM_COLOURS = 10
-VOCAB_SIZE = COLOUR_OFFSET + NUM_COLOURS  # 12
-IGNORE_LABEL_ID = -100
+from .tokens import COLOUR_OFFSET, EOS_ID, IGNORE_LABEL_ID, NUM_COLOURS, PAD_ID, VOCAB_SIZE  # noqa: F401 (re-exported)
 
 
 def encode_grid(grid: np.ndarray, side: int, offset: tuple[int, int] = (0, 0), out: np.ndarray | None = None) -> np.ndarray:

@@ -22,9 +22,6 @@ from .augment import NUM_DIHEDRAL, dihedral
 from .grids import COLOUR_OFFSET, EOS_ID, IGNORE_LABEL_ID, PAD_ID, encode_grid
 from .variants import TRANSPOSES
 
-BUILD_HINT = ("python -m dataset.build_arc_dataset --train-sources arc-agi-1:train ../shared/data/ConceptARC/corpus "
-              "--eval-sources arc-agi-1:eval --output-dir {path} --num-aug 1000 --seed 42")
-
 # arrays whose values index another table, with the count they are shifted by when concatenating
 _INDEX_ARRAYS = {"pair_input": "grids", "pair_output": "grids", "query_puzzle": "puzzles", "query_pair": "pairs",
                  "variant_puzzle": "puzzles"}
@@ -36,11 +33,11 @@ def _read_dir(path: Path, split: str) -> tuple[dict, dict, list[str]]:
     meta_file = path / "metadata.json"
     split_dir = path / split
     if not path.is_dir() or not meta_file.is_file():
-        raise FileNotFoundError(f"dataset directory {path} not found (or has no metadata.json); build it with: "
-                                + BUILD_HINT.format(path=path))
+        raise FileNotFoundError(f"dataset directory {path} not found (or has no metadata.json): datasets are written "
+                                f"by python -m dataset.build_arc_dataset (each config's recipe: training/preflight.py)")
     if not (split_dir / "arrays.npz").is_file():
-        raise FileNotFoundError(f"dataset {path} has no '{split}' split ({split_dir / 'arrays.npz'} is missing); "
-                                "rebuild it with: " + BUILD_HINT.format(path=path))
+        raise FileNotFoundError(f"dataset {path} has no '{split}' split ({split_dir / 'arrays.npz'} is missing): "
+                                f"rebuild it with python -m dataset.build_arc_dataset")
     with open(meta_file) as f:
         meta = json.load(f)
     with np.load(split_dir / "arrays.npz") as z:
@@ -288,7 +285,7 @@ class ARCSplit:
             "demo_inputs": torch.from_numpy(flat[idx[:, 2:2 + D]]),
             "demo_labels": torch.from_numpy(flat[idx[:, 2 + D:]]),
             "demo_mask": torch.from_numpy(mask[queries]),
-            "puzzle_identifiers": torch.from_numpy(variants.copy()),
+            "variant_index": torch.from_numpy(variants.copy()),
             "query_index": torch.from_numpy(queries.copy()),
             "puzzle_index": torch.from_numpy(self.query_puzzle[queries]),
             "valid": torch.from_numpy(np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)),

@@ -32,7 +32,7 @@ def batch_from_pairs(samples: Sequence[tuple[Pair, Sequence[Pair]]], side: int, 
         "inputs": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
         "demo_inputs": torch.from_numpy(demo_inputs), "demo_labels": torch.from_numpy(demo_labels),
         "demo_mask": torch.from_numpy(demo_mask),
-        "puzzle_identifiers": torch.arange(B), "query_index": torch.arange(B),
+        "variant_index": torch.arange(B), "query_index": torch.arange(B),
         "puzzle_index": torch.arange(B), "valid": torch.ones(B, dtype=torch.bool),
     }
 

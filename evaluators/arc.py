@@ -1,6 +1,6 @@
 """ARC evaluator: vote over augmented variants, score pass@k, write the submission.
 
-Each eval sample is one (variant, query) pair: ``puzzle_identifiers`` is the global variant
+Each eval sample is one (variant, query) pair: ``variant_index`` is the global variant
 index in the split, ``query_index`` the index of the query pair. For every prediction the
 evaluator crops the canvas at its EOS boundary (the rule of ``dataset.grids.decode_grid``),
 undoes the variant (``dataset.augment.invert_variant``) and votes: identical answers to the
@@ -125,7 +125,7 @@ class ARC:
         keep = np.ones(n, dtype=bool)
         if batch.get("valid") is not None:
             keep &= _to_numpy(batch["valid"]).astype(bool).reshape(n)
-        variant = _to_numpy(batch["puzzle_identifiers"]).astype(np.int64).reshape(n)
+        variant = _to_numpy(batch["variant_index"]).astype(np.int64).reshape(n)
         query = _to_numpy(batch["query_index"]).astype(np.int64).reshape(n)
         # only test queries are scored (padding rows may hold any index: mask them first)
         rows = np.flatnonzero(keep)
@@ -156,20 +156,11 @@ class ARC:
         return data
 
     # ---------------------------------------------------------------- result
-    def result(self, out_dir: str | os.PathLike | None, step: int) -> dict | None:
-        """Collective. Rank 0 gets the metrics and, when `out_dir` is given, writes submission.json,
-        solutions.json, metrics.json and report.html into that (existing) folder."""
-        local = self.local_data()
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            rank = dist.get_rank()
-            gathered = [None] * dist.get_world_size() if rank == 0 else None
-            dist.gather_object(local, gathered, dst=0)
-            if rank != 0:
-                return None
-            data = _concat_chunks(gathered)
-        else:
-            data = local
+    def result(self, out_dir: str | os.PathLike | None, step: int, parts: list[dict] | None = None) -> dict:
+        """The metrics of `parts` (every process's `local_data()`, gathered by the runner; default:
+        this process's own samples) and, when `out_dir` is given, submission.json, solutions.json,
+        metrics.json and report.html written into that (existing) folder."""
+        data = _concat_chunks(parts) if parts is not None else self.local_data()
 
         scored = self.score(data)
         metrics = scored["metrics"]

@@ -6,8 +6,6 @@ import importlib
 import inspect
 import pkgutil
 
-from torch import nn
-
 _SKIP_MODULES = {"config", "layers", "pretrained"}
 
 
@@ -26,6 +24,8 @@ def _load(identifier: str, kind: str) -> type:
     module_name, class_name = identifier.split("@", 1)
     if module_name not in _modules():
         raise ValueError(f"unknown {kind} module {module_name!r}; valid modules: {_modules()}")
+    from torch import nn  # noqa: PLC0415 (models.config is imported to compose configs, without torch)
+
     module = importlib.import_module(f"{__name__}.{module_name}")
     classes = sorted(
         n for n, c in vars(module).items()

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from dataset.grids import COLOUR_OFFSET
+from dataset.tokens import COLOUR_OFFSET
 from models.layers import Linear
 
 # cell (r, c) of an h x w grid lands at (a*r + b*c + e, f*r + g*c + k) of the transformed grid,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_LABEL_ID = -100
+from dataset.tokens import IGNORE_LABEL_ID
 
 
 def _stablemax_s(x: torch.Tensor) -> torch.Tensor:

@@ -2,23 +2,19 @@
 same tree shrunk, and bad names fail at start-up with the valid choices."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import verify
+from tests.helpers import compose_cfg
 from training import build, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs-etrm-semi-final.txt"
 JOB_LINES = [line for line in JOBS.read_text().splitlines() if line.strip() and not line.startswith("#")]
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose(config_name=name, overrides=overrides)
 
 
 def test_job_file_has_the_six_semi_final_runs():
@@ -140,3 +136,63 @@ def test_only_the_configs_own_dataset_is_ever_built(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="data_paths_test"):
         build.ensure_dataset(compose_cfg("cfg_pretrain_etrm_tiny", spec + [f"data_paths_test=[{typo}]"]), is_main=True)
     assert len(built) == 1 and not typo.exists()
+
+
+# ------------------------------------------------------------------------------------ the fixture
+# tests/fixtures/resolved_configs.json: the resolved config of every SF1-SF6 job line and of the
+# seed configs, captured before the config was reorganised (arch schema from ETRMConfig, data and
+# experiment groups). Keys may be added since; every captured key must keep its value.
+FIXTURE = json.loads((REPO / "tests" / "fixtures" / "resolved_configs.json").read_text())
+_UNSET = "<unset>"
+# captured keys whose value was changed on purpose, and why (nothing a run computes)
+INTENDED_CHANGES = {("*", "summary_note"): "its pointer to a README section now points to docs/BENCHMARKS.md",
+                    ("cfg_evaluate_etrm", "wandb_mode"): "removed: an evaluation never logged to W&B"}
+
+
+def _flat(d, prefix=""):
+    if isinstance(d, dict) and d:
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: d}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE))
+def test_every_job_line_and_seed_config_resolves_as_before(name):
+    entry = FIXTURE[name]
+    if "line" in entry:  # the job file's current line for this run, composed as verify does
+        line = next(line for line in JOB_LINES if f'+run_name="{name}' in line)
+        cfg = compose_cfg(*verify.parse_job_line(line))
+    else:
+        cfg = compose_cfg(entry["config_name"], [])
+    before, now = _flat(entry["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = {k: (v, now.get(k, _UNSET)) for k, v in before.items()
+               if now.get(k, _UNSET) != v and ("*", k) not in INTENDED_CHANGES and (name, k) not in INTENDED_CHANGES}
+    assert not changed, (f"{name}: captured values changed (key: before -> now): {changed}; "
+                         f"keys added since the capture: {sorted(set(now) - set(before))}")
+
+
+def test_a_run_started_before_the_model_keys_were_listed_still_resumes(tmp_path):
+    """SF runs in flight wrote config.yaml without arch.encoder_set_layers & co. (they ran with the
+    model defaults): the same job line must resume them, not be refused as a changed config."""
+    ckpt = tmp_path / "step_5"
+    ckpt.mkdir()
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(FIXTURE["SF1"]["config"])))
+    cfg = compose_cfg(*verify.parse_job_line(next(line for line in JOB_LINES if '+run_name="SF1' in line)))
+    assert "encoder_set_layers" in cfg.arch and "encoder_set_layers" not in FIXTURE["SF1"]["config"]["arch"]
+    assert run_identity.check_resume_compatible(cfg, ckpt) == []
+    changed = compose_cfg(*verify.parse_job_line(next(line for line in JOB_LINES if '+run_name="SF1' in line)))
+    changed.arch.encoder_set_layers = 3
+    with pytest.raises(ValueError, match=r"arch\.encoder_set_layers: '<unset>' -> 3"):
+        run_identity.check_resume_compatible(changed, ckpt)
+
+
+def test_the_bench_paper_preset_is_the_configs_model():
+    """One source of model defaults: the benches' `paper` preset is the ARC config's model, except
+    what a timing needs fixed (no halting exploration, float32 parameters under autocast)."""
+    from bench.common import model_config
+    from models.config import ETRMConfig
+
+    paper = model_config("paper", 2)
+    arch = compose_cfg("cfg_pretrain_etrm_arc_agi_1", []).arch
+    differ = {k for k in arch if k not in ("name", "loss") and paper[k] != arch[k]}
+    assert differ == {"halt_exploration_prob", "forward_dtype"}
+    assert ETRMConfig.from_dict(paper).L_cycles == arch.L_cycles == 6

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from bench.gpu_check import TOL, packed_vs_padded
+from tests.cuda_checks import TOL, packed_vs_padded
 from training import checkpoint
 from training.distributed import init_distributed, shutdown
-from training.trainer import to_device
+from training.evaluation import to_device
 
 
 def test_to_device_copies_back_to_cpu_blocking(monkeypatch):
@@ -72,11 +72,8 @@ def test_bf16_autocast_keeps_carry_float32_and_layouts_agree(encoder):
     """The same comparison the GPU check runs on CUDA, here under CPU bf16 autocast."""
     from bench.common import PRESETS
 
-    class CpuCtx:
-        device = "cpu"
-
     preset = dict(PRESETS["tiny"], encoder_type=encoder)
-    r = packed_vs_padded(CpuCtx(), preset, 3, "bfloat16")
+    r = packed_vs_padded("cpu", preset, 3, "bfloat16")
     assert r["carry_dtype_packed"] == r["carry_dtype_padded"] == "float32"
     assert r["same_grad_keys"]
     for key, limit in TOL["packed_vs_padded_bf16"].items():

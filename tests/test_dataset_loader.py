@@ -42,12 +42,12 @@ def ds(tmp_path_factory):
 
 
 def _rows(batch):
-    return list(zip(batch["query_index"].tolist(), batch["puzzle_identifiers"].tolist()))
+    return list(zip(batch["query_index"].tolist(), batch["variant_index"].tolist()))
 
 
 def _check_sample(split, batch, i, D, translated):
     """Every canvas of row i decodes to the variant applied to the original grids."""
-    q, v = int(batch["query_index"][i]), int(batch["puzzle_identifiers"][i])
+    q, v = int(batch["query_index"][i]), int(batch["variant_index"][i])
     assert split.variant_puzzle[v] == split.query_puzzle[q]
     var = split.variants[v]
     inp, out = split.query_pair(q)

@@ -26,8 +26,8 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_maps import NUM_MAPS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
-from tests.test_padding import SIDE, ragged_batch
+from tests.helpers import make_batch, tiny_config
+from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
 
@@ -259,7 +259,7 @@ def test_trm_decoder_weights_load_into_a_model_with_the_new_paths(tmp_path):
 @pytest.mark.parametrize("encoder", ["standard", "hybrid_variational", "colour_slots"])
 def test_hydra_config_with_the_new_paths_builds_and_steps(encoder):
     """The options compose with any encoder's job line and build through the trainer's builder."""
-    from tests.test_config import compose_cfg
+    from tests.helpers import compose_cfg
     from training import build
 
     cfg = compose_cfg("cfg_pretrain_etrm_tiny", ["arch.demo_attention=true", "arch.map_read=true",

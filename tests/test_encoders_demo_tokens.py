@@ -1,6 +1,6 @@
 """The encoders that keep per-cell demo detail (`cell_perceiver`, `colour_slots`) keep the encoder
-contract (shapes, gradients; PAD, masked demo slots, demo order and canvas size do not change the
-context), see what a pooled demo vector averages away (which two colours are exchanged), and the
+contract (shapes, gradients; the invariances to PAD, masked demo slots, demo order and canvas size:
+tests/test_models_encoders.py INVARIANT), see what a pooled demo vector averages away (which two colours are exchanged), and the
 inner model's `context_colour_table` adds slot c to exactly the query cells of colour c."""
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 from dataset.grids import encode_grid
 from models.encoders import ENCODERS, build_encoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests import test_models_encoders as encoder_tests
-from tests.test_models_fixtures import make_batch, tiny_config
+from tests.helpers import demos_of, make_batch, small_encoder, tiny_config
 
 
 def test_registered():
@@ -20,17 +19,12 @@ def test_registered():
 
 
 def test_forward_backward_finite():
-    enc = encoder_tests._enc("cell_perceiver").train()
-    out = enc(*encoder_tests._demos(make_batch(B=3, D=3, n_demos=[1, 2, 3])))
+    enc = small_encoder("cell_perceiver").train()
+    out = enc(*demos_of(make_batch(B=3, D=3, n_demos=[1, 2, 3])))
     assert out.context.shape == (3, 4, 32) and out.kl is None
     (out.context.square().sum() + out.context.sum()).backward()
     grads = [p.grad for p in enc.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-
-
-def test_pad_masked_slots_order_and_canvas_invariance():
-    encoder_tests.test_padding_invariance("cell_perceiver", "mean")
-    encoder_tests.test_canvas_size_invariance("cell_perceiver", "mean")
 
 
 def test_exchanged_colours_change_the_context():
@@ -48,7 +42,7 @@ def test_exchanged_colours_change_the_context():
         dl = torch.from_numpy(encode_grid(swap(g, a, b), 5)).view(1, 1, 25)
         return di, dl, torch.ones(1, 1, dtype=torch.bool)
 
-    enc = encoder_tests._enc("cell_perceiver").eval()
+    enc = small_encoder("cell_perceiver").eval()
     with torch.no_grad():
         c12, c34 = enc(*demos(1, 2)).context, enc(*demos(3, 4)).context
     assert (c12 - c34).abs().max() > 1e-2

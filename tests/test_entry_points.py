@@ -45,7 +45,7 @@ def test_a_mistyped_data_path_is_an_error_naming_it_not_a_build(tmp_path):
     assert "HYDRA_FULL_ERROR=1" in lines[1]
     full = run([sys.executable, "pretrain_etrm.py", "--config-name", "cfg_pretrain_etrm_tiny",
                 f"data_paths=[{typo}]", f"run_dir={tmp_path / 'run'}"], env_extra={"HYDRA_FULL_ERROR": "1"})
-    assert full.returncode != 0 and "Traceback" in full.stderr and "check_data_paths" in full.stderr
+    assert full.returncode != 0 and "Traceback" in full.stderr and "dataset_checks" in full.stderr
 
 
 def test_library_errors_keep_their_traceback():

@@ -1,7 +1,6 @@
 """Tests of the ARC evaluator (evaluators/arc.py) with hand-built predictions on a fake split."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import os
@@ -16,19 +15,14 @@ import torch
 
 from dataset.augment import apply_variant, identity_variant, invert_variant
 from dataset.grids import EOS_ID, decode_grid, encode_grid
+from training.distributed import gather_to_main
 from evaluators import load_evaluator_class
 from dataset.grids import crop_sizes
 from evaluators.arc import ARC, inverse_colour_tables, inverse_dihedral_index
+from tests.helpers import load_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 8
-
-
-def load_scorer():
-    spec = importlib.util.spec_from_file_location("score_submission", ROOT / "scripts" / "score_submission.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,7 +116,7 @@ def batches(split, samples, batch_size=5, pad_with=None, rng_seed=0):
                               "steps": 99})
             valid.append(False)
         batch = {
-            "puzzle_identifiers": torch.tensor([c["variant"] for c in chunk], dtype=torch.int64),
+            "variant_index": torch.tensor([c["variant"] for c in chunk], dtype=torch.int64),
             "query_index": torch.tensor([c["query"] for c in chunk], dtype=torch.int64),
             "valid": torch.tensor(valid, dtype=torch.bool),
         }
@@ -484,7 +478,8 @@ def _gather_worker(rank, world, port, out_dir):
         for n, (b, o) in enumerate(batches(split, samples, batch_size=4)):
             if n % world == rank:  # interleaved shards, like a distributed sampler
                 ev.update(b, o)
-        m = ev.result(eval_dir(os.path.join(out_dir, "dist"), 1) if rank == 0 else None, 1)
+        parts = gather_to_main(ev.local_data())  # what the runner (training/evaluation.py) does
+        m = ev.result(eval_dir(os.path.join(out_dir, "dist"), 1), 1, parts) if rank == 0 else None
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(m, f)
     finally:
@@ -565,7 +560,7 @@ def test_real_builder_and_loader(tmp_path):
     ev.begin()
     for batch in loader.EvalLoader(split, global_batch_size=5, max_eval_groups=2):
         preds = []
-        for v, q in zip(batch["puzzle_identifiers"].tolist(), batch["query_index"].tolist()):
+        for v, q in zip(batch["variant_index"].tolist(), batch["query_index"].tolist()):
             p, i = int(split.query_puzzle[q]), int(split.query_test_index[q])
             preds.append(encode_grid(apply_variant(np.asarray(split.test_pairs(p)[i][1], np.uint8),
                                                    split.variants[v]), split.side))

@@ -18,8 +18,8 @@ from models.encoders.common import EncoderConfig
 from models.encoders.demo_reader import DemoReader
 from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, grid_features
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
-from tests.test_padding import SIDE, ragged_batch
+from tests.helpers import PADDING_SIDE as SIDE
+from tests.helpers import compose_cfg, make_batch, ragged_batch, tiny_config
 
 torch.set_num_threads(2)
 
@@ -166,7 +166,6 @@ def test_packed_and_padded_layouts_agree_with_features():
 
 
 def test_hydra_config_with_grid_features_builds_and_steps():
-    from tests.test_config import compose_cfg
     from training import build
 
     cfg = compose_cfg("cfg_pretrain_etrm_synthetic", ["arch.grid_features=true", "data_paths=[x]"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hydra import compose, initialize_config_dir
+from tests.helpers import compose_cfg
 
 from bench import learning
 
@@ -47,8 +47,7 @@ def test_encoder_beats_the_rule_blind_bound_on_held_out_puzzles(tmp_path):
 
 
 def compose_synthetic():
-    with initialize_config_dir(config_dir=str(learning.REPO / "config"), version_base=None):
-        return compose(config_name=learning.CONFIG_NAME)
+    return compose_cfg(learning.CONFIG_NAME)
 
 
 def test_leave_one_family_out_data_holds_the_family_out_of_training(tmp_path):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def test_stablemax_matches_formula():

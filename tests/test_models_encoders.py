@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.encoders import ENCODERS, build_encoder
-from tests.test_models_fixtures import make_batch
+from tests.helpers import demos_of as _demos, make_batch, small_encoder as _enc
 
 VARIANTS = [
     ("standard", "mean"),
@@ -12,16 +12,6 @@ VARIANTS = [
     ("hybrid_standard", "mean"),
     ("hybrid_variational", "mean"),
 ]
-
-
-def _enc(kind, pooling="mean", side=5, seed=0):
-    torch.manual_seed(seed)
-    return build_encoder(kind, hidden_size=32, num_heads=4, seq_len=side * side, puzzle_emb_len=4,
-                         num_layers=1, expansion=2.0, pooling=pooling, set_layers=1)
-
-
-def _demos(batch):
-    return batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"]
 
 
 @pytest.mark.parametrize("kind,pooling", VARIANTS)
@@ -38,7 +28,11 @@ def test_forward_backward_finite(kind, pooling):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("kind,pooling", VARIANTS)
+# cell_perceiver keeps the pooled encoders' invariances too (tests/test_encoders_demo_tokens.py)
+INVARIANT = VARIANTS + [("cell_perceiver", "mean")]
+
+
+@pytest.mark.parametrize("kind,pooling", INVARIANT)
 def test_padding_invariance(kind, pooling):
     enc = _enc(kind, pooling).eval()
     batch = make_batch(B=2, D=3, n_demos=[2, 1])
@@ -61,7 +55,7 @@ def test_padding_invariance(kind, pooling):
     torch.testing.assert_close(perm, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind,pooling", VARIANTS)
+@pytest.mark.parametrize("kind,pooling", INVARIANT)
 def test_canvas_size_invariance(kind, pooling):
     """2-D relative positions + PAD masking: the same grids on a 5x5 or a 7x7 canvas (more PAD
     around them) give the same context."""

@@ -4,7 +4,7 @@ import torch
 from models import load_loss_class, load_model_class
 from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import ETRMConfig, TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def _model(seed=0, **kw):
@@ -25,7 +25,7 @@ def test_config_from_dict_errors():
     with pytest.raises(ValueError, match="rope_2d"):
         ETRMConfig.from_dict(tiny_config(pos_encodings="learned"))
     with pytest.raises(ValueError, match="hybrid_variational"):
-        ETRMConfig.from_dict(tiny_config(encoder_type="vae"))
+        TRMWithEncoder(tiny_config(encoder_type="vae"))
     with pytest.raises(ValueError, match="seq_len"):
         ETRMConfig.from_dict({"batch_size": 2})
 

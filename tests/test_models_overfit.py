@@ -4,7 +4,7 @@ import torch
 
 from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import make_batch, tiny_config
+from tests.helpers import make_batch, tiny_config
 
 
 def _evaluate(head, batch):

@@ -4,7 +4,7 @@ import torch
 from models.losses import ACTLossHead
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.test_models_fixtures import tiny_config
+from tests.helpers import tiny_config
 
 
 def _model(seed, **kw):

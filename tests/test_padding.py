@@ -6,43 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.grids import IGNORE_LABEL_ID, PAD_ID, encode_grid
 from models.encoders import build_encoder
 from models.encoders.common import PACK_BUCKETS, pack_bucket
 from models.layers import _rotate_half, apply_rotary, rope_1d, rope_2d
 from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import TRMWithEncoder
+from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
-SIDE = 12
-
-
-def ragged_batch(B: int = 3, D: int = 4, side: int = SIDE, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Grids of many sizes (1x1 up to the full canvas, outputs larger than inputs), a ragged
-    number of real demos per row (at least one)."""
-    rng = np.random.default_rng(seed)
-    S = side * side
-    d_in = np.zeros((B, D, S), np.int64)
-    d_out = np.zeros((B, D, S), np.int64)
-    mask = np.zeros((B, D), bool)
-    inputs = np.zeros((B, S), np.int64)
-    labels = np.zeros((B, S), np.int64)
-    for b in range(B):
-        n = 1 + b % D
-        for d in range(n):
-            h, w = rng.integers(1, side + 1, 2)
-            h2, w2 = (side, side) if (b, d) == (0, 0) else rng.integers(1, side + 1, 2)
-            d_in[b, d] = encode_grid(rng.integers(0, 10, (h, w)), side)
-            d_out[b, d] = encode_grid(rng.integers(0, 10, (h2, w2)), side)
-            mask[b, d] = True
-        inputs[b] = encode_grid(rng.integers(0, 10, (3, 4)), side)
-        labels[b] = encode_grid(rng.integers(0, 10, (5, 2)), side)
-    labels = np.where(labels == PAD_ID, IGNORE_LABEL_ID, labels)
-    t = torch.from_numpy
-    return dict(inputs=t(inputs), labels=t(labels), demo_inputs=t(d_in), demo_labels=t(d_out), demo_mask=t(mask),
-                puzzle_identifiers=torch.arange(B), query_index=torch.arange(B), valid=torch.ones(B, dtype=torch.bool))
-
-
 ENCODERS = [("standard", "mean"), ("standard", "attention"), ("hybrid_standard", "mean"), ("hybrid_variational", "mean")]
 
 

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tests.helpers import compose_cfg, load_scorer
 
 from dataset.loader import load_split
-from tests.test_evaluator_arc import load_scorer
 from training import checkpoint, trainer
 from training.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "config"
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +46,7 @@ def small_overrides(data: Path, run_dir: Path, **extra) -> list[str]:
 
 
 def compose_tiny(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_pretrain_etrm_tiny", overrides=overrides)
+    return compose_cfg("cfg_pretrain_etrm_tiny", overrides)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -286,8 +283,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def compose_eval(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name="cfg_evaluate_etrm", overrides=overrides)
+    return compose_cfg("cfg_evaluate_etrm", overrides)
 
 
 def test_evaluate_checkpoint_reproduces_the_training_eval(tiny_data, tmp_path):

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from dataset import EvalLoader, load_split
 from dataset.adaptation import adaptation_split
@@ -22,7 +21,8 @@ from dataset.loader import ARCSplit
 from dataset.synthetic import generate, write_dataset
 from training import build
 from training.distributed import DistInfo
-from training.trainer import run_evaluation
+from tests.helpers import compose_cfg
+from training.evaluation import run_evaluation
 from training import tta
 from training.tta import TTASettings, adapt, adaptation_fit
 
@@ -41,11 +41,6 @@ def synthetic_data(root: Path, num_train: int, num_eval: int, seed: int, family:
 def fill_data(tmp_path_factory) -> Path:
     """Generated `fill` puzzles (the background takes a colour drawn per puzzle): 8 train, 6 eval."""
     return synthetic_data(tmp_path_factory.mktemp("tta"), 8, 6, seed=3, family="fill")
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
-        return compose(config_name=name, overrides=overrides)
 
 
 SMALL_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.H_cycles=1", "arch.L_cycles=1", "arch.L_layers=1",
@@ -75,7 +70,10 @@ class Collect:
     def update(self, batch, outputs):
         self.preds.append(outputs["preds"].clone())
 
-    def result(self, run_dir, step):
+    def local_data(self):
+        return {}
+
+    def result(self, run_dir, step, parts=None):
         return {}
 
 

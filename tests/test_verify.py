@@ -66,8 +66,8 @@ def test_jobs_that_would_die_at_launch_fail_verification(tmp_path, capsys):
     missing = next(line for line in out.splitlines() if "absent" in line)
     assert missing.startswith("  [ ] dataset") and "python -m dataset.build_arc_dataset" in missing
     assert "--output-dir " + str(tmp_path / "absent") in missing
-    odd = next(line for line in out.splitlines() if "divides over 3 GPU" in line)
-    assert odd.startswith("  [ ]") and "not divisible by 3" in odd
+    odd = next(line for line in out.splitlines() if "global_batch_size divides over 3 GPU" in line)
+    assert odd.startswith("  [ ]") and "does not divide evenly over world_size=3" in odd
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ resumed run needs to continue the same trajectory.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset.atomic import publish_directory
 from training.distributed import barrier
 
 MARKER = "COMPLETE"
@@ -88,9 +88,7 @@ def save_checkpoint(run_dir: str | Path, step: int, rank: int, shared: dict, per
     barrier()
     if rank == 0:
         (tmp / MARKER).write_text(str(step))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_directory(tmp, final, overwrite=True)  # a step re-saved on resume replaces its folder whole
         for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()

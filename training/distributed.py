@@ -97,6 +97,16 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def gather_to_main(obj) -> list | None:
+    """Collective: every rank's `obj` (picklable) as a list on rank 0, None on the other ranks;
+    [obj] without a process group."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

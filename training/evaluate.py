@@ -6,7 +6,6 @@ So an evaluation never overwrites the training run's `eval/step_N/` nor another 
 other settings; re-running the identical evaluation replaces its own folder, whole."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,28 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dataset import EvalLoader
-from training import build, checkpoint
+from training import build, checkpoint, preflight
 from training.distributed import init_distributed, shutdown
+from training.evaluation import eval_folder_name, eval_settings
 from training.tta import TTASettings, evaluate_with_tta
 
 log = logging.getLogger("etrm")
 OVERRIDABLE = ("data_paths", "data_paths_test", "max_eval_groups", "max_eval_variants", "eval_global_batch_size",
                "eval_halting", "device")
-# short readable tags for the folder name (the hash covers everything else)
-_NAME_TAGS = (("max_eval_groups", "g{}"), ("max_eval_variants", "v{}"), ("eval_halting", "halt-{}"))
-
-
-def eval_folder_name(step: int, settings: dict, checkpoint_path: str | Path, overridden: dict) -> str:
-    """`step_N-<weights>[-g32][-v8][-halt-q][-tta-<mode>]-<hash8>`; the hash covers the checkpoint
-    and every setting, so two evaluations share a folder only when they compute the same thing."""
-    tags = [str(settings.get("weights", "ema"))]
-    tags += [fmt.format(overridden[k]) for k, fmt in _NAME_TAGS if overridden.get(k) is not None]
-    tta = settings.get("tta") or {}
-    if isinstance(tta, dict) and tta.get("mode") not in (None, "none"):
-        tags.append(f"tta-{tta['mode']}")
-    blob = json.dumps({"checkpoint": str(Path(checkpoint_path).resolve()), "settings": settings},
-                      sort_keys=True, default=str)
-    return "-".join([f"step_{step}", *tags, hashlib.sha1(blob.encode()).hexdigest()[:8]])
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -57,11 +42,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         # the evaluation's own test-time adaptation (not the one the run used for its evals)
         tta = TTASettings.from_config(cfg.get("tta"), dist_info.world_size)
         OmegaConf.update(train_cfg, "tta", cfg.get("tta"), force_add=True, merge=False)
-        build.check_data_paths(OmegaConf.merge(train_cfg, {"build_if_missing": None}))
+        # nothing is built for an evaluation: the run's auto-built dataset must be there too
+        preflight.require(preflight.dataset_checks(OmegaConf.merge(train_cfg, {"build_if_missing": None}), splits=("eval",))
+                          + preflight.batch_checks(train_cfg, dist_info.world_size, train=False))
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["step"])
         weights_file = path / ("ema.pt" if cfg.weights == "ema" and (path / "ema.pt").exists() else "model.pt")
-        settings = build.eval_settings(train_cfg, weights=weights_file.stem)
+        settings = eval_settings(train_cfg, weights=weights_file.stem)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else path.parent.parent
         out_dir = run_dir / "eval" / eval_folder_name(step, settings, path, overridden)
 
@@ -76,8 +63,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         model.to(dist_info.device)
 
         gbs = int(train_cfg.eval_global_batch_size or train_cfg.global_batch_size)
-        if gbs % dist_info.world_size:
-            raise ValueError(f"eval_global_batch_size={gbs} does not divide evenly over world_size={dist_info.world_size}")
         loader = EvalLoader(eval_split, gbs, rank=dist_info.rank, world_size=dist_info.world_size,
                             max_eval_groups=train_cfg.get("max_eval_groups"), max_variants=train_cfg.get("max_eval_variants"),
                             max_demos=train_cfg.get("max_demos"))

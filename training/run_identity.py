@@ -17,6 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from training.config_schema import arch_defaults
+
 # Top-level keys left out of a run's identity: changing them on a resume is expected.
 RESUME_MUTABLE_KEYS = frozenset({
     # naming and placement
@@ -28,14 +30,20 @@ RESUME_MUTABLE_KEYS = frozenset({
     "evaluators", "data_paths_test", "tta", "summary_note",
     # checkpoints, logging, runtime, guards
     "checkpoint_every_eval", "checkpoint_interval", "checkpoint_keep_last", "log_interval", "wandb_mode",
-    "device", "compile", "build_if_missing", "max_nonfinite_in_a_row", "collapse_var_threshold", "collapse_patience",
+    "device", "compile", "build_if_missing", "data_recipe", "max_nonfinite_in_a_row", "collapse_var_threshold", "collapse_patience",
 })
 
 
 def identity_config(cfg: DictConfig | dict) -> dict:
-    """The resolved config without the resume-mutable keys (plain containers)."""
+    """The resolved config without the resume-mutable keys (plain containers), and without the
+    `arch` keys that hold the model default (ETRMConfig): a run whose config.yaml was written
+    before a model key was listed in the config (it then ran with the default) is the same run."""
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
+    out = {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
+    if isinstance(out.get("arch"), dict):
+        defaults = arch_defaults()
+        out["arch"] = {k: v for k, v in out["arch"].items() if k not in defaults or v != defaults[k]}
+    return out
 
 
 def identity_hash(cfg: DictConfig | dict, config_name: str | None) -> str:

@@ -7,9 +7,6 @@ checkpoints at their intervals, and a final evaluation + checkpoint.
 from __future__ import annotations
 
 import collections
-import contextlib
-import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,10 +15,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from dataset import EvalLoader, TrainLoader
-from dataset.atomic import atomic_directory, atomic_write_text
-from training import build, checkpoint, run_identity
-from training.distributed import (DistInfo, all_reduce_sum, barrier, init_distributed, is_distributed, shutdown,
-                                  wrap_ddp)
+from dataset.atomic import atomic_write_text
+from training import build, checkpoint, preflight, run_identity
+from training.distributed import DistInfo, barrier, init_distributed, is_distributed, shutdown, wrap_ddp
+from training.evaluation import autocast_for, eval_settings, reduce_metrics, to_device
 from training.metrics_logger import MetricsLogger, resolve_wandb_mode
 from training.optim import EMA, build_optimizer, clipped_step, lr_at
 from training.progress import Progress
@@ -32,47 +29,6 @@ log = logging.getLogger("etrm")
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-
-def to_device(obj, device: torch.device):
-    """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`. Copies to the GPU
-    are asynchronous; copies back to the CPU are not (an asynchronous one hands back a tensor that
-    may still be filling, which torch.save would write half-copied)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=device.type == "cuda")
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
-    return obj
-
-
-def autocast_for(device: torch.device, forward_dtype: str):
-    """bf16 autocast on CUDA when asked; the CPU path always runs float32."""
-    if device.type == "cuda" and forward_dtype in ("bfloat16", "float16"):
-        return torch.autocast("cuda", dtype=getattr(torch, forward_dtype))
-    return contextlib.nullcontext()
-
-
-def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
-                   rank_means: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """One all-reduce for a step's metrics. `sums` come from the loss head: `*_loss` keys are sums
-    over the batch (reported per sample), the rest sums over the samples that halted (reported
-    per halted sample, with their `count`). `rank_means` are per-rank values averaged over ranks."""
-    rank_means = rank_means or {}
-    keys, mean_keys = sorted(sums), sorted(rank_means)
-    stacked = torch.stack([sums[k].detach().float() for k in keys] + [rank_means[k].detach().float() for k in mean_keys])
-    totals = all_reduce_sum(stacked).tolist()
-    values = dict(zip(keys, totals[:len(keys)]))
-    count = values.pop("count", 0.0)
-    # a step on which no sample halted has no accuracy or step count: leave those keys out rather
-    # than logging zeros that would read as a collapse on the dashboard
-    out = {f"{prefix}/{k}": v / batch_size if k.endswith("_loss") else v / count
-           for k, v in values.items() if k.endswith("_loss") or count > 0}
-    out[f"{prefix}/count"] = count
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    out.update({f"{prefix}/{k}": v / world for k, v in zip(mean_keys, totals[len(keys):])})
-    return out
 
 
 def cross_sample_variance(context: torch.Tensor) -> torch.Tensor:
@@ -94,74 +50,6 @@ def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
     return norm(encoder), norm(inner)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation (shared with evaluate_etrm.py)
-
-
-@torch.no_grad()
-def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
-                   out_dir: Path | None, step: int, settings: dict | None = None,
-                   show_progress: bool = True, extra_metrics: dict | None = None) -> dict[str, float]:
-    """Run every eval batch to halting (halt_max_steps, or the Q head with eval_halting=q),
-    feed the halting step's predictions to the evaluators, and return their metrics (rank 0).
-    Rank 0 writes the evaluators' outputs and `settings.json` into `out_dir` as one folder, made
-    whole beside it and then renamed into place: an evaluation replaces an older run of the same
-    folder entirely, never in part."""
-    head.eval()
-    device = dist_info.device
-    max_steps = head.model.config.halt_max_steps
-    for evaluator in evaluators:
-        evaluator.begin()
-    exact_sum = torch.zeros((), device=device)
-    valid_count = torch.zeros((), device=device)
-    progress = Progress(len(loader), f"eval step {step}", enabled=show_progress and dist_info.is_main, unit="batch")
-    for batch in loader:
-        batch = to_device(batch, device)
-        valid = batch["valid"]
-        carry = head.model.initial_carry(batch)
-        done = torch.zeros_like(valid)
-        preds = torch.zeros_like(batch["inputs"])
-        q_halt = torch.zeros(valid.shape, device=device)
-        steps = torch.zeros(valid.shape, dtype=torch.int32, device=device)
-        for _ in range(max_steps):
-            with autocast_for(device, forward_dtype):
-                carry, _, _, outputs, _ = head(carry, batch)
-            newly = carry.halted & ~done
-            preds = torch.where(newly[:, None], outputs["preds"], preds)
-            q_halt = torch.where(newly, outputs["q_halt_logits"].float(), q_halt)
-            steps = torch.where(newly, carry.steps.to(steps.dtype), steps)
-            done |= carry.halted
-            if bool(done.all()):
-                break
-        labels = batch["labels"]
-        exact = ((preds == labels) | (labels < 0)).all(dim=-1)
-        exact_sum += (exact & valid).sum()
-        valid_count += valid.sum()
-        for evaluator in evaluators:
-            evaluator.update(batch, {"preds": preds, "q_halt_logits": q_halt, "steps": steps})
-        progress.update(1)
-    progress.close()
-    # exact accuracy of single augmented samples, before any voting
-    exact_sum, valid_count = all_reduce_sum(torch.stack([exact_sum, valid_count]).float()).tolist()
-    results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count,
-               **(extra_metrics or {})}
-
-    def collect(folder: Path | None) -> None:
-        for evaluator in evaluators:
-            out = evaluator.result(folder, step)  # collective: every rank calls it, rank 0 gets the metrics
-            if out:
-                results.update(out)
-
-    if out_dir is not None and dist_info.is_main:
-        with atomic_directory(out_dir, overwrite=True) as tmp:
-            collect(tmp)
-            record = {"step": step, "settings": settings or {}, "metrics": results}
-            (tmp / "settings.json").write_text(json.dumps(record, indent=1, default=str))
-    else:
-        collect(None)
-    return results
 
 
 def learning_summary(step: int, recent: list[dict], results: dict, note: str | None) -> str:
@@ -213,12 +101,9 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     config_changes = run_identity.check_resume_compatible(cfg, ckpt_path) if ckpt_path else []
 
     # --- data (validated before any model work) ---
+    preflight.require(preflight.batch_checks(cfg, world_size))  # the datasets: ensure_dataset below
     gbs = int(cfg.global_batch_size)
-    if gbs % world_size:
-        raise ValueError(f"global_batch_size={gbs} does not divide evenly over world_size={world_size} ranks")
     eval_gbs = int(cfg.eval_global_batch_size or gbs)
-    if eval_gbs % world_size:
-        raise ValueError(f"eval_global_batch_size={eval_gbs} does not divide evenly over world_size={world_size} ranks")
     tta = TTASettings.from_config(cfg.get("tta"), world_size)
     build.ensure_dataset(cfg, dist_info.is_main)
     barrier()
@@ -312,11 +197,11 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
         log.info("checkpoint %s", path)
 
-    eval_settings = build.eval_settings(cfg, weights="ema" if ema is not None else "model")
+    settings = eval_settings(cfg, weights="ema" if ema is not None else "model")
 
     def evaluate(at_step: int) -> dict:
         results = evaluate_with_tta(eval_head, eval_split, eval_loader, evaluators, dist_info, forward_dtype,
-                                    run_dir / "eval" / f"step_{at_step}", at_step, tta, settings=eval_settings,
+                                    run_dir / "eval" / f"step_{at_step}", at_step, tta, settings=settings,
                                     max_eval_variants=cfg.get("max_eval_variants"), max_demos=cfg.get("max_demos"))
         if dist_info.is_main:
             logger.log(results, at_step)

@@ -22,7 +22,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +34,12 @@ from torch import nn
 
 from dataset import ARCSplit, EvalLoader, TrainLoader
 from dataset.adaptation import adaptation_split
-from dataset.grids import NUM_COLOURS
-from models.losses import IGNORE_LABEL_ID
+from dataset.atomic import atomic_write
+from dataset.tokens import NUM_COLOURS
 from training.distributed import DistInfo, all_reduce_sum, wrap_ddp
+from training.evaluation import autocast_for, reduce_metrics, run_evaluation, run_until_halted, to_device
 from training.optim import clipped_step, lr_at
+from training.preflight import divides_check, require
 from training.progress import Progress
 
 log = logging.getLogger("etrm")
@@ -105,9 +106,8 @@ class TTASettings:
             raise ValueError(f"tta config: unknown key(s) {unknown}, missing key(s) {missing}; "
                              f"the keys are those of config/tta/none.yaml: {known}")
         settings = cls(**data)
-        if settings.active and settings.global_batch_size % world_size:
-            raise ValueError(f"tta.global_batch_size={settings.global_batch_size} does not divide evenly over "
-                             f"world_size={world_size} ranks")
+        if settings.active:
+            require([divides_check("tta.global_batch_size", settings.global_batch_size, world_size)])
         return settings
 
     @property
@@ -126,7 +126,7 @@ class TTASettings:
 class ContextOffsets(nn.Module):
     """A learned correction of the context tokens per puzzle ([N, 1, P, H]) or per (puzzle,
     variant) ([N, V, P, H], variants counted within their puzzle); zero at the start. Looked up
-    per sample from the batch's `puzzle_index` and `puzzle_identifiers` (global variant index);
+    per sample from the batch's `puzzle_index` and `variant_index` (global variant index);
     a variant beyond the first V gets no correction.
 
     With `colour_source` (models whose first 10 context tokens are per-colour slots, i.e. the
@@ -169,7 +169,7 @@ class ContextOffsets(nn.Module):
                 self.table.copy_(saved)
 
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        variant = data["puzzle_identifiers"]
+        variant = data["variant_index"]
         slot = self.slot_of_variant[variant]
         rows = self.table[data["puzzle_index"], slot.clamp_min(0)]  # [B, P, H]
         if self.colour_source is not None:
@@ -231,8 +231,6 @@ def adaptation_step(train_head: nn.Module, optimizer: torch.optim.Optimizer, car
     """One adaptation step, as a training step: one ACT step of every slot through the loss head,
     backward of the loss / the global batch, clipping, the optimizer (skipped when the loss or the
     gradient norm is not finite: every slot then restarts). Returns (carry, metrics under tta/)."""
-    from training.trainer import autocast_for, reduce_metrics  # noqa: PLC0415 (trainer imports us)
-
     for g in optimizer.param_groups:
         g["lr"] = lr_at(step, g["base_lr"], settings.lr_warmup_steps, settings.steps, settings.lr_min_ratio)
     with autocast_for(batch["inputs"].device, forward_dtype):
@@ -255,8 +253,6 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     (the adapted head, for run_evaluation; metrics under tta/: the settings, the cost, the loss
     over the run, and with fit_variants the leave-one-out fit before/after adaptation and with
     every puzzle given another puzzle's correction, which says how puzzle-specific they are)."""
-    from training.trainer import to_device  # noqa: PLC0415 (trainer imports us)
-
     device, world = dist_info.device, dist_info.world_size
     ada = adaptation_split(eval_split)  # demos only: the test pairs are not in it
     num_variants = settings.num_variants or eval_variants
@@ -351,8 +347,6 @@ def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_
     predicts (eval mode, each sample's outputs at its halting step), over each puzzle's first
     `num_variants` variants: {"loss": mean per-sample token loss, "exact": exact accuracy,
     "puzzle_exact": per puzzle, the fraction of its samples answered exactly (numpy; NaN without any)}."""
-    from training.trainer import autocast_for, to_device  # noqa: PLC0415
-
     head.eval()
     device = dist_info.device
     loss_fn = head.head.loss_fn if isinstance(head, AdaptedHead) else head.loss_fn
@@ -362,22 +356,8 @@ def adaptation_fit(head: nn.Module, ada: ARCSplit, dist_info: DistInfo, forward_
     per_puzzle = torch.zeros(2, ada.num_puzzles, device=device, dtype=torch.float64)  # exact, count
     for batch in loader:
         batch = to_device(batch, device)
-        carry, done = head.model.initial_carry(batch), torch.zeros_like(batch["valid"])
-        loss = torch.zeros(batch["valid"].shape, device=device, dtype=torch.float64)
-        exact = torch.zeros_like(done)
-        labels = batch["labels"]
-        n_tokens = (labels != IGNORE_LABEL_ID).sum(-1).clamp_min(1)
-        for _ in range(head.model.config.halt_max_steps):
-            with autocast_for(device, forward_dtype):
-                carry, _, _, outputs, _ = head(carry, batch)
-            newly = carry.halted & ~done
-            sample_loss = loss_fn(outputs["logits"], labels).sum(-1) / n_tokens
-            loss = torch.where(newly, sample_loss.to(loss.dtype), loss)
-            exact = torch.where(newly, ((outputs["preds"] == labels) | (labels == IGNORE_LABEL_ID)).all(-1), exact)
-            done |= carry.halted
-            if bool(done.all()):
-                break
-        valid = batch["valid"]
+        out = run_until_halted(head, batch, forward_dtype, loss_fn=loss_fn)
+        loss, exact, valid = out["loss"], out["exact"], batch["valid"]
         sums += torch.stack([(loss * valid).sum(), (exact & valid).sum().double(), valid.sum().double()])
         per_puzzle.index_add_(1, batch["puzzle_index"], torch.stack([(valid & exact).double(), valid.double()]))
     loss_sum, exact_sum, count = all_reduce_sum(sums).tolist()
@@ -399,8 +379,6 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     active. The metrics (and out_dir/settings.json) then hold tta/<setting> and the cost
     (tta/wall_s, tta/steps_done, tta/samples_per_s, ...); with tta.save_weights the adapted model
     and context corrections go to out_dir/tta_adapted.pt."""
-    from training.trainer import run_evaluation  # noqa: PLC0415 (trainer imports this module)
-
     if tta is None or not tta.active:
         return run_evaluation(head, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings)
     adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
@@ -408,9 +386,7 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     results = run_evaluation(adapted, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings,
                              extra_metrics=stats)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
-        path = Path(out_dir) / "tta_adapted.pt"
-        tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-        torch.save({"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
-                    "tta": dataclasses.asdict(tta)}, tmp)
-        os.replace(tmp, path)
+        state = {"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
+                 "tta": dataclasses.asdict(tta)}
+        atomic_write(Path(out_dir) / "tta_adapted.pt", lambda tmp: torch.save(state, tmp))
     return results

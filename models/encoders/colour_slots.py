@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # colour c is token c + 2
+from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # colour c is token c + 2
 from models.encoders.cell_perceiver import CellPerceiverEncoder
 from models.encoders.common import EncoderConfig, EncoderOutput, SetEncoder
 from models.layers import Linear, rms_norm, trunc_normal_

@@ -13,80 +13,18 @@ One ACT step (TRMWithEncoder.forward):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from dataset.grids import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
-from models.config import config_from_dict
+from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
+from models.config import ETRMConfig  # noqa: F401 (the model's config and defaults; re-exported)
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
 from models.grid_features import GridFeatureEmbedding, grid_features
 from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources
 from models.layers import Attention, Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
-
-POS_ENCODINGS = ("rope", "rope_2d", "none")
-EVAL_HALTING = ("max", "q")
-
-
-@dataclass
-class ETRMConfig:
-    batch_size: int
-    seq_len: int
-    vocab_size: int
-    max_demos: int
-    puzzle_emb_len: int = 16
-    hidden_size: int = 512
-    num_heads: int = 8
-    expansion: float = 4.0
-    H_cycles: int = 3
-    L_cycles: int = 6
-    H_layers: int = 0                  # unused (TRM config compatibility)
-    L_layers: int = 2
-    pos_encodings: str = "rope"        # "rope" (1-D flat) | "rope_2d" (row/col) | "none"
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    forward_dtype: str = "bfloat16"    # informational: the trainer autocasts; params are float32
-    halt_max_steps: int = 16
-    halt_exploration_prob: float = 0.1
-    eval_halting: str = "max"          # "max": eval runs halt_max_steps; "q": also halt on q_halt > 0
-    encoder_type: str = "standard"
-    encoder_num_layers: int = 2
-    encoder_pooling_method: str = "mean"
-    encoder_set_layers: int = 2        # hybrid encoders: cross-attention set-encoder layers
-    encoder_latent_dim: int = 0        # hybrid_variational: latent size (0 -> hidden_size)
-    context_ablation: bool = False     # replace the encoder output by zeros
-    context_colour_table: bool = False # add context token v to the input embedding of query cells of colour v
-                                       # (encoders whose first 10 context tokens are per-colour slots: colour_slots)
-    encoder_packed: bool = True        # encode real demo pairs at their own size (False: padded 2S layout)
-    demo_attention: bool = False       # the inner model's cells also cross-attend to every real demo cell
-    demo_num_layers: int = 1           # demo_attention: layers of the demo reader's pair transformer
-    map_read: bool = False             # the inner model's cells also read through candidate cell maps, chosen
-                                       # with the demos' agreement with each map (models/grid_maps.py)
-    grid_features: bool = False        # every cell token (query, and the encoder's / demo reader's demo cells) also
-                                       # gets per-cell features computed from its grid (models/grid_features.py)
-
-    def __post_init__(self):
-        if self.pos_encodings not in POS_ENCODINGS:
-            raise ValueError(f"unknown pos_encodings {self.pos_encodings!r}; valid: {list(POS_ENCODINGS)}")
-        if self.eval_halting not in EVAL_HALTING:
-            raise ValueError(f"unknown eval_halting {self.eval_halting!r}; valid: {list(EVAL_HALTING)}")
-        if self.encoder_type not in ENCODERS:
-            raise ValueError(f"unknown encoder_type {self.encoder_type!r}; valid: {sorted(ENCODERS)}")
-        if self.halt_max_steps < 1:
-            raise ValueError("halt_max_steps must be >= 1")
-        if self.demo_attention and self.demo_num_layers < 0:
-            raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
-        if self.demo_attention or self.map_read or self.grid_features:
-            side = math.isqrt(self.seq_len)
-            if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read / grid_features need a square canvas, seq_len {self.seq_len}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ETRMConfig":
-        return config_from_dict(cls, dict(d))
-
 
 @dataclass
 class ETRMCarry:
@@ -228,6 +166,8 @@ class TRMWithEncoder(nn.Module):
         super().__init__()
         self.config = config if isinstance(config, ETRMConfig) else ETRMConfig.from_dict(config)
         cfg = self.config
+        if cfg.encoder_type not in ENCODERS:
+            raise ValueError(f"unknown encoder_type {cfg.encoder_type!r}; valid: {sorted(ENCODERS)}")
         self.encoder = build_encoder(
             cfg.encoder_type,
             hidden_size=cfg.hidden_size,
@@ -346,6 +286,3 @@ class TRMWithEncoder(nn.Module):
             outputs["kl"] = kl
         new_carry = ETRMCarry(z_H=z_H, z_L=z_L, steps=steps, halted=halted, min_halt_steps=min_halt_steps, current_data=data)
         return new_carry, outputs
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)

@@ -1,0 +1,200 @@
+"""Evaluation: the one eval loop and its helpers, used by the trainer's evaluations, test-time
+adaptation (training/tta.py) and the checkpoint evaluation (training/evaluate.py, evaluate_etrm.py).
+
+- `run_until_halted`: run ACT steps on one batch until every sample has halted and keep each
+  sample's outputs at its own halting step (the eval loop and TTA's leave-one-out fit both use it);
+- `run_evaluation`: every eval batch through `run_until_halted`, the evaluators, and the eval folder
+  written whole (`dataset/atomic.py`);
+- `eval_settings` / `eval_folder_name`: what an evaluation computes, and the folder it writes;
+- `to_device`, `autocast_for`, `reduce_metrics`: device moves, the autocast policy and the metric
+  all-reduce, shared with the training step.
+
+Imports nothing from the trainer or TTA (they import this module)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dataset.atomic import atomic_directory
+from dataset.tokens import IGNORE_LABEL_ID
+from training.distributed import DistInfo, all_reduce_sum, gather_to_main
+from training.preflight import eval_paths
+from training.progress import Progress
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared with the training step
+
+
+def to_device(obj, device: torch.device):
+    """Move tensors inside dicts / dataclasses (batches, ACT carries) to `device`. Copies to the GPU
+    are asynchronous; copies back to the CPU are not (an asynchronous one hands back a tensor that
+    may still be filling, which torch.save would write half-copied)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=device.type == "cuda")
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)})
+    return obj
+
+
+def autocast_for(device: torch.device, forward_dtype: str):
+    """bf16 autocast on CUDA when asked; the CPU path always runs float32."""
+    if device.type == "cuda" and forward_dtype in ("bfloat16", "float16"):
+        return torch.autocast("cuda", dtype=getattr(torch, forward_dtype))
+    return contextlib.nullcontext()
+
+
+def reduce_metrics(sums: dict[str, torch.Tensor], prefix: str, batch_size: int,
+                   rank_means: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """One all-reduce for a step's metrics. `sums` come from the loss head: `*_loss` keys are sums
+    over the batch (reported per sample), the rest sums over the samples that halted (reported
+    per halted sample, with their `count`). `rank_means` are per-rank values averaged over ranks."""
+    rank_means = rank_means or {}
+    keys, mean_keys = sorted(sums), sorted(rank_means)
+    stacked = torch.stack([sums[k].detach().float() for k in keys] + [rank_means[k].detach().float() for k in mean_keys])
+    totals = all_reduce_sum(stacked).tolist()
+    values = dict(zip(keys, totals[:len(keys)]))
+    count = values.pop("count", 0.0)
+    # a step on which no sample halted has no accuracy or step count: leave those keys out rather
+    # than logging zeros that would read as a collapse on the dashboard
+    out = {f"{prefix}/{k}": v / batch_size if k.endswith("_loss") else v / count
+           for k, v in values.items() if k.endswith("_loss") or count > 0}
+    out[f"{prefix}/count"] = count
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    out.update({f"{prefix}/{k}": v / world for k, v in zip(mean_keys, totals[len(keys):])})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one batch, run to halting
+
+
+def exact_match(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the prediction equals the label on every token the loss does not ignore."""
+    return ((preds == labels) | (labels == IGNORE_LABEL_ID)).all(dim=-1)
+
+
+@torch.no_grad()
+def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=None) -> dict[str, torch.Tensor]:
+    """Run ACT steps of `head` on `batch` from a fresh carry until every sample has halted (at most
+    halt_max_steps; with eval_halting=q the Q head may halt a sample earlier) and return each
+    sample's outputs at its own halting step: `preds` [B, S], `q_halt_logits` [B], `steps` [B],
+    `exact` [B] (exact_match), and with `loss_fn` (per-token loss) `loss` [B], the mean token loss
+    over the non-ignored tokens."""
+    device = batch["inputs"].device
+    labels = batch["labels"]
+    carry = head.model.initial_carry(batch)
+    done = torch.zeros(labels.shape[0], dtype=torch.bool, device=device)
+    preds = torch.zeros_like(batch["inputs"])
+    q_halt = torch.zeros(done.shape, device=device)
+    steps = torch.zeros(done.shape, dtype=torch.int32, device=device)
+    loss = torch.zeros(done.shape, device=device, dtype=torch.float64) if loss_fn is not None else None
+    n_tokens = (labels != IGNORE_LABEL_ID).sum(-1).clamp_min(1)
+    for _ in range(head.model.config.halt_max_steps):
+        with autocast_for(device, forward_dtype):
+            carry, _, _, outputs, _ = head(carry, batch)
+        newly = carry.halted & ~done
+        preds = torch.where(newly[:, None], outputs["preds"], preds)
+        q_halt = torch.where(newly, outputs["q_halt_logits"].float(), q_halt)
+        steps = torch.where(newly, carry.steps.to(steps.dtype), steps)
+        if loss is not None:
+            loss = torch.where(newly, (loss_fn(outputs["logits"], labels).sum(-1) / n_tokens).to(loss.dtype), loss)
+        done |= carry.halted
+        if bool(done.all()):
+            break
+    out = {"preds": preds, "q_halt_logits": q_halt, "steps": steps, "exact": exact_match(preds, labels)}
+    if loss is not None:
+        out["loss"] = loss
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the eval loop
+
+
+@torch.no_grad()
+def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
+                   out_dir: Path | None, step: int, settings: dict | None = None,
+                   show_progress: bool = True, extra_metrics: dict | None = None) -> dict[str, float]:
+    """Run every eval batch to halting (`run_until_halted`), feed the halting step's predictions to
+    the evaluators, and return their metrics (rank 0). Rank 0 writes the evaluators' outputs and
+    `settings.json` into `out_dir` as one folder, made whole beside it and then renamed into place:
+    an evaluation replaces an older run of the same folder entirely, never in part."""
+    head.eval()
+    device = dist_info.device
+    for evaluator in evaluators:
+        evaluator.begin()
+    exact_sum = torch.zeros((), device=device)
+    valid_count = torch.zeros((), device=device)
+    progress = Progress(len(loader), f"eval step {step}", enabled=show_progress and dist_info.is_main, unit="batch")
+    for batch in loader:
+        batch = to_device(batch, device)
+        valid = batch["valid"]
+        out = run_until_halted(head, batch, forward_dtype)
+        exact_sum += (out["exact"] & valid).sum()
+        valid_count += valid.sum()
+        for evaluator in evaluators:
+            evaluator.update(batch, {k: out[k] for k in ("preds", "q_halt_logits", "steps")})
+        progress.update(1)
+    progress.close()
+    # exact accuracy of single augmented samples, before any voting
+    exact_sum, valid_count = all_reduce_sum(torch.stack([exact_sum, valid_count]).float()).tolist()
+    results = {"eval/exact_accuracy": exact_sum / max(valid_count, 1.0), "eval/count": valid_count,
+               **(extra_metrics or {})}
+
+    def collect(folder: Path | None) -> None:
+        # evaluators never see ranks: each rank's samples are gathered here, rank 0 scores them all
+        for evaluator in evaluators:
+            parts = gather_to_main(evaluator.local_data())
+            out = evaluator.result(folder, step, parts) if parts is not None else None
+            if out:
+                results.update(out)
+
+    if out_dir is not None and dist_info.is_main:
+        with atomic_directory(out_dir, overwrite=True) as tmp:
+            collect(tmp)
+            record = {"step": step, "settings": settings or {}, "metrics": results}
+            (tmp / "settings.json").write_text(json.dumps(record, indent=1, default=str))
+    else:
+        collect(None)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# what an evaluation computes, and where it writes
+
+
+# Config keys that change what an evaluation computes (its output folder and settings.json record them).
+EVAL_SETTING_KEYS = ("max_eval_groups", "max_eval_variants", "max_demos", "eval_halting", "evaluators", "tta")
+# short readable tags for a standalone evaluation's folder name (the hash covers everything else)
+_NAME_TAGS = (("max_eval_groups", "g{}"), ("max_eval_variants", "v{}"), ("eval_halting", "halt-{}"))
+
+
+def eval_settings(cfg: DictConfig, weights: str) -> dict:
+    """What an evaluation of `cfg` computes: weights, eval data and every EVAL_SETTING_KEYS value."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {"weights": weights, "data_paths": eval_paths(cfg), **{k: resolved.get(k) for k in EVAL_SETTING_KEYS}}
+
+
+def eval_folder_name(step: int, settings: dict, checkpoint_path: str | Path, overridden: dict) -> str:
+    """A standalone evaluation's folder under <run_dir>/eval/ (the run's own evaluations write
+    `step_N`): `step_N-<weights>[-g32][-v8][-halt-q][-tta-<mode>]-<hash8>`; the hash covers the
+    checkpoint and every setting, so two evaluations share a folder only when they compute the
+    same thing."""
+    tags = [str(settings.get("weights", "ema"))]
+    tags += [fmt.format(overridden[k]) for k, fmt in _NAME_TAGS if overridden.get(k) is not None]
+    tta = settings.get("tta") or {}
+    if isinstance(tta, dict) and tta.get("mode") not in (None, "none"):
+        tags.append(f"tta-{tta['mode']}")
+    blob = json.dumps({"checkpoint": str(Path(checkpoint_path).resolve()), "settings": settings},
+                      sort_keys=True, default=str)
+    return "-".join([f"step_{step}", *tags, hashlib.sha1(blob.encode()).hexdigest()[:8]])
