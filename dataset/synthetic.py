@@ -36,8 +36,8 @@ benchmark's defaults in brackets.
                    colour (one of the input's 2-3 colours, never moves) or a cell already
                    stopped. Parameter: direction x wall colour. Rule-blind [0.26].
   rays             from each of 1-3 single cells a line of its colour in one of 8 directions,
-                   over background, to the edge or the first non-background cell (inputs where
-                   two lines would cross are not drawn). Parameter: direction. [0.32]
+                   over background, to the edge or the first non-background cell. Parameter:
+                   direction. [0.30]
   select           cut out (bounding box, other cells background) the one object of a drawn
                    colour, or the one object of a drawn size 1-4, among 4-6 objects of distinct
                    colours. Parameter: colour or size. [0.57: a blind guess picks an object]
@@ -56,6 +56,11 @@ benchmark's defaults in brackets.
                    nothing); demos show both factors. Parameter: axes x mode. [0.33]
   crop_dihedral    cut out the bounding box of the non-background, then one of the 8
                    flips/rotations (identity included). Parameter: the flip/rotation. [0.27]
+  crowd            object cells with >= k (2 or 3) foreground neighbours (4- or 8-neighbourhood)
+                   become colour c. Parameter: k x neighbourhood x c. [0.08]
+  connect          two same-coloured cells on a row / a column / either (drawn) with only
+                   background between are joined by a line of colour c, or of their own colour.
+                   Parameter: axes x colour. [0.28]
   gravity_recolour every cell falls in one of 4 directions (no wall), then one input colour
                    becomes one absent from the input. Parameter: direction x (src, dst). [0.04]
 
@@ -172,11 +177,13 @@ def num_blind_rules(family: str, rule: dict, query_input: np.ndarray) -> int:
 
 def _blind_answers(family: str, query_input: np.ndarray) -> list[int]:
     """How many of the rules the family could have drawn for this query give each distinct answer
-    (largest first); rules undefined on the query are left out."""
+    (largest first). Rules undefined on the query, or that leave it unchanged, are left out: the
+    generator draws neither, so a blind solver that knows the family knows that too."""
     counts: dict[tuple, int] = {}
-    for c in FAMILY_SPECS[family].blind(query_input):
-        o = _safe_apply(family, c, query_input)
-        if o is not None:
+    q = np.asarray(query_input, dtype=np.uint8)
+    for c in FAMILY_SPECS[family].blind(q):
+        o = _safe_apply(family, c, q)
+        if o is not None and not (o.shape == q.shape and np.array_equal(o, q)):
             key = (o.shape, o.tobytes())
             counts[key] = counts.get(key, 0) + 1
     return sorted(counts.values(), reverse=True) or [1]

@@ -4,9 +4,9 @@ enclosed regions, neighbourhoods, output sizes set by the content, and two-step 
 The module docstring of dataset/synthetic.py describes each family; this module holds, per
 family, its rule (`apply`), the rules worth checking for identifiability (`candidates`), the rules
 a rule-blind solver must choose between for a query (`blind`), and how a puzzle is drawn
-(`draw_rule`, `draw_input`). `apply` raises ValueError where a rule is undefined on a grid (two
-rays cross, no unique largest object): such a rule cannot have made a demo, and the generator
-never draws such an input for the true rule.
+(`draw_rule`, `draw_input`, `demos_ok`). `apply` raises ValueError where a rule is undefined on
+a grid (two lines cross, no single object of the drawn size): such a rule cannot have made a
+demo, and the generator never draws such an input for the true rule.
 """
 from __future__ import annotations
 
@@ -169,7 +169,11 @@ def _gravity_apply(rule, g):
 
 
 def _gravity_candidates(grids):
-    return [{"direction": list(d), "wall": w} for d in DIRS4 for w in sorted(_present(grids))]
+    return [{"direction": list(d), "wall": w} for d in DIRS4 for w in COLOURS]
+
+
+def _gravity_blind(q):  # the wall colour is one of the query's colours
+    return [{"direction": list(d), "wall": w} for d in DIRS4 for w in sorted(_present([q]))]
 
 
 def _gravity_draw_rule(rng):
@@ -188,17 +192,14 @@ def _gravity_draw_input(rule, spec, rng):
 # rays: from every cell a line in a drawn direction, over background, until the edge or a cell --------
 
 def rays(g: np.ndarray, direction) -> np.ndarray:
+    """Rays of one direction never overlap: a ray reaching another ray's start stops there."""
     g = np.asarray(g, dtype=np.uint8)
     h, w = g.shape
     dr, dc = direction
     out = g.copy()
-    painted = np.zeros((h, w), dtype=bool)
     for r, c in zip(*np.nonzero(g)):
         rr, cc = r + dr, c + dc
         while 0 <= rr < h and 0 <= cc < w and g[rr, cc] == 0:
-            if painted[rr, cc]:
-                raise ValueError("two rays cross")
-            painted[rr, cc] = True
             out[rr, cc] = g[r, c]
             rr, cc = rr + dr, cc + dc
     return out
@@ -507,8 +508,7 @@ def _gravity_recolour_apply(rule, g):
 
 
 def _gravity_recolour_candidates(grids):
-    present = sorted(_present(grids))
-    return [{"direction": list(d), "map": [s, t]} for d in DIRS4 for s in present for t in COLOURS if t != s]
+    return [{"direction": list(d), "map": [s, t]} for d in DIRS4 for s in COLOURS for t in COLOURS if t != s]
 
 
 def _gravity_recolour_blind(q):
@@ -523,8 +523,102 @@ def _gravity_recolour_draw_rule(rng):
     return {"direction": list(DIRS4[int(rng.integers(4))]), "map": [src, dst]}, {"colours": colours}
 
 
+# crowd: objects' cells with at least k neighbours (4 or 8) in the foreground become a drawn colour ---
+
+CROWD_K = (2, 3)
+
+
+def _crowd_apply(rule, g):
+    g = np.asarray(g, dtype=np.uint8)
+    nb = int(rule["nbhd"])
+    if nb not in (4, 8):
+        raise ValueError(f"neighbourhood {nb} is not 4 or 8")
+    out = g.copy()
+    out[(g != 0) & (neighbour_counts(g != 0, nb) >= int(rule["k"]))] = int(rule["colour"])
+    return out
+
+
+def _crowd_candidates(grids):
+    return [{"k": k, "nbhd": n, "colour": c} for n in (4, 8) for k in range(1, n + 1) for c in COLOURS]
+
+
+def _crowd_blind(q):
+    return [{"k": k, "nbhd": n, "colour": c} for n in (4, 8) for k in CROWD_K for c in COLOURS if c not in _present([q])]
+
+
+def _crowd_draw_rule(rng):
+    c = int(rng.integers(1, 10))
+    return ({"k": int(rng.choice(CROWD_K)), "nbhd": int(rng.choice([4, 8])), "colour": c},
+            {"colours": _colours(rng, 1, exclude=(c,))})
+
+
+def _crowd_draw_input(rule, spec, rng):
+    h, w = _size(rng, 4)
+    g = np.where(rng.random((h, w)) < rng.uniform(0.3, 0.55), spec["colours"][0], 0).astype(np.uint8)
+    changed = (g != 0) & (neighbour_counts(g != 0, int(rule["nbhd"])) >= int(rule["k"]))
+    return g if changed.any() and ((g != 0) & ~changed).any() else None  # some cells change, some stay
+
+
+# connect: two cells of one colour on a row (or column) are joined by a line ---------------------------
+
+CONNECT_AXES = ("rows", "cols", "both")
+
+
+def connect(g: np.ndarray, axes: str, colour: int) -> np.ndarray:
+    """Background between two same-coloured cells of a row ("rows"), a column ("cols") or either
+    ("both"), with only background between them, becomes `colour` (0: the cells' own colour)."""
+    g = np.asarray(g, dtype=np.uint8)
+    out = g.copy()
+    painted = np.zeros(g.shape, dtype=bool)
+    for along in (("rows",) if axes == "rows" else ("cols",) if axes == "cols" else ("rows", "cols")):
+        v, o, p = (g, out, painted) if along == "rows" else (g.T, out.T, painted.T)  # views: writes land in out
+        for r in range(v.shape[0]):
+            cols = np.nonzero(v[r])[0]
+            for a, b in zip(cols[:-1], cols[1:]):
+                if v[r, a] == v[r, b] and b > a + 1:
+                    if p[r, a + 1:b].any():
+                        raise ValueError("two lines cross")
+                    p[r, a + 1:b] = True
+                    o[r, a + 1:b] = colour or v[r, a]
+    return out
+
+
+def _connect_candidates(grids):
+    return [{"axes": a, "colour": c} for a in CONNECT_AXES for c in (0, *COLOURS)]
+
+
+def _connect_blind(q):
+    return [{"axes": a, "colour": c} for a in CONNECT_AXES for c in (0, *COLOURS) if c not in _present([q])]
+
+
+def _connect_draw_rule(rng):
+    c = int(rng.integers(0, 10))  # 0: the line takes its end cells' colour
+    return {"axes": CONNECT_AXES[int(rng.integers(3))], "colour": c}, {"colours": _colours(rng, 4, exclude=(c,))}
+
+
+def _connect_draw_input(rule, spec, rng):
+    """1-3 pairs of same-coloured cells, each on one row or one column (either way, whatever the
+    rule), plus up to 2 single cells of other colours."""
+    h, w = _size(rng, 4)
+    g = np.zeros((h, w), dtype=np.uint8)
+    cols = [int(c) for c in rng.permutation(spec["colours"])]
+    npairs = int(rng.integers(1, 4))
+    for col in cols[:npairs]:
+        if rng.random() < 0.5:
+            r = int(rng.integers(h))
+            a, b = sorted(int(x) for x in rng.choice(w, 2, replace=False))
+            g[r, a] = g[r, b] = col
+        else:
+            c = int(rng.integers(w))
+            a, b = sorted(int(x) for x in rng.choice(h, 2, replace=False))
+            g[a, c] = g[b, c] = col
+    for col in cols[npairs:npairs + int(rng.integers(0, 3))]:
+        g.flat[int(rng.integers(h * w))] = col
+    return g
+
+
 FAMILY_SPECS: dict[str, Family] = {
-    "gravity": Family(_gravity_apply, _gravity_candidates, lambda q: _gravity_candidates([q]),
+    "gravity": Family(_gravity_apply, _gravity_candidates, _gravity_blind,
                       _gravity_draw_rule, _gravity_draw_input),
     "rays": Family(lambda rule, g: rays(g, rule["direction"]), lambda grids: [{"direction": list(d)} for d in DIRS8],
                    lambda q: [{"direction": list(d)} for d in DIRS8],
@@ -542,6 +636,9 @@ FAMILY_SPECS: dict[str, Family] = {
                           _scale_draw_input, lambda demos: len({len(_present([a])) for a, _ in demos}) >= 2),
     "crop_dihedral": Family(_crop_dihedral_apply, _crop_dihedral_candidates, lambda q: _crop_dihedral_candidates([q]),
                             _crop_dihedral_draw_rule, _crop_dihedral_draw_input),
+    "crowd": Family(_crowd_apply, _crowd_candidates, _crowd_blind, _crowd_draw_rule, _crowd_draw_input),
+    "connect": Family(lambda rule, g: connect(g, rule["axes"], int(rule["colour"])), _connect_candidates,
+                      _connect_blind, _connect_draw_rule, _connect_draw_input),
     "gravity_recolour": Family(_gravity_recolour_apply, _gravity_recolour_candidates, _gravity_recolour_blind,
                                _gravity_recolour_draw_rule, _gravity_draw_input),
 }
