@@ -60,20 +60,23 @@ DEFAULT_ENCODERS = "colour_slots,cell_perceiver,standard,hybrid_standard"
 # ------------------------------------------------------------------------------------- data
 
 def prepare_data(out: Path, num_train: int, num_eval: int, seed: int, families: list[str] | None, num_aug: int,
-                 train_queries: str, log=print) -> tuple[Path, Path]:
-    """(puzzles dir, built dataset dir), generated and built once per setting and then reused."""
+                 train_queries: str, log=print, held_out: str | None = None) -> tuple[Path, Path]:
+    """(puzzles dir, built dataset dir), generated and built once per setting and then reused.
+    held_out: leave-one-family-out, that family is generated for the eval split only and the
+    built eval split holds only its puzzles (puzzles/eval/<family>)."""
     fam_tag = "all" if not families else "-".join(families)
-    name = f"syn-{fam_tag}-n{num_train}-{num_eval}-s{seed}"
+    name = f"syn-{fam_tag}-n{num_train}-{num_eval}-s{seed}" + (f"-lofo-{held_out}" if held_out else "")
     puzzles = out / "data" / name / "puzzles"
     built = out / "data" / name / f"built-aug{num_aug}-{train_queries}"
     if not puzzles.exists():
         cmd = [sys.executable, "-m", "dataset.synthetic", "--output-dir", str(puzzles), "--num-train", str(num_train),
                "--num-eval", str(num_eval), "--seed", str(seed)] + (["--families", *families] if families else [])
+        cmd += ["--exclude-families", held_out] if held_out else []
         log("$ " + " ".join(cmd[1:]))
         subprocess.run(cmd, cwd=REPO, check=True)
     if not built.exists():
         cmd = [sys.executable, "-m", "dataset.build_arc_dataset", "--train-sources", str(puzzles / "train"),
-               "--eval-sources", str(puzzles / "eval"), "--output-dir", str(built), "--max-grid-size", "8",
+               "--eval-sources", str(eval_dir(puzzles, held_out)), "--output-dir", str(built), "--max-grid-size", "8",
                "--max-demos", "4", "--num-aug", str(num_aug), "--seed", str(seed), "--train-queries", train_queries,
                "--no-progress"]
         log("$ " + " ".join(cmd[1:]))
@@ -81,27 +84,33 @@ def prepare_data(out: Path, num_train: int, num_eval: int, seed: int, families: 
     return puzzles, built
 
 
-def eval_truths(puzzles: Path) -> dict[str, tuple[str, list[np.ndarray]]]:
+def eval_dir(puzzles: Path, held_out: str | None = None) -> Path:
+    """The held-out puzzles that are built and scored: all of them, or one family's (leave-one-family-out)."""
+    return puzzles / "eval" / held_out if held_out else puzzles / "eval"
+
+
+def eval_truths(puzzles: Path, held_out: str | None = None) -> dict[str, tuple[str, list[np.ndarray]]]:
     """{puzzle id: (family, [test output grids])} of the held-out puzzles."""
     out = {}
-    for p in sorted((puzzles / "eval").rglob("*.json")):
+    for p in sorted(eval_dir(puzzles, held_out).rglob("*.json")):
         task = json.loads(p.read_text())
         out[p.stem] = (p.parent.name, [np.array(t["output"]) for t in task["test"]])
     return out
 
 
-def rule_blind_bound(puzzles: Path, ks=(1, 2)) -> dict[str, dict[str, float]]:
-    """Per family (and "all"): mean over held-out test inputs of min(1, k / rules possible)."""
-    from dataset.synthetic import load_manifest, num_blind_rules
+def rule_blind_bound(puzzles: Path, ks=(1, 2), held_out: str | None = None) -> dict[str, dict[str, float]]:
+    """Per family (and "all"): mean over held-out test inputs of the best rule-blind guess's pass@k
+    (dataset.synthetic.blind_bound)."""
+    from dataset.synthetic import blind_bound, load_manifest
 
     manifest = load_manifest(puzzles)["puzzles"]
     per: dict[str, dict[int, list[float]]] = {}
-    for p in sorted((puzzles / "eval").rglob("*.json")):
+    for p in sorted(eval_dir(puzzles, held_out).rglob("*.json")):
         meta = manifest[p.stem]
         task = json.loads(p.read_text())
-        scores = [[min(1.0, k / num_blind_rules(meta["family"], meta["rule"], np.array(t["input"]))) for k in ks]
+        scores = [[blind_bound(meta["family"], meta["rule"], np.array(t["input"]), k) for k in ks]
                   for t in task["test"]]
-        for fam in (meta["family"], "all"):
+        for fam in (meta["family"], group_of(meta["family"]), "all"):
             for i, k in enumerate(ks):
                 per.setdefault(fam, {}).setdefault(k, []).append(float(np.mean([s[i] for s in scores])))
     return {fam: {f"pass@{k}": float(np.mean(v)) for k, v in d.items()} for fam, d in per.items()}
@@ -124,6 +133,14 @@ def row_overrides(row: dict, built: Path, run_dir: Path, args) -> list[str]:
     return o + list(args.set or [])
 
 
+def group_of(family: str) -> str:
+    """The table's family groups: "map" (one fixed cell map or colour table per rule: the families
+    map_read and the colour table were built for) or "content" (the rule depends on the content)."""
+    from dataset.synthetic import CONTENT_FAMILIES
+
+    return "content" if family in CONTENT_FAMILIES else "map"
+
+
 def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
     """Held-out pass@1 / pass@2 per family (and "all") of a submission.json against the generated
     answers (per-test-input credit, as ARC/pass@k)."""
@@ -139,7 +156,7 @@ def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
             hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
             s1.append(float(hit[0]))
             s2.append(float(hit[0] or hit[1]))
-        for f in (fam, "all"):
+        for f in (fam, group_of(fam), "all"):
             d = fam_scores.setdefault(f, {"pass@1": [], "pass@2": []})
             d["pass@1"].append(float(np.mean(s1)))
             d["pass@2"].append(float(np.mean(s2)))
@@ -253,17 +270,24 @@ def format_table(rows: list[dict], blind: dict, families: list[str], header: str
                      f"{r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
     b = blind.get("all", {})
     lines.append(f"{'rule-blind bound':<24} {b.get('pass@1', float('nan')):>7.3f} {b.get('pass@2', float('nan')):>7.3f}")
-    lines += ["", "held-out pass@2 per family (pass@1 in brackets):"]
-    head = f"{'row':<24} " + " ".join(f"{f:>13}" for f in families)
-    lines += [head, "-" * len(head)]
-    for r in rows:
-        fam = r.get("families", {})
-        lines.append(f"{r['name']:<24} " + " ".join(
-            f"{fam.get(f, {}).get('pass@2', float('nan')):>6.2f} ({fam.get(f, {}).get('pass@1', float('nan')):.2f})"
-            for f in families))
-    lines.append(f"{'rule-blind bound':<24} " + " ".join(
-        f"{blind.get(f, {}).get('pass@2', float('nan')):>6.2f} ({blind.get(f, {}).get('pass@1', float('nan')):.2f})"
-        for f in families))
+    return "\n".join(lines)
+
+
+def format_family_table(rows: list[dict], blind: dict, families: list[str]) -> str:
+    """Held-out pass@2 per family (one line each, the map and content groups' means first) for every
+    trained and adapted row, beside the rule-blind bound and that bound + 0.30."""
+    groups = ["all", "map", "content"] + list(families)
+    names = [r["name"] for r in rows]
+    width = max([13] + [len(n) for n in names])
+    head = f"{'family':<18} {'blind':>6} {'blind+.3':>8} " + " ".join(f"{n:>{width}}" for n in names)
+    lines = ["", "held-out pass@2 per family (rows as columns; pass@1 in brackets):", head, "-" * len(head)]
+    for f in groups:
+        b = blind.get(f, {}).get("pass@2", float("nan"))
+        cells = []
+        for r in rows:
+            d = r.get("families", {}).get(f, {})
+            cells.append(f"{d.get('pass@2', float('nan')):.2f} ({d.get('pass@1', float('nan')):.2f})".rjust(width))
+        lines.append(f"{f:<18} {b:>6.2f} {min(1.0, b + 0.3):>8.2f} " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -273,18 +297,92 @@ def format_tta_table(tta_rows: list[dict], families: list[str]) -> str:
     if not tta_rows:
         return ""
     lines = ["", "test-time adaptation of the trained checkpoints (evaluate_etrm.py tta=<mode>; same eval variants):"]
-    head = (f"{'row':<34} {'pass@2':>6} " + " ".join(f"{f[:10]:>10}" for f in families)
+    head = (f"{'row':<34} {'pass@2':>6} {'map':>6} {'content':>7}"
             + f" {'adapt_min':>9} {'steps':>5} {'smp/s':>6} {'smp/puz':>7} {'demo loss before->after (swapped)':>34}")
     lines += [head, "-" * len(head)]
     for r in tta_rows:
         fam = r.get("families", {})
         fit = (f"{r['tta/fit_before_loss']:.3f} -> {r['tta/fit_after_loss']:.3f} ({r.get('tta/fit_swapped_loss', float('nan')):.3f})"
                if "tta/fit_after_loss" in r else "")
-        lines.append(f"{r['name']:<34} {r['pass@2']:>6.3f} "
-                     + " ".join(f"{fam.get(f, {}).get('pass@2', float('nan')):>10.2f}" for f in families)
+        lines.append(f"{r['name']:<34} {r['pass@2']:>6.3f} {fam.get('map', {}).get('pass@2', float('nan')):>6.2f}"
+                     f" {fam.get('content', {}).get('pass@2', float('nan')):>7.2f}"
                      + f" {r.get('tta/wall_s', 0.0) / 60:>9.1f} {int(r.get('tta/steps_done', 0)):>5d}"
                      f" {r.get('tta/samples_per_s', 0.0):>6.1f} {r.get('tta/samples_per_puzzle', 0.0):>7.0f} {fit:>34}")
     return "\n".join(lines)
+
+
+def lofo_families(spec: str, families: list[str] | None) -> list[str]:
+    """--lofo's families: 'all' (every generated family) or a comma-separated list of them."""
+    from dataset.synthetic import FAMILIES
+
+    pool = list(families or FAMILIES)
+    chosen = pool if spec == "all" else [f for f in spec.split(",") if f]
+    if bad := [f for f in chosen if f not in pool]:
+        raise SystemExit(f"--lofo {spec!r}: {bad} are not among the generated families {pool}")
+    return chosen
+
+
+def format_lofo_table(results: list[dict], modes: list[str], header: str) -> str:
+    lines = [header, "", "leave-one-family-out: trained on every other family, scored on the left-out family's held-out puzzles",
+             f"{'left out':<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
+             + f" {'train_exact':>11} {'steps':>6} {'wall_min':>8}"]
+    lines.append("-" * len(lines[-1]))
+    for r in results:
+        lines.append(f"{r['family']:<18} {r['puzzles']:>7d} {r['blind']:>6.2f} {r['none']:>6.2f} "
+                     + " ".join(f"{r.get(m, float('nan')):>6.2f}" for m in modes)
+                     + f" {r['train_exact']:>11.3f} {r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
+    return "\n".join(lines)
+
+
+def run_lofo(args, tta_modes: list[str], out: Path, tag: str) -> int:
+    """Leave-one-family-out: one training per left-out family (data generated without it for the
+    train split; its --lofo-eval held-out puzzles are the whole eval split), then each TTA mode from
+    that checkpoint. Writes learning-<tag>.{txt,json} after every family and prints the command for
+    the families not yet run."""
+    from dataset.synthetic import FAMILIES
+
+    families = list(args.families or FAMILIES)
+    chosen = lofo_families(args.lofo, args.families)
+    encoder = [e for e in args.encoders.split(",") if e][0]
+    modes = [m for m in tta_modes if m != "none"]
+    runs = out / "runs" / tag
+    results: list[dict] = []
+    table = ""
+    for fam in chosen:
+        puzzles, built = prepare_data(out, args.num_train, args.lofo_eval * len(families), args.seed, args.families,
+                                      args.num_aug, args.train_queries, held_out=fam)
+        truths = eval_truths(puzzles, held_out=fam)
+        blind = rule_blind_bound(puzzles, held_out=fam)
+        row = {"name": f"lofo-{fam}", "encoder": encoder, "ablation": False}
+        trained = run_row(row, built, runs, args, truths)
+        res = {"family": fam, "puzzles": len(truths), "blind": blind.get(fam, {}).get("pass@2", float("nan")),
+               "none": trained["pass@2"], "train_exact": trained["train_exact"], "steps": trained["steps"],
+               "wall_s": trained["wall_s"], "rows": [trained]}
+        for mode in modes:
+            tta = run_tta_row(trained, mode, runs, args, truths)
+            res[mode] = tta["pass@2"]
+            res["wall_s"] += tta["wall_s"]
+            res["rows"].append(tta)
+        results.append(res)
+        header = (f"ETRM learning benchmark '{tag}' (leave-one-family-out): {args.num_train} train puzzles, "
+                  f"{args.lofo_eval} held-out puzzles of the left-out family (seed {args.seed}), config {args.config_name}, "
+                  f"encoder {encoder}, budget per row: {str(args.max_steps) + ' steps' if args.max_steps else ''}"
+                  f"{' / ' if args.minutes and args.max_steps else ''}{str(args.minutes) + ' min' if args.minutes else ''}, "
+                  f"{args.threads} threads; extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
+        table = format_lofo_table(results, modes, header)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"learning-{tag}.txt").write_text(table + "\n")
+        (out / f"learning-{tag}.json").write_text(json.dumps({"tag": tag, "args": vars(args), "lofo": results}, indent=1))
+    print(table)
+    rest = [f for f in families if f not in chosen]
+    if rest:
+        argv = list(args.argv)
+        if "--lofo" in argv:
+            i = argv.index("--lofo")
+            argv[i + 1] = ",".join(rest)
+        print("\nthe other families: python -m bench.learning " + " ".join(argv))
+    print(f"\nwritten: {out / f'learning-{tag}.txt'} and .json")
+    return 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -315,6 +413,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tta", default="context,full",
                     help="test-time adaptation rows: comma-separated modes (none, context, full) evaluated on the first "
                          "encoder row's checkpoint, plus `full` on the zeroed-context row's; '' for none")
+    ap.add_argument("--lofo", default=None, metavar="FAMILIES",
+                    help="leave-one-family-out instead of the main rows: for each family in FAMILIES (comma-separated, "
+                         "or 'all'), train the first of --encoders on every other family, score that family's held-out "
+                         "puzzles without adaptation and with each --tta mode")
+    ap.add_argument("--lofo-eval", type=int, default=10, help="held-out puzzles of the left-out family (--lofo)")
     ap.add_argument("--tta-set", action="append", metavar="KEY=VALUE",
                     help="extra Hydra override for every TTA evaluation, e.g. tta.steps=600 (repeatable)")
     return ap.parse_args(argv)
@@ -322,6 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # (--lofo prints the command for the other families)
     from training.tta import TTA_MODES  # noqa: PLC0415 (torch is only imported once the arguments are read)
 
     tta_modes = [m for m in args.tta.split(",") if m]
@@ -329,6 +433,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--tta {args.tta!r}: modes must be among {list(TTA_MODES)}")
     out = Path(args.out)
     tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
+    if args.lofo:
+        return run_lofo(args, tta_modes, out, tag)
     puzzles, built = prepare_data(out, args.num_train, args.num_eval, args.seed, args.families, args.num_aug,
                                   args.train_queries)
     from dataset.synthetic import FAMILIES, load_manifest
@@ -360,7 +466,8 @@ def main(argv=None) -> int:
                   f"{str(args.minutes) + ' min' if args.minutes else ''}{' / ' if args.minutes and args.max_steps else ''}"
                   f"{str(args.max_steps) + ' steps' if args.max_steps else ''}, {args.threads} threads; "
                   f"extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
-        table = format_table(results, blind, families, header) + format_tta_table(tta_results, families)
+        table = (format_table(results, blind, families, header) + format_tta_table(tta_results, families)
+                 + format_family_table(results + tta_results, blind, families))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
         (out / f"learning-{tag}.json").write_text(json.dumps(

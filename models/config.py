@@ -73,6 +73,8 @@ class ETRMConfig:
     demo_num_layers: int = 1           # demo_attention: layers of the demo reader's pair transformer
     map_read: bool = False             # the inner model's cells also read through candidate cell maps, chosen
                                        # with the demos' agreement with each map (models/grid_maps.py)
+    grid_features: bool = False        # every cell token (query, and the encoder's / demo reader's demo cells) also
+                                       # gets per-cell features computed from its grid (models/grid_features.py)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -83,10 +85,10 @@ class ETRMConfig:
             raise ValueError("halt_max_steps must be >= 1")
         if self.demo_attention and self.demo_num_layers < 0:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
-        if self.demo_attention or self.map_read:
+        if self.demo_attention or self.map_read or self.grid_features:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read need a square canvas, seq_len {self.seq_len}")
+                raise ValueError(f"demo_attention / map_read / grid_features need a square canvas, seq_len {self.seq_len}")
 
     @classmethod
     def defaults(cls) -> dict:

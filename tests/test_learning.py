@@ -48,3 +48,21 @@ def test_encoder_beats_the_rule_blind_bound_on_held_out_puzzles(tmp_path):
 
 def compose_synthetic():
     return compose_cfg(learning.CONFIG_NAME)
+
+
+def test_leave_one_family_out_data_holds_the_family_out_of_training(tmp_path):
+    """--lofo's data: the left-out family has no train puzzle, its held-out puzzles are the whole
+    built eval split, and the truths and the rule-blind bound are that family's only."""
+    import json
+
+    puzzles, built = learning.prepare_data(tmp_path, 24, 12, 0, ["fill", "swap", "gravity"], 4, "all",
+                                           log=lambda *_: None, held_out="gravity")
+    assert not (puzzles / "train" / "gravity").exists() and any((puzzles / "train" / "fill").iterdir())
+    truths = learning.eval_truths(puzzles, held_out="gravity")
+    assert truths and {fam for fam, _ in truths.values()} == {"gravity"}
+    assert sorted(json.loads((built / "eval" / "puzzles.json").read_text())) == sorted(truths)
+    blind = learning.rule_blind_bound(puzzles, held_out="gravity")
+    assert set(blind) == {"gravity", "content", "all"}
+    with pytest.raises(SystemExit, match="not among the generated families"):
+        learning.lofo_families("gravity,nope", ["fill", "gravity"])
+    assert learning.lofo_families("all", ["fill", "gravity"]) == ["fill", "gravity"]

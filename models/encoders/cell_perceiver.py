@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from models.encoders.common import EncoderConfig, EncoderOutput, SetEncoder
+from models.grid_features import GridFeatureEmbedding, grid_features
 from models.layers import Block, Embedding, grid_positions, rope_2d
 
 
@@ -32,6 +33,9 @@ class CellPerceiverEncoder(nn.Module):
         self.embed_in = Embedding(cfg.vocab_size, H, init_std=1.0 / self.embed_scale)
         self.embed_out = Embedding(cfg.vocab_size, H, init_std=1.0 / self.embed_scale)
         self.layers = nn.ModuleList([Block(H, cfg.num_heads, cfg.expansion) for _ in range(cfg.num_layers)])
+        # grid_features: what each cell is part of in its input grid and in its output grid (zero at init)
+        self.feat_in = GridFeatureEmbedding(H) if cfg.grid_features else None
+        self.feat_out = GridFeatureEmbedding(H) if cfg.grid_features else None
         self.set_encoder = SetEncoder(cfg)
         rows, cols = grid_positions(cfg.side)
         cos, sin = rope_2d(rows, cols, H // cfg.num_heads, cfg.rope_theta)
@@ -44,6 +48,8 @@ class CellPerceiverEncoder(nn.Module):
         x_in, x_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         mask = (x_in != self.pad_id) | (x_out != self.pad_id)  # [B*D, S]
         h = self.embed_scale * (self.embed_in(x_in) + self.embed_out(x_out))
+        if self.feat_in is not None:
+            h = h + self.feat_in(grid_features(x_in, self.cfg.side)) + self.feat_out(grid_features(x_out, self.cfg.side))
         cos_sin = (self.rope_cos, self.rope_sin)
         for layer in self.layers:
             h = layer(h, cos_sin=cos_sin, key_mask=mask)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.grid_features import GridFeatureEmbedding, grid_features
 from models.layers import Attention, Block, CrossBlock, Embedding, Linear, grid_positions, rms_norm, rope_2d, trunc_normal_
 
 POOLING_METHODS = ("mean", "attention")
@@ -35,6 +36,7 @@ class EncoderConfig:
     rope_theta: float = 10000.0
     pad_id: int = 0
     packed: bool = True          # encode each real demo pair at its own size (see PairEncoder)
+    grid_features: bool = False  # add the per-cell grid features of models/grid_features.py to each cell token
 
     def __post_init__(self):
         side = math.isqrt(self.seq_len)
@@ -139,6 +141,8 @@ class PairEncoder(nn.Module):
         self.embed_segment = Embedding(2, H, init_std=1.0 / self.embed_scale)  # 0 input, 1 output
         self.cls = nn.Parameter(trunc_normal_(torch.empty(H), std=1.0)) if cls_token else None
         self.layers = nn.ModuleList([Block(H, cfg.num_heads, cfg.expansion) for _ in range(cfg.num_layers)])
+        self.side = cfg.side
+        self.grid_embed = GridFeatureEmbedding(H) if cfg.grid_features else None
 
         rows, cols = grid_positions(cfg.side)
         rows, cols = rows.repeat(2), cols.repeat(2)
@@ -150,12 +154,21 @@ class PairEncoder(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("segment_ids", torch.arange(2).repeat_interleave(cfg.seq_len), persistent=False)
 
+    def feature_ids(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """[N, 2S] pairs (input | output) -> the grid feature ids of each cell [N, 2S, F] (each grid's
+        own), or None without `grid_features`."""
+        if self.grid_embed is None:
+            return None
+        return torch.cat(grid_features(tokens.view(tokens.shape[0], 2, -1), self.side).unbind(1), dim=1)
+
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded layout. inputs, labels: [N, S] -> hidden [N, L, H], key mask [N, L] (L = 2S,
         +1 with CLS)."""
         tokens = torch.cat([inputs, labels], dim=1)  # [N, 2S]
         mask = tokens != self.pad_id
         h = self.embed_scale * (self.embed_tokens(tokens) + self.embed_segment(self.segment_ids)[None])
+        if self.grid_embed is not None:
+            h = h + self.grid_embed(self.feature_ids(tokens))
         if self.cls is not None:
             N = tokens.shape[0]
             h = torch.cat([self.cls.to(h.dtype).expand(N, 1, -1), h], dim=1)
@@ -165,11 +178,15 @@ class PairEncoder(nn.Module):
             h = layer(h, cos_sin=cos_sin, key_mask=mask)
         return h, mask
 
-    def forward_tokens(self, tokens: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_tokens(self, tokens: torch.Tensor, index: torch.Tensor, mask: torch.Tensor,
+                       feats: torch.Tensor | None = None) -> torch.Tensor:
         """Packed layout for a group of pairs. tokens, index, mask: [n, l]; `index` is each token's
         place in the padded [input | output] layout (0..2S-1), which gives its segment and its
-        rotary position; mask = real token. -> hidden [n, l (+1 with CLS), H]."""
+        rotary position; mask = real token; feats: their grid feature ids [n, l, F] (grid_features).
+        -> hidden [n, l (+1 with CLS), H]."""
         h = self.embed_scale * (self.embed_tokens(tokens) + self.embed_segment(self.segment_ids[index]))
+        if self.grid_embed is not None:
+            h = h + self.grid_embed(feats)
         pos = index
         if self.cls is not None:
             n = tokens.shape[0]
@@ -196,9 +213,11 @@ class PairEncoder(nn.Module):
             h, mask = self.forward(inputs, labels)
             return pool(h, mask)
         tokens = torch.cat([inputs, labels], dim=1)              # [N, 2S]
+        feats = self.feature_ids(tokens)
         out = None
         for group, order, mask in packing_plan(tokens != self.pad_id, select, lengths):
-            h = self.forward_tokens(tokens[group].gather(1, order), order, mask)
+            g_feats = None if feats is None else feats[group].gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
+            h = self.forward_tokens(tokens[group].gather(1, order), order, mask, g_feats)
             if self.cls is not None:
                 mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
             pooled = pool(h, mask)

@@ -51,12 +51,14 @@ class DemoReader(PairEncoder):
         else:  # every slot at the full layout; the gather below keeps the same real tokens
             index = torch.arange(2 * S, device=tokens.device).expand(B * D, -1)
             groups = [(torch.arange(B * D, device=tokens.device), index, real)]
+        feats = self.feature_ids(tokens)
         H = self.embed_tokens.weight.shape[1]
         states = self.embed_tokens.weight.new_zeros(B, T, H)
         pos = tokens.new_zeros(B, T)
         mask = torch.zeros(B, T, dtype=torch.bool, device=tokens.device)
         for group, order, g_mask in groups:
-            h = self.forward_tokens(tokens[group].gather(1, order), order, g_mask)
+            g_feats = None if feats is None else feats[group].gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
+            h = self.forward_tokens(tokens[group].gather(1, order), order, g_mask, g_feats)
             if self.packed:  # real tokens come first: token j of a pair goes to slot start + j
                 slot = start[group][:, None] + torch.arange(order.shape[1], device=order.device)
             else:            # padded layout: the j-th real token of the pair goes to slot start + j

@@ -22,6 +22,7 @@ from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colou
 from models.config import ETRMConfig  # noqa: F401 (the model's config and defaults; re-exported)
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
+from models.grid_features import GridFeatureEmbedding, grid_features
 from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources
 from models.layers import Attention, Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
 
@@ -111,6 +112,8 @@ class ETRMInner(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.side = math.isqrt(cfg.seq_len)
+        if cfg.grid_features:
+            self.grid_embed = GridFeatureEmbedding(H)
         if cfg.map_read:
             self.map_read = nn.ModuleList([MapRead(H, cfg.num_heads) for _ in range(cfg.L_layers)])
         if cfg.demo_attention:
@@ -128,6 +131,8 @@ class ETRMInner(nn.Module):
         """[B, S] tokens + [B, P, H] context -> [B, P+S, H]. Tokens are scaled by sqrt(H) (unit
         RMS); the context comes out of the encoder at unit RMS already and is not rescaled."""
         tokens = self.embed_scale * self.embed_tokens(inputs)
+        if self.cfg.grid_features:  # what the cell is part of, where in it, what it sees (zero at init)
+            tokens = tokens + self.grid_embed(grid_features(inputs, self.side)).to(tokens.dtype)
         context = context.to(tokens.dtype)
         if self.cfg.context_colour_table:  # cell of colour c (token c + 2) += context[:, c]
             colour = (inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1)
@@ -200,6 +205,7 @@ class TRMWithEncoder(nn.Module):
             latent_dim=cfg.encoder_latent_dim,
             rope_theta=cfg.rope_theta,
             packed=cfg.encoder_packed,
+            grid_features=cfg.grid_features,
         )
         if cfg.context_colour_table and not getattr(self.encoder, "colour_table", False):
             raise ValueError(f"context_colour_table=true needs an encoder whose first {NUM_COLOURS} context tokens "
@@ -209,7 +215,8 @@ class TRMWithEncoder(nn.Module):
             self.demo_reader = DemoReader(
                 EncoderConfig(hidden_size=cfg.hidden_size, num_heads=cfg.num_heads, seq_len=cfg.seq_len,
                               vocab_size=cfg.vocab_size, num_layers=cfg.demo_num_layers, expansion=cfg.expansion,
-                              rope_theta=cfg.rope_theta, packed=cfg.encoder_packed))
+                              rope_theta=cfg.rope_theta, packed=cfg.encoder_packed,
+                              grid_features=cfg.grid_features))
         if cfg.map_read:
             self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
 

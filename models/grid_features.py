@@ -1,0 +1,225 @@
+"""Per-cell features computed from a grid itself (`arch.grid_features`): what a cell is part of,
+where it sits in it, and what it sees. Generic ARC vocabulary, not any one family's rule:
+
+- position: row and column counted from the grid's top/left and from its bottom/right edge (the
+  rotary positions only give offsets between cells; "the bottom row" needs the grid's extent);
+- region: the same-colour 4-connected component the cell is in (background included): its size
+  (log bucket), and whether it is background open to the border, enclosed background, a
+  foreground region touching the border, or an inner one;
+- object: the 8-connected set of foreground cells around the cell (multi-colour objects): its
+  size (log bucket), whether it is the largest / smallest object of the grid, its bounding box's
+  height and width, the cell's offset inside the box and whether it is on the box's edges;
+- rays: in each of the 4 directions, the first foreground colour met (or the grid's edge), how far
+  it is, and how many foreground cells lie that way (things fall until they hit something, lines
+  are drawn until a wall);
+- neighbourhood: how many of the 8 neighbours share the cell's colour, how many of the 4 are
+  foreground; and whether the cell's colour is the grid's most / least frequent foreground colour.
+
+`grid_features(tokens, side)` -> ids [N, S, NUM_FEATURES] (long; 0 = "not a grid cell" for every
+feature, so PAD/EOS cells all look alike), computed with torch ops on the batch's own device
+(no Python loop over cells; connected components by iterated min-label propagation with pointer
+jumping, at most a few dozen passes on a 30x30 canvas). No gradient: the features are a function of
+the tokens. Computed in the model, not the loader, so every path that hands the model tokens
+(training, evaluation, test-time adaptation's in-memory splits) gets them without a new batch key
+or dataset format, and the same code serves the query and the demos.
+
+`GridFeatureEmbedding`: the ids -> [N, S, H], a sum of one learned vector per (feature, value)
+(`F.embedding_bag`, no [N, S, F, H] intermediate), scaled like the token embeddings. The table
+starts at zero, so a model with it computes exactly what the model without it computes at step 0,
+and its gradient is non-zero from the first step.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataset.grids import COLOUR_OFFSET
+
+MAX_POS = 16        # positions, box sizes, distances and counts are clamped to 1..MAX_POS (0 = not a grid cell)
+SIZE_BUCKETS = 11   # sizes 1, 2, 3-4, 5-8, ... (log2 buckets) -> 1..10 (0 = none)
+
+# (name, number of values): the order of the last axis of grid_features()
+FEATURES = (
+    ("row", MAX_POS + 1), ("col", MAX_POS + 1), ("row_from_bottom", MAX_POS + 1), ("col_from_right", MAX_POS + 1),
+    ("region_size", SIZE_BUCKETS), ("region_kind", 5),
+    ("object_size", SIZE_BUCKETS), ("object_rank", 5), ("object_height", MAX_POS + 1), ("object_width", MAX_POS + 1),
+    ("object_row", MAX_POS + 1), ("object_col", MAX_POS + 1), ("object_row_edge", 5), ("object_col_edge", 5),
+    *((f"ray_{d}_{k}", n) for d in ("down", "up", "right", "left")
+      for k, n in (("colour", 12), ("distance", MAX_POS + 1), ("count", MAX_POS + 1))),
+    ("same_neighbours", 10), ("foreground_neighbours", 6), ("colour_frequency", 6),
+)
+NUM_FEATURES = len(FEATURES)
+FEATURE_INDEX = {name: i for i, (name, _) in enumerate(FEATURES)}
+_CARD = torch.tensor([n for _, n in FEATURES])
+_OFFSETS = torch.cat([torch.zeros(1, dtype=torch.long), _CARD.cumsum(0)[:-1]])
+TABLE_SIZE = int(_CARD.sum())
+
+_DIRS4 = ((1, 0), (-1, 0), (0, 1), (0, -1))
+_DIRS8 = _DIRS4 + ((1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def _shifted(x: torch.Tensor, dr: int, dc: int, fill) -> torch.Tensor:
+    """y[..., r, c] = x[..., r + dr, c + dc] (fill outside). x: [N, side, side]."""
+    p = F.pad(x, (1, 1, 1, 1), value=fill)
+    side = x.shape[-1]
+    return p[:, 1 + dr:1 + dr + side, 1 + dc:1 + dc + side]
+
+
+def component_labels(key: torch.Tensor, dirs=_DIRS4) -> torch.Tensor:
+    """Connected components of equal keys. key: [N, side, side] long, -1 = not part of any
+    component. -> labels [N, S]: the smallest flat index of the cell's component, S where key < 0."""
+    N, side, _ = key.shape
+    S = side * side
+    idx = torch.arange(S, device=key.device).view(1, side, side).expand(N, -1, -1)
+    part = key >= 0
+    label = torch.where(part, idx, S)
+    for _ in range(2 * S):  # converges far sooner (pointer jumping); the bound only guards the loop
+        new = label
+        for dr, dc in dirs:
+            nb = _shifted(label, dr, dc, S)
+            same = _shifted(key, dr, dc, -1) == key
+            new = torch.minimum(new, torch.where(same & part, nb, S))
+        flat = new.reshape(N, S)
+        jumped = torch.cat([flat, flat.new_full((N, 1), S)], 1).gather(1, flat)  # label of the label
+        new = torch.minimum(flat, jumped).view(N, side, side)
+        if torch.equal(new, label):
+            break
+        label = new
+    return label.reshape(N, S)
+
+
+def _per_label(values: torch.Tensor, label: torch.Tensor, reduce: str, fill) -> torch.Tensor:
+    """Reduce values [N, S] over each label [N, S] (labels 0..S) and read the result back per cell."""
+    N, S = values.shape
+    acc = values.new_full((N, S + 1), fill)
+    acc = acc.scatter_reduce(1, label, values, reduce=reduce, include_self=True)
+    return acc.gather(1, label)
+
+
+def _size_bucket(n: torch.Tensor) -> torch.Tensor:
+    """1 -> 1, 2 -> 2, 3-4 -> 3, 5-8 -> 4, ... (0 stays 0), capped at SIZE_BUCKETS - 1."""
+    b = torch.ceil(torch.log2(n.clamp_min(1).float())).long() + 1
+    return torch.where(n > 0, b.clamp_max(SIZE_BUCKETS - 1), 0)
+
+
+def _edge_class(pos: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """1 single (lo == hi), 2 first, 3 inside, 4 last."""
+    return torch.where(lo == hi, 1, torch.where(pos == lo, 2, torch.where(pos == hi, 4, 3)))
+
+
+@torch.no_grad()
+def grid_features(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """tokens [..., S] (a grid at the top-left of a side x side canvas, dataset/grids.py) ->
+    feature ids [..., S, NUM_FEATURES] long, each in 0..its number of values - 1 (0 off the grid)."""
+    lead, S = tokens.shape[:-1], tokens.shape[-1]
+    t = tokens.reshape(-1, S)
+    N, dev = t.shape[0], t.device
+    grid = t >= COLOUR_OFFSET
+    colour = torch.where(grid, t - COLOUR_OFFSET, -1)                               # [N, S]
+    fg, bg = grid & (colour > 0), grid & (colour == 0)
+    g2, c2, fg2 = grid.view(N, side, side), colour.view(N, side, side), fg.view(N, side, side)
+    h = g2[:, :, 0].sum(-1, keepdim=True)                                           # [N, 1]
+    w = g2[:, 0, :].sum(-1, keepdim=True)
+    idx = torch.arange(S, device=dev)
+    r, c = (idx // side).expand(N, -1), (idx % side).expand(N, -1)
+    clamp = lambda x: x.clamp(0, MAX_POS - 1) + 1  # noqa: E731  (0..15+ -> 1..16)
+    feats = {
+        "row": clamp(r), "col": clamp(c), "row_from_bottom": clamp(h - 1 - r), "col_from_right": clamp(w - 1 - c),
+    }
+
+    # regions: same-colour 4-connected components, background included
+    region = component_labels(c2)
+    region_size = _per_label(grid.long(), region, "sum", 0)
+    lo_r = _per_label(torch.where(grid, r, S), region, "amin", S)
+    hi_r = _per_label(torch.where(grid, r, -1), region, "amax", -1)
+    lo_c = _per_label(torch.where(grid, c, S), region, "amin", S)
+    hi_c = _per_label(torch.where(grid, c, -1), region, "amax", -1)
+    border = (lo_r == 0) | (lo_c == 0) | (hi_r == h - 1) | (hi_c == w - 1)
+    feats["region_size"] = _size_bucket(region_size)
+    feats["region_kind"] = torch.where(bg, torch.where(border, 1, 2), torch.where(border, 3, 4))
+
+    # objects: 8-connected foreground cells (any colours)
+    obj = component_labels(torch.where(fg2, 0, -1), _DIRS8)
+    size = _per_label(fg.long(), obj, "sum", 0)
+    big = size.masked_fill(~fg, 0).amax(1, keepdim=True)
+    small = size.masked_fill(~fg, S + 1).amin(1, keepdim=True)
+    rank = torch.where(size == big, 1, 0) + torch.where(size == small, 2, 0)
+    o_lo_r = _per_label(torch.where(fg, r, S), obj, "amin", S)
+    o_hi_r = _per_label(torch.where(fg, r, -1), obj, "amax", -1)
+    o_lo_c = _per_label(torch.where(fg, c, S), obj, "amin", S)
+    o_hi_c = _per_label(torch.where(fg, c, -1), obj, "amax", -1)
+    feats["object_size"] = _size_bucket(size)
+    feats["object_rank"] = torch.where(rank == 0, 4, rank)
+    feats["object_height"] = clamp(o_hi_r - o_lo_r)
+    feats["object_width"] = clamp(o_hi_c - o_lo_c)
+    feats["object_row"] = clamp(r - o_lo_r)
+    feats["object_col"] = clamp(c - o_lo_c)
+    feats["object_row_edge"] = _edge_class(r, o_lo_r, o_hi_r)
+    feats["object_col_edge"] = _edge_class(c, o_lo_c, o_hi_c)
+    for name in ("object_size", "object_rank", "object_height", "object_width", "object_row", "object_col",
+                 "object_row_edge", "object_col_edge"):
+        feats[name] = torch.where(fg, feats[name], 0)
+
+    # rays: the first foreground cell beyond the cell in each direction (cummin/cummax over the
+    # positions of foreground cells, shifted by one so the cell itself does not count)
+    pos_r = torch.where(fg2, r.view(N, side, side), -1)          # for "up": the last fg row above
+    pos_c = torch.where(fg2, c.view(N, side, side), -1)
+    big_r = torch.where(fg2, r.view(N, side, side), S)           # for "down": the first fg row below
+    big_c = torch.where(fg2, c.view(N, side, side), S)
+    count = fg2.long()
+    rr, cc = r.view(N, side, side), c.view(N, side, side)
+    hh, ww = h.view(N, 1, 1), w.view(N, 1, 1)
+    rays = {
+        "down": (_shifted(big_r, 1, 0, S).flip(1).cummin(1).values.flip(1), rr, hh, 1,
+                 _shifted(count, 1, 0, 0).flip(1).cumsum(1).flip(1)),
+        "up": (_shifted(pos_r, -1, 0, -1).cummax(1).values, rr, hh, 0, _shifted(count, -1, 0, 0).cumsum(1)),
+        "right": (_shifted(big_c, 0, 1, S).flip(2).cummin(2).values.flip(2), cc, ww, 1,
+                  _shifted(count, 0, 1, 0).flip(2).cumsum(2).flip(2)),
+        "left": (_shifted(pos_c, 0, -1, -1).cummax(2).values, cc, ww, 0, _shifted(count, 0, -1, 0).cumsum(2)),
+    }
+    for d, (hit, here, extent, forward, n) in rays.items():
+        found = (hit < extent) & (hit >= 0)
+        vertical = d in ("down", "up")
+        hit_r = torch.where(found, hit, 0) if vertical else rr
+        hit_c = cc if vertical else torch.where(found, hit, 0)
+        hit_colour = c2.reshape(N, S).gather(1, (hit_r * side + hit_c).reshape(N, S)).view(N, side, side)
+        edge_dist = (extent - here) if forward else (here + 1)    # steps until the cell leaves the grid
+        dist = torch.where(found, (hit - here).abs(), edge_dist)
+        feats[f"ray_{d}_colour"] = torch.where(found, hit_colour + 2, 1).view(N, S)
+        feats[f"ray_{d}_distance"] = dist.clamp(1, MAX_POS).view(N, S)
+        feats[f"ray_{d}_count"] = clamp(n).view(N, S)
+
+    same = sum((_shifted(c2, dr, dc, -1) == c2).long() for dr, dc in _DIRS8).view(N, S)
+    fg_nb = sum(_shifted(fg2, dr, dc, False).long() for dr, dc in _DIRS4).view(N, S)
+    feats["same_neighbours"] = same + 1
+    feats["foreground_neighbours"] = fg_nb + 1
+    hist = F.one_hot(colour.clamp_min(0), 10) * fg.unsqueeze(-1)                  # [N, S, 10]
+    per_colour = hist.sum(1)                                                        # [N, 10]
+    n_col = per_colour.gather(1, colour.clamp_min(0))
+    most = per_colour.amax(1, keepdim=True)
+    least = per_colour.masked_fill(per_colour == 0, S + 1).amin(1, keepdim=True)
+    freq = torch.where(n_col == most, 1, 0) + torch.where(n_col == least, 2, 0)
+    feats["colour_frequency"] = torch.where(fg, torch.where(freq == 0, 5, freq + 2), 2)
+
+    out = torch.stack([feats[name] for name, _ in FEATURES], -1)
+    out = torch.where(grid.unsqueeze(-1), out, 0)
+    return out.reshape(*lead, S, NUM_FEATURES)
+
+
+class GridFeatureEmbedding(nn.Module):
+    """Feature ids [..., F] -> [..., H]: the sum of one learned vector per (feature, value),
+    times sqrt(H / F) (unit RMS once trained to unit-scale rows, like the token embedding). Starts at zero."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(TABLE_SIZE, hidden_size))
+        self.scale = math.sqrt(hidden_size / NUM_FEATURES)
+        self.register_buffer("offsets", _OFFSETS.clone(), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = (ids + self.offsets).reshape(-1, NUM_FEATURES)
+        out = F.embedding_bag(flat, self.weight, mode="sum")
+        return self.scale * out.view(*ids.shape[:-1], -1)

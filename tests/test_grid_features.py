@@ -1,0 +1,178 @@
+"""Per-cell grid features (`arch.grid_features`, models/grid_features.py):
+- the features of hand-made grids are what a person reads off them (region sizes, enclosure,
+  objects, rays, neighbours, colour frequency, positions from the far edges), and the components
+  agree with dataset/synthetic_families.py's own object finder on random grids;
+- cells off the grid all get 0, whatever the canvas size;
+- a model with grid_features equals the model without them at step 0, the feature tables get
+  gradient on every ACT step, the packed and padded encoder layouts still agree, and the Hydra
+  config builds and steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.grids import encode_grid
+from dataset.synthetic_families import components
+from models.encoders.common import EncoderConfig
+from models.encoders.demo_reader import DemoReader
+from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, grid_features
+from models.recursive_reasoning.etrm import TRMWithEncoder
+from tests.helpers import PADDING_SIDE as SIDE
+from tests.helpers import compose_cfg, make_batch, ragged_batch, tiny_config
+
+torch.set_num_threads(2)
+
+RING = np.array([[0, 0, 0, 0, 0, 0],
+                 [0, 3, 3, 3, 0, 0],
+                 [0, 3, 0, 3, 0, 7],
+                 [0, 3, 3, 3, 0, 0],
+                 [0, 0, 0, 0, 0, 0]])
+
+
+def _features(g: np.ndarray, side: int = 8) -> dict[str, np.ndarray]:
+    ids = grid_features(torch.from_numpy(encode_grid(g, side)), side).view(side, side, NUM_FEATURES).numpy()
+    h, w = g.shape
+    return {name: ids[:h, :w, i] for name, i in FEATURE_INDEX.items()} | {"_all": ids}
+
+
+def test_hand_made_grid():
+    f = _features(RING)
+    # regions: the outside background (1, open), the enclosed hole (2), the ring, the lone 7 (3: touches the border)
+    assert f["region_kind"][0, 0] == 1 and f["region_kind"][2, 2] == 2
+    assert f["region_kind"][1, 1] == 4 and f["region_kind"][2, 5] == 3
+    assert f["region_size"][2, 2] == 1 and f["region_size"][1, 1] == 4          # 1 cell; 8 cells -> bucket 4 (5-8)
+    assert f["region_size"][0, 0] == 6                                         # 21 background cells: bucket 17-32
+    # objects: the ring (8 cells) is the largest, the 7 (1 cell) the smallest; background has none
+    assert f["object_rank"][1, 1] == 1 and f["object_rank"][2, 5] == 2 and f["object_rank"][0, 0] == 0
+    assert f["object_height"][3, 2] == 3 and f["object_width"][3, 2] == 3       # 3x3 box (stored as extent - 1, + 1)
+    assert f["object_row"][3, 2] == 3 and f["object_col"][3, 2] == 2           # offset (2, 1) inside the box, + 1
+    assert f["object_row_edge"][3, 2] == 4 and f["object_col_edge"][3, 2] == 3 # bottom edge, inside column-wise
+    assert f["object_row_edge"][2, 5] == 1                                     # a one-row object
+    # rays from the hole (2, 2): ring cells one step away in every direction, one fg cell each way
+    for d in ("down", "up", "right", "left"):
+        assert f[f"ray_{d}_colour"][2, 2] == 3 + 2 and f[f"ray_{d}_distance"][2, 2] == 1, d
+    assert f["ray_right_count"][2, 2] == 2 + 1                                 # the ring's right side and the 7
+    # from (0, 5) down: the 7 two rows below; from (4, 5) down: the edge, 1 step
+    assert f["ray_down_colour"][0, 5] == 9 and f["ray_down_distance"][0, 5] == 2
+    assert f["ray_down_colour"][4, 5] == 1 and f["ray_down_distance"][4, 5] == 1
+    assert f["ray_left_colour"][2, 0] == 1 and f["ray_left_distance"][2, 0] == 1
+    assert f["ray_up_distance"][4, 0] == 5                                     # to the top edge
+    # a ring cell does not see itself: from (3, 2) up, the hole then the ring's top at distance 2
+    assert f["ray_up_distance"][3, 2] == 2 and f["ray_up_count"][3, 2] == 1 + 1
+    assert f["ray_down_distance"][1, 2] == 2 and f["ray_left_distance"][2, 3] == 2
+    # neighbourhood: ring corner (1, 1) has 2 same-colour neighbours; the hole has 4 fg 4-neighbours
+    assert f["same_neighbours"][1, 1] == 2 + 1 and f["foreground_neighbours"][2, 2] == 4 + 1
+    assert f["colour_frequency"][1, 1] == 3 and f["colour_frequency"][2, 5] == 4 and f["colour_frequency"][0, 0] == 2
+    # positions from the far edges
+    assert f["row_from_bottom"][4, 0] == 1 and f["col_from_right"][0, 5] == 1 and f["col"][0, 5] == 6
+
+
+def test_values_are_in_range_and_zero_off_the_grid():
+    rng = np.random.default_rng(0)
+    for side in (8, 12):
+        g = rng.integers(0, 10, (5, 7)) * (rng.random((5, 7)) < 0.5)
+        ids = _features(g, side)["_all"]
+        card = np.array([n for _, n in FEATURES])
+        assert (ids >= 0).all() and (ids < card).all()
+        obj = np.array([name.startswith("object_") for name, _ in FEATURES])
+        assert (ids[:5, :7][..., ~obj] > 0).all()          # every grid cell has a value for every feature
+        np.testing.assert_array_equal(ids[:5, :7][..., obj].min(-1) > 0, g > 0)  # ... objects: the fg cells only
+        assert (ids[5:] == 0).all() and (ids[:, 7:] == 0).all()
+    # the canvas size changes nothing on the grid
+    np.testing.assert_array_equal(_features(RING, 8)["_all"][:5, :6], _features(RING, 12)["_all"][:5, :6])
+
+
+def test_regions_match_the_generators_components():
+    """Same-colour 4-connected foreground regions have the sizes dataset/synthetic_families.py finds."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        g = rng.integers(1, 4, (8, 8)) * (rng.random((8, 8)) < 0.6)
+        f = _features(g)
+        want = np.zeros((8, 8), int)
+        for _, cells in components(g):
+            for r, c in cells:
+                want[r, c] = len(cells)
+        bucket = np.where(want > 0, np.ceil(np.log2(np.maximum(want, 1))).astype(int) + 1, 0)
+        fg = g > 0
+        np.testing.assert_array_equal(f["region_size"][fg], np.minimum(bucket[fg], 10))
+
+
+def _with_features(model):
+    """Give the zero-initialised feature tables (and the demo paths' output projections) weights,
+    as training would."""
+    for name, p in model.named_parameters():
+        if "grid_embed" in name or ".feat_" in name or name.endswith("demo_attn.attn.o_proj.weight"):
+            torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("encoder", ["standard", "colour_slots"])
+def test_step_zero_equals_the_model_without_features(encoder):
+    batch = make_batch()
+    kw = dict(encoder_type=encoder, puzzle_emb_len=12, demo_attention=True, map_read=True, pos_encodings="rope_2d")
+    torch.manual_seed(0)
+    with_f = TRMWithEncoder(tiny_config(grid_features=True, **kw))
+    without = TRMWithEncoder(tiny_config(**kw))
+    missing, unexpected = without.load_state_dict(with_f.state_dict(), strict=False)
+    assert not missing and unexpected and all("grid_embed" in k or ".feat_" in k for k in unexpected)
+    a = with_f(with_f.initial_carry(batch), batch)[1]["logits"]
+    b = without(without.initial_carry(batch), batch)[1]["logits"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # ... and once the tables move, the features change the answer
+    _with_features(with_f)
+    assert (with_f(with_f.initial_carry(batch), batch)[1]["logits"] - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("encoder", ["standard", "colour_slots"])
+def test_feature_tables_get_gradient_every_act_step(encoder):
+    torch.manual_seed(0)
+    model = _with_features(TRMWithEncoder(tiny_config(grid_features=True, demo_attention=True, encoder_type=encoder,
+                                                      puzzle_emb_len=12, halt_max_steps=3))).train()
+    batch = make_batch()
+    carry = model.initial_carry(batch)
+    tables = [(n, p) for n, p in model.named_parameters() if "grid_embed" in n or ".feat_" in n]
+    assert len(tables) == (3 if encoder == "standard" else 4)  # inner, encoder (1 or in/out), demo reader
+    for step in range(3):
+        model.zero_grad()
+        carry, out = model(carry, batch)
+        out["logits"].square().mean().backward()
+        for name, p in tables:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
+
+
+def test_packed_and_padded_layouts_agree_with_features():
+    batch = ragged_batch()
+    args = (batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    readers = []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        cfg = EncoderConfig(hidden_size=32, num_heads=4, seq_len=SIDE * SIDE, num_layers=1, expansion=2.0,
+                            packed=packed, grid_features=True)
+        reader = DemoReader(cfg).eval()
+        torch.nn.init.normal_(reader.grid_embed.weight, std=0.5)
+        readers.append(reader)
+    a, b = readers[0](*args), readers[1](*args)
+    torch.testing.assert_close(a.states, b.states, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)
+    model = _with_features(TRMWithEncoder(dict(
+        batch_size=3, seq_len=SIDE * SIDE, vocab_size=12, max_demos=4, puzzle_emb_len=4, hidden_size=32, num_heads=4,
+        expansion=2.0, H_cycles=2, L_cycles=1, L_layers=1, halt_max_steps=2, halt_exploration_prob=0.0,
+        encoder_num_layers=1, grid_features=True))).eval()
+    with torch.no_grad():
+        ref = model(model.initial_carry(batch), batch)[1]["logits"]
+        model.set_encoder_packing(False)
+        torch.testing.assert_close(model(model.initial_carry(batch), batch)[1]["logits"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_hydra_config_with_grid_features_builds_and_steps():
+    from training import build
+
+    cfg = compose_cfg("cfg_pretrain_etrm_synthetic", ["arch.grid_features=true", "data_paths=[x]"])
+    split = type("Split", (), {"seq_len": 25, "vocab_size": 12, "max_demos": 3, "side": 5})()
+    model, head = build.build_model(cfg, build.model_kwargs(cfg, split, 4))
+    assert model.config.grid_features
+    batch = make_batch()
+    _, loss, _, _, _ = head(head.initial_carry(batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
