@@ -375,6 +375,8 @@ def _enclose_draw_input(rule, spec, rng):
 
 def neighbour_counts(mask: np.ndarray, nbhd: int) -> np.ndarray:
     """For each cell, how many of its 4 or 8 neighbours are in `mask`."""
+    if nbhd not in (4, 8):
+        raise ValueError(f"neighbourhood {nbhd} is not 4 or 8")
     h, w = mask.shape
     p = np.zeros((h + 2, w + 2), dtype=np.int32)
     p[1:-1, 1:-1] = mask
@@ -385,8 +387,6 @@ def neighbour_counts(mask: np.ndarray, nbhd: int) -> np.ndarray:
 def _outline_apply(rule, g):
     g = np.asarray(g, dtype=np.uint8)
     nb = int(rule["nbhd"])
-    if nb not in (4, 8):
-        raise ValueError(f"neighbourhood {nb} is not 4 or 8")
     out = g.copy()
     out[(g == 0) & (neighbour_counts(g != 0, nb) > 0)] = int(rule["colour"])
     return out
@@ -531,8 +531,6 @@ CROWD_K = (2, 3)
 def _crowd_apply(rule, g):
     g = np.asarray(g, dtype=np.uint8)
     nb = int(rule["nbhd"])
-    if nb not in (4, 8):
-        raise ValueError(f"neighbourhood {nb} is not 4 or 8")
     out = g.copy()
     out[(g != 0) & (neighbour_counts(g != 0, nb) >= int(rule["k"]))] = int(rule["colour"])
     return out
