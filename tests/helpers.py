@@ -75,6 +75,18 @@ def make_batch(B: int = 4, D: int = 3, side: int = 5, seed: int = 0, n_demos: li
     return batch
 
 
+def assert_gradient_every_act_step(model, params: list[tuple[str, torch.Tensor]], batch, steps: int = 3) -> None:
+    """Run `steps` ACT steps from a fresh carry; after each, every named parameter must get a
+    non-zero gradient (the demos are re-read with grad at every step, never cached)."""
+    carry = model.initial_carry(batch)
+    for step in range(steps):
+        model.zero_grad()
+        carry, out = model(carry, batch)
+        out["logits"].square().mean().backward()
+        for name, p in params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
+
+
 def small_encoder(kind, pooling="mean", side=5, seed=0):
     from models.encoders import build_encoder
 

@@ -26,7 +26,7 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_maps import NUM_MAPS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import make_batch, tiny_config
+from tests.helpers import assert_gradient_every_act_step, make_batch, tiny_config
 from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
@@ -218,17 +218,10 @@ def test_step_zero_equals_the_model_without_the_new_paths(pos):
 def test_demo_paths_get_gradient_every_act_step():
     torch.manual_seed(0)
     model = _trained_looking(TRMWithEncoder(tiny_config(demo_attention=True, map_read=True, halt_max_steps=3))).train()
-    batch = make_batch()
-    carry = model.initial_carry(batch)
     # (map_match.mismatch_cost only moves the maps with wrong cells, which need not be among the top k)
     demo_params = [(n, p) for n, p in model.named_parameters() if n != "map_match.mismatch_cost"
                    and n.startswith(("demo_reader.", "map_match.", "inner.demo_attn.", "inner.map_read."))]
-    for step in range(3):
-        model.zero_grad()
-        carry, out = model(carry, batch)
-        out["logits"].square().mean().backward()
-        for name, p in demo_params:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
+    assert_gradient_every_act_step(model, demo_params, make_batch())
 
 
 def test_ablation_skips_the_demos():

@@ -19,7 +19,7 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, grid_features
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import PADDING_SIDE as SIDE
-from tests.helpers import compose_cfg, make_batch, ragged_batch, tiny_config
+from tests.helpers import assert_gradient_every_act_step, compose_cfg, make_batch, ragged_batch, tiny_config
 
 torch.set_num_threads(2)
 
@@ -129,16 +129,9 @@ def test_feature_tables_get_gradient_every_act_step(encoder):
     torch.manual_seed(0)
     model = _with_features(TRMWithEncoder(tiny_config(grid_features=True, demo_attention=True, encoder_type=encoder,
                                                       puzzle_emb_len=12, halt_max_steps=3))).train()
-    batch = make_batch()
-    carry = model.initial_carry(batch)
     tables = [(n, p) for n, p in model.named_parameters() if "grid_embed" in n or ".feat_" in n]
     assert len(tables) == (3 if encoder == "standard" else 4)  # inner, encoder (1 or in/out), demo reader
-    for step in range(3):
-        model.zero_grad()
-        carry, out = model(carry, batch)
-        out["logits"].square().mean().backward()
-        for name, p in tables:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
+    assert_gradient_every_act_step(model, tables, make_batch())
 
 
 def test_packed_and_padded_layouts_agree_with_features():
