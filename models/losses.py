@@ -49,11 +49,26 @@ LOSS_FUNCTIONS = {
 }
 
 
+def token_weights(labels: torch.Tensor, inputs: torch.Tensor, changed_cell_weight: float) -> torch.Tensor:
+    """Per-token loss weights [B, S] (float32, 0 where ignored) that sum to 1 per sample: every
+    scored token weighs 1, plus `changed_cell_weight` where the label differs from the query input
+    at that position. Most ARC outputs repeat most of their input, so copying is learned first and
+    the cells the rule changes carry a vanishing share of a plain per-token mean; this gives them
+    a larger share (0 = the plain mean, TRM's loss)."""
+    scored = (labels != IGNORE_LABEL_ID).float()
+    w = scored * (1.0 + changed_cell_weight * (labels != inputs).float())
+    return w / w.sum(-1, keepdim=True).clamp_min(1.0)
+
+
 class ACTLossHead(nn.Module):
-    def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy", kl_weight: float = 1e-4):
+    def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy", kl_weight: float = 1e-4,
+                 changed_cell_weight: float = 0.0):
         super().__init__()
         if loss_type not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss_type {loss_type!r}; valid choices: {sorted(LOSS_FUNCTIONS)}")
+        if changed_cell_weight < 0:
+            raise ValueError(f"changed_cell_weight must be >= 0, got {changed_cell_weight}")
+        self.changed_cell_weight = float(changed_cell_weight)
         self.model = model
         self.loss_type = loss_type
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
@@ -89,7 +104,11 @@ class ACTLossHead(nn.Module):
             }
 
         row_w = valid_row.to(torch.float32)
-        lm_loss = ((self.loss_fn(logits, labels) / divisor).sum(-1).float() * row_w).sum()
+        if self.changed_cell_weight:
+            weights = token_weights(labels, data["inputs"], self.changed_cell_weight)
+            lm_loss = ((self.loss_fn(logits, labels) * weights).sum(-1).float() * row_w).sum()
+        else:
+            lm_loss = ((self.loss_fn(logits, labels) / divisor).sum(-1).float() * row_w).sum()
         q_halt_loss = (F.binary_cross_entropy_with_logits(q_halt.float(), seq_correct.float(), reduction="none") * row_w).sum()
         loss = lm_loss + 0.5 * q_halt_loss
         metrics["lm_loss"] = lm_loss.detach()

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
+from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy, token_weights
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import make_batch, tiny_config
 
@@ -99,3 +99,34 @@ def test_invalid_rows_excluded():
         _, loss_two, m2, _, _ = head(head.initial_carry(batch2), batch2)
     assert m["count"] == 2
     torch.testing.assert_close(loss_half.float(), loss_two.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_changed_cells_weigh_more_and_weights_sum_to_one():
+    # one sample, 5 scored cells (one ignored): the label differs from the input at 2 of them
+    inputs = torch.tensor([[3, 3, 4, 4, 5, 0]])
+    labels = torch.tensor([[3, 7, 4, 9, 5, -100]])
+    w = token_weights(labels, inputs, changed_cell_weight=4.0)
+    total = 3 * 1.0 + 2 * 5.0
+    torch.testing.assert_close(w, torch.tensor([[1, 5, 1, 5, 1, 0]]) / total)
+    # 0 is the plain per-token mean (TRM's loss)
+    torch.testing.assert_close(token_weights(labels, inputs, 0.0), torch.tensor([[1, 1, 1, 1, 1, 0]]) / 5.0)
+
+
+def test_changed_cell_weight_moves_the_loss_onto_the_changed_cells():
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(halt_max_steps=1))
+    batch = make_batch()
+    changed = (batch["labels"] != batch["inputs"]) & (batch["labels"] != -100)
+    assert changed.any() and (~changed & (batch["labels"] != -100)).any()
+    losses = {}
+    for weight in (0.0, 4.0):
+        head = ACTLossHead(model, changed_cell_weight=weight).eval()
+        with torch.no_grad():
+            _, _, m, out, _ = head(head.initial_carry(batch), batch)
+        losses[weight] = m["lm_loss"]
+    tok = stablemax_cross_entropy(out["logits"], batch["labels"])
+    w = torch.where(changed, 5.0, 1.0) * (batch["labels"] != -100)
+    torch.testing.assert_close(losses[4.0], ((tok * w).sum(-1) / w.sum(-1)).sum().float())
+    assert not torch.isclose(losses[4.0], losses[0.0])
+    with pytest.raises(ValueError, match="changed_cell_weight"):
+        ACTLossHead(model, changed_cell_weight=-1.0)
