@@ -36,6 +36,11 @@ DATA_DERIVED_KEYS = ("seq_len", "vocab_size", "max_demos", "batch_size")
 RUN_DERIVED_KEYS = ("eval_halting",)  # a top-level config key, copied in
 
 
+# Loss-head keys (arch.loss) added after runs were started, with the value that keeps those runs'
+# loss: training/run_identity.py ignores them at that value, so such a run resumes under its name.
+LOSS_DEFAULTS = {"changed_cell_weight": 0.0}
+
+
 @dataclass
 class ETRMConfig:
     """TRMWithEncoder's settings. The defaults here are the model defaults (TRM's numbers, the

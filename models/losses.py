@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.tokens import IGNORE_LABEL_ID
+from models.config import LOSS_DEFAULTS
 
 
 def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ def token_weights(labels: torch.Tensor, inputs: torch.Tensor, changed_cell_weigh
 
 class ACTLossHead(nn.Module):
     def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy", kl_weight: float = 1e-4,
-                 changed_cell_weight: float = 0.0):
+                 changed_cell_weight: float = LOSS_DEFAULTS["changed_cell_weight"]):
         super().__init__()
         if loss_type not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss_type {loss_type!r}; valid choices: {sorted(LOSS_FUNCTIONS)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from models.config import LOSS_DEFAULTS
 from training.config_schema import arch_defaults
 
 # Top-level keys left out of a run's identity: changing them on a resume is expected.
@@ -37,13 +38,17 @@ RESUME_MUTABLE_KEYS = frozenset({
 
 def identity_config(cfg: DictConfig | dict) -> dict:
     """The resolved config without the resume-mutable keys (plain containers), and without the
-    `arch` keys that hold the model default (ETRMConfig): a run whose config.yaml was written
-    before a model key was listed in the config (it then ran with the default) is the same run."""
+    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS): a run whose
+    config.yaml was written before a model key was listed in the config (it then ran with the
+    default) is the same run."""
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
     if isinstance(out.get("arch"), dict):
         defaults = arch_defaults()
         out["arch"] = {k: v for k, v in out["arch"].items() if k not in defaults or v != defaults[k]}
+        if isinstance(out["arch"].get("loss"), dict):
+            out["arch"]["loss"] = {k: v for k, v in out["arch"]["loss"].items()
+                                   if k not in LOSS_DEFAULTS or v != LOSS_DEFAULTS[k]}
     return out
 
 
