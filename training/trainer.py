@@ -19,7 +19,7 @@ from dataset.atomic import atomic_write_text
 from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
 from training.distributed import (DistInfo, barrier, broadcast_object, init_distributed, is_distributed, shutdown,
-                                  wrap_ddp)
+                                  training_module)
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
                                  to_device)
 from training.host_copy import HostCopy
@@ -163,10 +163,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             train_loader.load_state_dict(ts["loader"])
         log.info("resumed from %s at step %d", ckpt_path, step)
 
-    train_head: nn.Module = head
-    if cfg.compile:
-        train_head = torch.compile(head)
-    train_head = wrap_ddp(train_head, device, bool(cfg.arch.get("context_ablation", False)))
+    # DDP, then compile over it (overlap of the gradient all-reduce with backward: training_module)
+    train_head = training_module(head, device, bool(cfg.compile), bool(cfg.arch.get("context_ablation", False)))
     eval_head = build.loss_head(cfg, ema.model) if ema is not None else head
     encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
 
