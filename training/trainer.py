@@ -113,7 +113,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # --- data (validated before any model work) ---
     preflight.require(preflight.batch_checks(cfg, world_size))  # the datasets: ensure_dataset below
     gbs = int(cfg.global_batch_size)
-    eval_gbs = int(cfg.eval_global_batch_size or gbs)
+    eval_gbs = preflight.eval_global_batch(cfg, world_size, device.type)
     tta = TTASettings.from_config(cfg.get("tta"), world_size)
     build.ensure_dataset(cfg, dist_info.is_main)
     barrier()
