@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import compose_tiny, make_batch, small_overrides, tiny_config
+from tests.helpers import compose_cfg, compose_tiny, make_batch, small_overrides, tiny_config
 from training import checkpoint, trainer
 
 
@@ -28,6 +28,12 @@ class FakeCompiled(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self._orig_mod(*args, **kwargs)
+
+    def __getattr__(self, name):  # as torch's OptimizedModule: the compiled module's attributes
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._orig_mod, name)
 
 
 @pytest.fixture
@@ -65,6 +71,42 @@ def test_ddp_is_compiled_and_checkpoints_hold_the_bare_keys(tiny_data, tmp_path,
     assert set(saved) == set(bare)
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in saved)
     ddp.module.model.load_state_dict(saved)  # strict: the keys load back as they are
+
+
+def test_eval_head_compiled_once_and_reused(tiny_data, tmp_path, compiled, monkeypatch):
+    """Three evaluations (every step of 3) of the EMA model: one compile of the eval head."""
+    cfg = compose_tiny(small_overrides(tiny_data, tmp_path / "run", max_steps=3, compile="true",
+                                       eval_interval=1e-6, max_eval_groups=1))
+    evals = []
+    real = trainer.evaluate_with_tta
+
+    def record(head, *args, **kwargs):
+        evals.append(head)
+        return real(head, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_with_tta", record)
+    trainer.train(cfg)
+    assert len(evals) == 3 and all(h is evals[0] for h in evals)
+    assert isinstance(evals[0], FakeCompiled)
+    eval_compiles = [m for m in compiled if m is evals[0]._orig_mod]
+    assert len(eval_compiles) == 1
+    assert len(compiled) == 2  # the training module and the eval head, nothing per evaluation
+    # a checkpoint evaluation of a compile=true run predicts with the compiled head too
+    from training import evaluate
+    monkeypatch.setattr(evaluate, "evaluate_with_tta", record)
+    ckpt = checkpoint.latest_checkpoint(tmp_path / "run")
+    evaluate.evaluate_checkpoint(compose_cfg("cfg_evaluate_etrm", [f"checkpoint={ckpt}", f"run_dir={tmp_path / 'again'}"]))
+    assert len(compiled) == 3 and len(evals) == 4 and evals[-1] is not evals[0] and isinstance(evals[-1], FakeCompiled)
+
+
+def test_tta_adapts_the_module_and_predicts_compiled(tiny_data, tmp_path, compiled):
+    """compile=true with test-time adaptation: the bare head is adapted (a copy), the adapted head predicts compiled."""
+    from training.tta import AdaptedHead
+    cfg = compose_tiny(small_overrides(tiny_data, tmp_path / "run", max_steps=1, compile="true", tta="context",
+                                       **{"tta.steps": 1, "tta.global_batch_size": 8, "tta.fit_variants": 0}))
+    trainer.train(cfg)
+    adapted = [m for m in compiled if isinstance(m, AdaptedHead)]
+    assert len(adapted) == 1 and not isinstance(adapted[0].head, FakeCompiled)
 
 
 def test_buffers_are_constants():

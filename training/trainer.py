@@ -166,6 +166,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # DDP, then compile over it (overlap of the gradient all-reduce with backward: training_module)
     train_head = training_module(head, device, bool(cfg.compile), bool(cfg.arch.get("context_ablation", False)))
     eval_head = build.loss_head(cfg, ema.model) if ema is not None else head
+    if cfg.compile:  # compiled once here, reused by every evaluation (the EMA's weights change in place)
+        eval_head = torch.compile(eval_head)
     encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
 
     # --- run directory, config, logging (rank 0 only) ---

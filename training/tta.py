@@ -385,13 +385,14 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     # adapting re-seeds the global RNG (halting exploration): the training run that called this
     # evaluation must continue its own random streams afterwards, not replay the adaptation's seed
     saved_rng = rng_state()
+    compiled = getattr(head, "_orig_mod", None)  # a torch.compile'd head: adapt the module, predict compiled
     try:
-        adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
-                               max_demos=max_demos)
+        adapted, stats = adapt(compiled or head, eval_split, tta, dist_info, forward_dtype,
+                               eval_variants=max_eval_variants, max_demos=max_demos)
     finally:
         set_rng_state(saved_rng)
-    results = run_evaluation(adapted, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings,
-                             extra_metrics=stats)
+    results = run_evaluation(torch.compile(adapted) if compiled is not None else adapted, loader, evaluators, dist_info,
+                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
         state = {"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
                  "tta": dataclasses.asdict(tta)}
