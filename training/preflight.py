@@ -149,13 +149,12 @@ def eval_global_batch(cfg: DictConfig, world_size: int, device_type: str) -> int
 
 
 def batch_checks(cfg: DictConfig, world_size: int, train: bool = True) -> list[Check]:
-    """The training batch (when `train`), an explicit eval batch (the default is a per-rank one:
-    `eval_global_batch`) and an active test-time adaptation's batch must each split evenly over
-    `world_size` ranks."""
+    """The training batch (when `train`), the eval batch (`eval_global_batch`) and an active
+    test-time adaptation's batch must each split evenly over `world_size` ranks."""
     gbs = int(cfg.global_batch_size)
     checks = [divides_check("global_batch_size", gbs, world_size)] if train else []
-    if cfg.get("eval_global_batch_size"):
-        checks.append(divides_check("eval_global_batch_size", int(cfg.eval_global_batch_size), world_size))
+    # the GPU's value: an explicit one as it is; the default divides by construction
+    checks.append(divides_check("eval_global_batch_size", eval_global_batch(cfg, world_size, "cuda"), world_size))
     tta = cfg.get("tta")
     if tta is not None and tta.get("mode", "none") != "none":
         checks.append(divides_check("tta.global_batch_size", int(tta.global_batch_size), world_size))

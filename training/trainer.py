@@ -59,6 +59,15 @@ def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return norm(encoder), norm(inner)
 
 
+def training_eval_variants(cfg: DictConfig, final: bool) -> int | None:
+    """Variants per puzzle an evaluation reads: `max_eval_variants` (null: all) for the final one,
+    at most `train_eval_max_variants` for those during training (null: as the final one)."""
+    full, during = cfg.get("max_eval_variants"), cfg.get("train_eval_max_variants")
+    if final or during is None:
+        return full
+    return int(during) if full is None else min(int(during), int(full))
+
+
 def learning_summary(step: int, recent: list[dict], results: dict, note: str | None) -> str:
     """A few lines at the end of a run saying what was learned: train accuracy over the last
     steps (weighted by the samples that halted), the held-out scores, and what to expect at this
@@ -120,9 +129,12 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     train_split, eval_split = build.load_data(cfg)
     train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
                                max_demos=cfg.get("max_demos"))
-    eval_loader = EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
-                             max_eval_groups=cfg.get("max_eval_groups"), max_variants=cfg.get("max_eval_variants"),
-                             max_demos=cfg.get("max_demos"))
+    # evaluations during training read each puzzle's first train_eval_max_variants variants; the
+    # final one reads max_eval_variants (all by default): training_eval_variants
+    eval_loaders = {final: EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
+                                      max_eval_groups=cfg.get("max_eval_groups"),
+                                      max_variants=training_eval_variants(cfg, final), max_demos=cfg.get("max_demos"))
+                    for final in (False, True)}
     steps_per_epoch = train_loader.samples_per_epoch / gbs
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     if cfg.get("max_steps"):
@@ -212,10 +224,13 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
 
     settings = eval_settings(cfg, weights="ema" if ema is not None else "model")
 
-    def evaluate(at_step: int) -> dict:
-        results = evaluate_with_tta(eval_head, eval_split, eval_loader, evaluators, dist_info, forward_dtype,
-                                    run_dir / "eval" / f"step_{at_step}", at_step, tta, settings=settings,
-                                    max_eval_variants=cfg.get("max_eval_variants"), max_demos=cfg.get("max_demos"))
+    def evaluate(at_step: int, final: bool) -> dict:
+        variants = training_eval_variants(cfg, final)
+        results = evaluate_with_tta(eval_head, eval_split, eval_loaders[final], evaluators, dist_info, forward_dtype,
+                                    run_dir / "eval" / f"step_{at_step}", at_step, tta,
+                                    settings=dict(settings, max_eval_variants=variants, final=final),
+                                    max_eval_variants=variants, max_demos=cfg.get("max_demos"))
+        results["eval/max_variants"] = float(variants or 0)  # 0: every variant
         if dist_info.is_main:
             logger.log(results, at_step)
             shown = {k: round(v, 4) for k, v in results.items() if "pass@" in k or k.endswith("exact_accuracy")}
@@ -336,7 +351,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
                 (cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0):
             save(step)
         if eval_due and evaluators:
-            results = evaluate(step)
+            results = evaluate(step, final=last)
     control.__exit__()
     progress.close()
     train_iter.close()
