@@ -205,7 +205,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
              sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
 
     def save(at_step: int) -> None:
-        counters.update(zip(GUARD_COUNTERS, (int(v) for v in guards.tolist())))  # read at checkpoints only
+        if guards_read_at != at_step:  # read at checkpoints (a log step just read them)
+            counters.update(zip(GUARD_COUNTERS, (int(v) for v in guards.tolist())))
         if counters["nonfinite_in_a_row"]:
             log.warning("step %d: no checkpoint while updates are being skipped as non-finite", at_step)
             return
@@ -248,6 +249,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     if carry is not None:
         halted_copy.start(carry.halted)
     guards = torch.tensor([float(counters[k]) for k in GUARD_COUNTERS], device=device)  # on the device between reads
+    guards_read_at = step if state is not None else -1  # the step whose guards `counters` holds
     reported_nonfinite, collapse_warned = counters["nonfinite_total"], counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
     # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
     # follows whichever of steps or time is further along, so the cosine ends at the deadline
@@ -307,6 +309,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             reduced = metrics_from_totals(keys, mean_keys, values[:n], "train", gbs)
             encoder_norm_v, inner_norm_v, total_norm_v = values[n:n + 3]
             counters.update(zip(GUARD_COUNTERS, (int(v) for v in values[n + 3:])))
+            guards_read_at = step
             if counters["nonfinite_total"] > reported_nonfinite:
                 log.warning("step %d: %d non-finite losses or gradient norms so far, their updates skipped (%d in a row)",
                             step, counters["nonfinite_total"], counters["nonfinite_in_a_row"])
