@@ -103,3 +103,14 @@ def test_eval_reads_the_device_once_per_evaluation(tiny_data, halting, tmp_path)
         out = run_until_halted(head, batch, "float32")
         exact += int((out["exact"] & batch["valid"]).sum())
     assert results["eval/exact_accuracy"] * results["eval/count"] == pytest.approx(exact)
+
+
+@pytest.mark.parametrize("row", ["standard", "demo_attention", "map_read"])
+def test_the_trainer_reads_the_device_once_per_log_interval(tiny_data, tmp_path, row):
+    """bench.host_syncs on the real trainer: 8 steps, log_interval 4, final checkpoint and eval:
+    one read per log step (the checkpoint at a log step reuses it), at most one per eval batch."""
+    from bench.host_syncs import ROWS, TINY_ARCH, measure
+    r = measure(tiny_data, tmp_path / "run", TINY_ARCH, 8, 8, 4, 2, "cpu", ROWS[row])
+    assert r["steps"] == 8 and r["log_steps"] == 2
+    assert r["train_syncs"] == 2, r["train_sites"]
+    assert r["eval_syncs_per_batch"] <= 1.0, r["eval_sites"]
