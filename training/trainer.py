@@ -242,7 +242,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # batches assembled on a worker thread (pinned with CUDA); its state is that of the consumed batches
     train_iter = Prefetcher(train_loader, depth=2, pin=device.type == "cuda")
     progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
-    recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
+    # the end-of-run summary's window: the log steps' records of the run's last tenth
+    recent = collections.deque(maxlen=max(1, total_steps // 10 // int(cfg.log_interval)))
     results: dict[str, float] = {}
     tick = time.perf_counter()
     halted_copy = HostCopy()  # the carry's halted mask, copied to the host one step ahead of its use
