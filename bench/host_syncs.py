@@ -14,6 +14,7 @@ against the seconds of the whole step.
     python -m bench.host_syncs                      # tiny model on a 6x6 ARC-AGI-1 build (built if absent)
     python -m bench.host_syncs --preset paper --data /path/to/arc1-dataset --steps 4 --batch 16
     python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta)
+    python -m bench.host_syncs --preset paper --data DIR --rows standard --host-plan-only --no-eval --steps 5 --batch 4
 
 Rows: the standard model, with `arch.demo_attention`, with `arch.map_read`, and with test-time
 adaptation (`tta=context`: syncs per adaptation step). Each row runs twice in the same process:
@@ -162,8 +163,14 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
         return b if host_plan else {k: v for k, v in b.items() if k != "demo_lengths"}
 
     def timed_next(self):
-        if threading.get_ident() != counter._main or type(self) not in timing.setdefault("outer", {type(self)}):
-            return planless(originals[type(self)](self))  # the prefetch worker's assembly / TTA's loader
+        if threading.get_ident() != counter._main:  # the prefetch worker's assembly: timed, not a wait of the step
+            start = time.perf_counter()
+            try:
+                return planless(originals[type(self)](self))
+            finally:
+                timing.setdefault("assembly_s", []).append(time.perf_counter() - start)
+        if type(self) not in timing.setdefault("outer", {type(self)}):
+            return planless(originals[type(self)](self))  # TTA's loader
         start = time.perf_counter()
         if step_clock["last"] is not None:  # one step = from one batch request to the next
             timing["step_s"].append(start - step_clock["last"])
@@ -255,6 +262,8 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
         "cuda_sync_warnings_per_eval_batch": (cuda_warnings["eval"] / max(1, timing["eval_batches"])
                                               if device == "cuda" else None),
         "data_wait_ms_per_step": 1e3 * data_s, "step_ms": 1e3 * step_s,
+        # batch assembly on the prefetch worker (the first also builds the canvas cache)
+        "assembly_ms_per_batch": 1e3 * sum(timing.get("assembly_s", [0.0])[1:]) / max(1, len(timing.get("assembly_s", [])) - 1),
         "data_wait_frac": data_s / step_s if step_s else float("nan"),
         "tta_steps": timing.get("tta_steps", 0), "tta_syncs": counter.total("tta"),
         "tta_syncs_per_step": counter.total("tta") / timing["tta_steps"] if timing.get("tta_steps") else None,
@@ -290,6 +299,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {','.join(ROWS)}")
+    ap.add_argument("--host-plan-only", action="store_true", help="skip the rows' runs without the host plan")
+    ap.add_argument("--no-eval", action="store_true", help="no evaluation after training (evaluators=[]): "
+                    "the data wait of a paper-size CPU run without its 16-ACT-step eval")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     rows = args.rows.split(",")
@@ -303,22 +315,24 @@ def main(argv=None) -> dict:
     arch = PAPER_ARCH if args.preset == "paper" else TINY_ARCH
     results = {}
     for row in rows:
-        for host_plan in (False, True):
+        for host_plan in (True,) if args.host_plan_only else (False, True):
             with tempfile.TemporaryDirectory() as tmp:
                 results[f"{row}{'' if host_plan else ' (no host plan)'}"] = measure(
                     data, Path(tmp) / "run", arch, args.steps, args.batch, args.log_interval, args.eval_batches,
-                    args.device, ROWS[row], host_plan=host_plan)
+                    args.device, {**ROWS[row], **({"evaluators": "[]"} if args.no_eval else {})}, host_plan=host_plan)
     first = next(iter(results.values()))
     print(f"host syncs, {args.preset} preset, batch {args.batch}, {first['steps']} steps, log_interval "
           f"{first['log_interval']} ({first['log_steps']} log steps), {args.device}; 'no host plan': the batches "
           f"without demo_lengths (the model reads its packing plans from the device, as before the host plan)")
     print(f"  {'row':34s} {'train/step':>10s} {'overlapped':>10s} {'eval/batch':>10s} {'tta/step':>9s} "
-          f"{'data wait':>16s}")
+          f"{'data wait of step (ms)':>24s} {'assembly (ms)':>14s}")
     for name, r in results.items():
         tta_col = f"{r['tta_syncs_per_step']:9.2f}" if r["tta_syncs_per_step"] is not None else f"{'-':>9s}"
         print(f"  {name:34s} {r['train_syncs_per_step']:10.2f} {r['train_overlapped_reads_per_step']:10.2f} "
-              f"{r['eval_syncs_per_batch']:10.2f} {tta_col} {r['data_wait_ms_per_step']:6.2f} of {r['step_ms']:6.1f} ms")
-    print("  overlapped: reads of a copy queued a step earlier (training/host_copy.py), which leave the device's queue full")
+              f"{r['eval_syncs_per_batch']:10.2f} {tta_col} {r['data_wait_ms_per_step']:10.2f} of {r['step_ms']:10.1f} "
+              f"{r['assembly_ms_per_batch']:14.2f}")
+    print("  overlapped: reads of a copy queued a step earlier (training/host_copy.py), which leave the device's queue full;"
+          " assembly: a batch's assembly on the prefetch worker, overlapped with the step")
     for name, r in results.items():
         if name.endswith("(no host plan)"):
             continue
