@@ -13,9 +13,14 @@ against the seconds of the whole step.
 
     python -m bench.host_syncs                      # tiny model on a 6x6 ARC-AGI-1 build (built if absent)
     python -m bench.host_syncs --preset paper --data /path/to/arc1-dataset --steps 4 --batch 16
+    python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta)
+    python -m bench.host_syncs --preset paper --data DIR --rows standard --host-plan-only --no-eval --steps 5 --batch 4
 
-Prints one table (per training step: syncs, syncs at log steps, data wait; per eval batch: syncs)
-and, with --json, writes it as JSON.
+Rows: the standard model, with `arch.demo_attention`, with `arch.map_read`, and with test-time
+adaptation (`tta=context`: syncs per adaptation step). Each row runs twice in the same process:
+with the host's packing plan (the batches' `demo_lengths`) and without it (the key dropped from
+every batch, so the model reads the device for its plans: the code before the plan moved to the host).
+Prints one table and the call sites of what remains; with --json, writes it all as JSON.
 """
 from __future__ import annotations
 
@@ -125,19 +130,26 @@ def build_tiny_data(out: Path) -> Path:
     return out
 
 
+# the rows of the table: config overrides on top of the preset (tta: its batch is the training batch)
+ROWS = {"standard": {}, "demo_attention": {"arch.demo_attention": "true"}, "map_read": {"arch.map_read": "true"},
+        "tta": {"tta": "context", "tta.steps": 6, "tta.fit_variants": 0}}
+
+
 def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_interval: int, eval_batches: int,
-            device: str, extra: dict | None = None) -> dict:
-    """Train `steps` steps (then the final eval over `eval_batches` batches) with every sync point
-    counted, and return the per-step and per-eval-batch numbers."""
+            device: str, extra: dict | None = None, host_plan: bool = True) -> dict:
+    """Train `steps` steps (then the final eval over `eval_batches` batches, after test-time
+    adaptation when `extra` turns it on) with every sync point counted, and return the per-step,
+    per-eval-batch and per-adaptation-step numbers. `host_plan=False` drops `demo_lengths` from
+    every batch (the model then reads its packing plans from the device)."""
     from hydra import compose, initialize_config_dir
 
-    from training import evaluation, trainer
+    from training import evaluation, trainer, tta
 
     overrides = {"data_paths": f"[{data}]", "build_if_missing": "null", "run_dir": str(run_dir), **arch,
                  "arch.halt_exploration_prob": 0.1, "global_batch_size": batch, "eval_global_batch_size": batch,
                  "max_steps": steps, "eval_interval": "null", "max_eval_variants": 1, "max_eval_groups": eval_batches * batch,
                  "lr_warmup_steps": 2, "wandb_mode": "disabled", "log_interval": log_interval, "device": device,
-                 "arch.forward_dtype": "float32", **(extra or {})}
+                 "arch.forward_dtype": "float32", "tta.global_batch_size": batch, **(extra or {})}
     with initialize_config_dir(config_dir=str(REPO / "config"), version_base=None):
         cfg = compose(config_name="cfg_pretrain_etrm_tiny", overrides=[f"{k}={v}" for k, v in overrides.items()])
 
@@ -147,16 +159,25 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
     originals = {cls: cls.__next__ for cls in loaders}
     step_clock = {"last": None}
 
+    def planless(b: dict) -> dict:
+        return b if host_plan else {k: v for k, v in b.items() if k != "demo_lengths"}
+
     def timed_next(self):
-        if threading.get_ident() != counter._main or type(self) not in timing.setdefault("outer", {type(self)}):
-            return originals[type(self)](self)  # the prefetch worker's assembly: not a wait of the step
+        if threading.get_ident() != counter._main:  # the prefetch worker's assembly: timed, not a wait of the step
+            start = time.perf_counter()
+            try:
+                return planless(originals[type(self)](self))
+            finally:
+                timing.setdefault("assembly_s", []).append(time.perf_counter() - start)
+        if type(self) not in timing.setdefault("outer", {type(self)}):
+            return planless(originals[type(self)](self))  # TTA's loader
         start = time.perf_counter()
         if step_clock["last"] is not None:  # one step = from one batch request to the next
             timing["step_s"].append(start - step_clock["last"])
         step_clock["last"] = start
         counter.phase = "data"
         try:
-            return originals[type(self)](self)
+            return planless(originals[type(self)](self))
         finally:
             timing["data_s"].append(time.perf_counter() - start)
             counter.phase = "train"
@@ -174,15 +195,29 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
             def __iter__(self):
                 for b in loader:
                     timing["eval_batches"] += 1
-                    yield b
+                    yield planless(b)
 
         try:
             return real_eval(head, Counted(), *a, **kw)
         finally:
             counter.phase = "other"
 
+    real_adapt, real_adapt_step = tta.adapt, tta.adaptation_step
+
+    def counted_adapt(*a, **kw):  # test-time adaptation: its own phase, syncs per adaptation step
+        before, counter.phase = counter.phase, "tta"
+        try:
+            return real_adapt(*a, **kw)
+        finally:
+            counter.phase = before
+
+    def counted_adapt_step(*a, **kw):
+        timing["tta_steps"] = timing.get("tta_steps", 0) + 1
+        return real_adapt_step(*a, **kw)
+
     patches = [(cls, "__next__", timed_next) for cls in loaders]
     patches += [(mod, "run_evaluation", counted_eval) for mod in _modules_with("run_evaluation", real_eval)]
+    patches += [(tta, "adapt", counted_adapt), (tta, "adaptation_step", counted_adapt_step)]
     saved = [(o, n, getattr(o, n)) for o, n, _ in patches]
     debug = contextlib.nullcontext()
     cuda_warnings: collections.Counter = collections.Counter()
@@ -227,9 +262,14 @@ def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_i
         "cuda_sync_warnings_per_eval_batch": (cuda_warnings["eval"] / max(1, timing["eval_batches"])
                                               if device == "cuda" else None),
         "data_wait_ms_per_step": 1e3 * data_s, "step_ms": 1e3 * step_s,
+        # batch assembly on the prefetch worker (the first also builds the canvas cache)
+        "assembly_ms_per_batch": 1e3 * sum(timing.get("assembly_s", [0.0])[1:]) / max(1, len(timing.get("assembly_s", [])) - 1),
         "data_wait_frac": data_s / step_s if step_s else float("nan"),
+        "tta_steps": timing.get("tta_steps", 0), "tta_syncs": counter.total("tta"),
+        "tta_syncs_per_step": counter.total("tta") / timing["tta_steps"] if timing.get("tta_steps") else None,
         "train_sites": dict(counter.counts["train"].most_common()),
         "eval_sites": dict(counter.counts["eval"].most_common()),
+        "tta_sites": dict(counter.counts["tta"].most_common()),
     }
 
 
@@ -258,32 +298,51 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-batches", type=int, default=3)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {','.join(ROWS)}")
+    ap.add_argument("--host-plan-only", action="store_true", help="skip the rows' runs without the host plan")
+    ap.add_argument("--no-eval", action="store_true", help="no evaluation after training (evaluators=[]): "
+                    "the data wait of a paper-size CPU run without its 16-ACT-step eval")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     import tempfile
     data = args.data or build_tiny_data(Path(tempfile.gettempdir()) / "etrm-host-syncs-arc1-6x6")
     arch = PAPER_ARCH if args.preset == "paper" else TINY_ARCH
-    with tempfile.TemporaryDirectory() as tmp:
-        r = measure(data, Path(tmp) / "run", arch, args.steps, args.batch, args.log_interval, args.eval_batches,
-                    args.device)
-    print(f"host syncs, {args.preset} preset, batch {args.batch}, {r['steps']} steps, log_interval {r['log_interval']}, "
-          f"{args.device}")
-    print(f"  train: {r['train_syncs']} syncs over {r['steps']} steps = {r['train_syncs_per_step']:.2f} per step "
-          f"({r['log_steps']} log steps); plus {r['train_overlapped_reads_per_step']:.2f} per step overlapped reads "
-          f"(training/host_copy.py: a wait on a copy queued a step earlier, which leaves the device's queue full)")
-    for site, n in r["train_sites"].items():
-        print(f"      {n:5d}  {site}")
-    print(f"  eval: {r['eval_syncs']} syncs over {r['eval_batches']} batches = {r['eval_syncs_per_batch']:.2f} per batch")
-    for site, n in r["eval_sites"].items():
-        print(f"      {n:5d}  {site}")
-    print(f"  data wait: {r['data_wait_ms_per_step']:.2f} ms per step of {r['step_ms']:.1f} ms "
-          f"({100 * r['data_wait_frac']:.2f}%)")
+    results = {}
+    for row in rows:
+        for host_plan in (True,) if args.host_plan_only else (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                results[f"{row}{'' if host_plan else ' (no host plan)'}"] = measure(
+                    data, Path(tmp) / "run", arch, args.steps, args.batch, args.log_interval, args.eval_batches,
+                    args.device, {**ROWS[row], **({"evaluators": "[]"} if args.no_eval else {})}, host_plan=host_plan)
+    first = next(iter(results.values()))
+    print(f"host syncs, {args.preset} preset, batch {args.batch}, {first['steps']} steps, log_interval "
+          f"{first['log_interval']} ({first['log_steps']} log steps), {args.device}; 'no host plan': the batches "
+          f"without demo_lengths (the model reads its packing plans from the device, as before the host plan)")
+    print(f"  {'row':34s} {'train/step':>10s} {'overlapped':>10s} {'eval/batch':>10s} {'tta/step':>9s} "
+          f"{'data wait of step (ms)':>24s} {'assembly (ms)':>14s}")
+    for name, r in results.items():
+        tta_col = f"{r['tta_syncs_per_step']:9.2f}" if r["tta_syncs_per_step"] is not None else f"{'-':>9s}"
+        print(f"  {name:34s} {r['train_syncs_per_step']:10.2f} {r['train_overlapped_reads_per_step']:10.2f} "
+              f"{r['eval_syncs_per_batch']:10.2f} {tta_col} {r['data_wait_ms_per_step']:10.2f} of {r['step_ms']:10.1f} "
+              f"{r['assembly_ms_per_batch']:14.2f}")
+    print("  overlapped: reads of a copy queued a step earlier (training/host_copy.py), which leave the device's queue full;"
+          " assembly: a batch's assembly on the prefetch worker, overlapped with the step")
+    for name, r in results.items():
+        if name.endswith("(no host plan)"):
+            continue
+        for phase in ("train", "eval", "tta"):
+            for site, n in r[f"{phase}_sites"].items():
+                print(f"    {name:16s} {phase:5s} {n:5d}  {site}")
     if args.json:
         from dataset.atomic import atomic_write_text
-        atomic_write_text(args.json, json.dumps(r, indent=1))
-    return r
+        atomic_write_text(args.json, json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET
+from models.encoders.common import selected_rows
 from models.layers import Linear
 
 # cell (r, c) of an h x w grid lands at (a*r + b*c + e, f*r + g*c + k) of the transformed grid,
@@ -156,9 +157,12 @@ class MapMatch(nn.Module):
         self.mismatch_cost = nn.Parameter(torch.tensor(MISMATCH_COST))
         self.uncovered_cost = nn.Parameter(torch.tensor(UNCOVERED_COST))
 
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: the host's demo lengths [B, D] (the batch's `demo_lengths`): the real demo slots
+        are then known without reading the device."""
         B, D, S = demo_inputs.shape
-        rows = demo_mask.reshape(-1).nonzero().squeeze(1)                        # real demo slots only
+        rows = selected_rows(demo_mask.reshape(-1), lengths)                     # real demo slots only
         inputs, labels = demo_inputs.reshape(B * D, S)[rows], demo_labels.reshape(B * D, S)[rows]
         n = rows.shape[0]
         sources = map_sources(*grid_sizes(inputs, self.side), self.side)        # [n, M, S]

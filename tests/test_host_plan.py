@@ -14,12 +14,17 @@ from models.losses import ACTLossHead
 from models.recursive_reasoning.etrm import TRMWithEncoder
 
 
-def head_for(split, encoder_type: str) -> ACTLossHead:
+def head_for(split, encoder_type: str, **options) -> ACTLossHead:
     torch.manual_seed(0)
     cfg = dict(batch_size=8, seq_len=split.seq_len, vocab_size=split.vocab_size, max_demos=split.max_demos,
                puzzle_emb_len=4, hidden_size=32, num_heads=2, H_cycles=2, L_cycles=1, halt_max_steps=3,
-               halt_exploration_prob=0.5, encoder_type=encoder_type, encoder_num_layers=1, forward_dtype="float32")
-    return ACTLossHead(TRMWithEncoder(cfg))
+               halt_exploration_prob=0.5, encoder_type=encoder_type, encoder_num_layers=1, forward_dtype="float32",
+               **options)
+    model = TRMWithEncoder(cfg)
+    for name, p in model.named_parameters():  # the demo paths' zero-initialised outputs would hide them
+        if ("demo_attn" in name or "map_read" in name) and not p.detach().any():
+            torch.nn.init.normal_(p, std=0.2)
+    return ACTLossHead(model)
 
 
 def run_steps(head, batches, host: bool) -> tuple[list[torch.Tensor], int]:
@@ -36,16 +41,18 @@ def run_steps(head, batches, host: bool) -> tuple[list[torch.Tensor], int]:
             else:  # what the trainer does: the halted mask, copied to the host after the step
                 carry = dataclasses.replace(carry, host_halted=carry.halted.clone() if host else None)
             carry, loss, _, outputs, _ = head(carry, batch)
-            outs += [outputs["context"].detach(), loss.detach()]
+            outs += [outputs["context"].detach(), outputs["logits"].detach(), loss.detach()]
     return outs, counter.total("train")
 
 
-@pytest.mark.parametrize("encoder_type", ["standard", "hybrid_variational"])
-def test_host_plan_follows_the_carried_rows(tiny_data, encoder_type):
+@pytest.mark.parametrize("encoder_type,options", [("standard", {}), ("hybrid_variational", {}),
+                                                   ("standard", {"demo_attention": True, "map_read": True})])
+def test_host_plan_follows_the_carried_rows(tiny_data, encoder_type, options):
+    """Also the demo reader's layout and plan, and MapMatch's real demo slots (arch.demo_attention, map_read)."""
     split = load_split(str(tiny_data), "train")
     loader = TrainLoader(split, 8, seed=3)
     batches = [next(loader) for _ in range(8)]
-    head = head_for(split, encoder_type)
+    head = head_for(split, encoder_type, **options)
     head.train()
     device_outs, device_reads = run_steps(head, batches, host=False)
     host_outs, host_reads = run_steps(head, batches, host=True)
@@ -54,10 +61,11 @@ def test_host_plan_follows_the_carried_rows(tiny_data, encoder_type):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_eval_batch_plan_needs_no_device_read(tiny_data):
+@pytest.mark.parametrize("options", [{}, {"demo_attention": True, "map_read": True}])
+def test_eval_batch_plan_needs_no_device_read(tiny_data, options):
     split = load_split(str(tiny_data), "eval")
     batch = EvalLoader(split, 8, max_variants=1).batch(0)
-    head = head_for(split, "standard")
+    head = head_for(split, "standard", **options)
     head.eval()
     with torch.no_grad(), SyncCounter() as counter:
         counter.phase = "eval"
@@ -95,3 +103,14 @@ def test_eval_reads_the_device_once_per_evaluation(tiny_data, halting, tmp_path)
         out = run_until_halted(head, batch, "float32")
         exact += int((out["exact"] & batch["valid"]).sum())
     assert results["eval/exact_accuracy"] * results["eval/count"] == pytest.approx(exact)
+
+
+@pytest.mark.parametrize("row", ["standard", "demo_attention", "map_read"])
+def test_the_trainer_reads_the_device_once_per_log_interval(tiny_data, tmp_path, row):
+    """bench.host_syncs on the real trainer: 8 steps, log_interval 4, final checkpoint and eval:
+    one read per log step (the checkpoint at a log step reuses it), at most one per eval batch."""
+    from bench.host_syncs import ROWS, TINY_ARCH, measure
+    r = measure(tiny_data, tmp_path / "run", TINY_ARCH, 8, 8, 4, 2, "cpu", ROWS[row])
+    assert r["steps"] == 8 and r["log_steps"] == 2
+    assert r["train_syncs"] == 2, r["train_sites"]
+    assert r["eval_syncs_per_batch"] <= 1.0, r["eval_sites"]

@@ -4,6 +4,7 @@ fails before any work, and every batch a run splits over ranks is checked."""
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.helpers import compose_cfg
 from training import preflight
@@ -52,3 +53,16 @@ def test_every_batch_split_over_ranks_is_checked():
     assert [c.name for c in failed(preflight.batch_checks(tta, 8))] == ["tta.global_batch_size divides over 8 rank(s)"]
     off = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["tta.global_batch_size=12"])  # tta.mode none: never run
     assert failed(preflight.batch_checks(off, 8)) == []
+
+
+def test_eval_batch_defaults_to_a_per_rank_batch_on_a_gpu():
+    sf = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["global_batch_size=128"])  # SF1-4: 32 per rank on 4 GPUs
+    assert preflight.eval_global_batch(sf, 4, "cuda") == 4 * 256
+    assert preflight.eval_global_batch(sf, 4, "cpu") == 128  # CPU runs keep the training batch
+    big = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["global_batch_size=2048", "eval_batch_per_rank=64"])
+    assert preflight.eval_global_batch(big, 4, "cuda") == 2048  # never below the training batch
+    explicit = compose_cfg("cfg_pretrain_etrm_arc_agi_1", ["eval_global_batch_size=96"])
+    assert preflight.eval_global_batch(explicit, 4, "cuda") == preflight.eval_global_batch(explicit, 4, "cpu") == 96
+    old_run = OmegaConf.create({"global_batch_size": 128, "eval_global_batch_size": None})  # config.yaml without the key
+    assert preflight.eval_global_batch(old_run, 4, "cuda") == 4 * preflight.EVAL_BATCH_PER_RANK
+    assert failed(preflight.batch_checks(sf, 4)) == []  # the default always divides

@@ -127,6 +127,22 @@ def test_wandb_offline_run_is_written(tiny_data, tmp_path, monkeypatch):
         assert key.encode() in records, key
 
 
+def test_evaluations_during_training_read_a_subset_the_final_one_every_variant(tiny_data, tmp_path):
+    """train_eval_max_variants=1: the evaluations at steps 1 and 2 read each puzzle's first variant,
+    the final one (step 3) every variant (max_eval_variants=null)."""
+    from dataset import EvalLoader
+    run_dir = tmp_path / "run"
+    trainer.train(compose_tiny(small_overrides(tiny_data, run_dir, max_steps=3, eval_interval=1e-6, ema="false",
+                                               max_eval_variants="null", train_eval_max_variants=1, max_eval_groups=2)))
+    split = load_split(str(tiny_data), "eval")
+    expected = {v: EvalLoader(split, 8, max_eval_groups=2, max_variants=v).num_samples for v in (1, None)}
+    assert expected[None] > expected[1]
+    for step, variants in ((1, 1), (2, 1), (3, None)):
+        record = json.loads((run_dir / "eval" / f"step_{step}" / "settings.json").read_text())
+        assert record["settings"]["max_eval_variants"] == variants, step
+        assert record["metrics"]["eval/count"] == expected[variants], step
+
+
 def test_two_ranks_match_one_rank(tiny_data, tmp_path):
     """global batch 8 on one process == 4 + 4 on two gloo ranks, step for step."""
     one, two = tmp_path / "one", tmp_path / "two"

@@ -285,3 +285,37 @@ def test_two_ranks_adapt_like_one_rank(fill_data, tmp_path):
     ma, mb = (json.loads((p.parent / "settings.json").read_text())["metrics"] for p in (one, two))
     for key in ("ARC/pass@2", "eval/exact_accuracy", "tta/steps_done", "tta/fit_after_loss"):
         assert ma[key] == pytest.approx(mb[key], rel=1e-4), key
+
+
+def test_adaptation_reads_the_device_once_per_read_interval_and_skips_non_finite_steps(fill_data, monkeypatch, caplog):
+    """6 adaptation steps read the device twice (READ_EVERY=3): metrics, clipping, the skip and the
+    packing plans stay on the device (bench.host_syncs' tta row). A non-finite step (step 1 here)
+    is skipped: its update is not applied, every slot restarts, and it is logged at the next read."""
+    from bench.host_syncs import SyncCounter
+    monkeypatch.setattr(tta, "READ_EVERY", 3)
+    real_clip, real_step, calls, carries = tta.clipped_step_on_device, tta.adaptation_step, [], []
+
+    def clip(optimizer, grads, norm, clip_norm, loss):
+        calls.append(optimizer.param_groups[0]["params"][0].detach().clone())
+        return real_clip(optimizer, grads, norm, clip_norm, loss * float("nan") if len(calls) == 2 else loss)
+
+    def step(*args, **kwargs):
+        carry, metrics = real_step(*args, **kwargs)
+        carries.append(carry.halted.clone())
+        return carry, metrics
+
+    monkeypatch.setattr(tta, "clipped_step_on_device", clip)
+    monkeypatch.setattr(tta, "adaptation_step", step)
+    split = load_split(str(fill_data), "eval")
+    cfg, head = small_model(fill_data, ["arch.halt_max_steps=4"])  # no slot halts by itself at step 1
+    with SyncCounter() as counter, caplog.at_level("WARNING", logger="etrm"):
+        counter.phase = "tta"
+        adapted, stats = adapt(head, split, tta_settings(cfg, mode="context", steps=6, global_batch_size=8,
+                                                         fit_variants=0), CPU, "float32", eval_variants=4)
+    assert stats["tta/steps_done"] == 6
+    assert counter.total("tta") == 2, dict(counter.counts["tta"])
+    assert torch.equal(calls[1], calls[2])  # the skipped step (1) left the corrections as they were
+    assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[2], calls[3])
+    assert bool(carries[1].all())  # every slot restarts after the skip
+    assert [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()] == \
+        ["tta step 1: non-finite loss or gradient norm, update skipped"]

@@ -8,6 +8,7 @@ DDP and checkpoint path as many.
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import os
 import secrets
@@ -133,14 +134,40 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
+
+
 def wrap_ddp(module: torch.nn.Module, device: torch.device, context_ablation: bool = False) -> torch.nn.Module:
     """`module` under DDP whenever a process group exists (one process under torchrun included),
     else as it is. The zeroed-context ablation leaves the encoder without gradient, which DDP must
-    be told (find_unused_parameters)."""
+    be told (find_unused_parameters).
+
+    No buffer broadcast before every forward: the model's buffers are constants (rotary tables,
+    segment ids, the grid-feature offsets, H_init/L_init, TTA's variant tables), never written by a
+    forward (tests/test_compile_ddp.py checks it); DDP's constructor still copies rank 0's
+    parameters and buffers to every rank once. torch 2.13 names this `forward_sync_buffers=False`
+    (its `broadcast_buffers=False` would also skip that copy at construction)."""
     if not is_distributed():
         return module
+    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
+                       else {"broadcast_buffers": False})
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=context_ablation)
+                                   find_unused_parameters=context_ablation, **no_forward_sync)
+
+
+def training_module(module: torch.nn.Module, device: torch.device, compile: bool,
+                    context_ablation: bool = False) -> torch.nn.Module:
+    """The module a training step calls: DDP (`wrap_ddp`) first, then `torch.compile` of the DDP
+    module. Dynamo's DDPOptimizer (`torch._dynamo.config.optimize_ddp`, on by default) acts only
+    when it compiles a DDP-wrapped module (its Note [DDPOptimizer] in torch/_dynamo/backends/
+    distributed.py; the torch.compile FAQ, "Do you support Distributed code?"): it splits the graph
+    at DDP's gradient-bucket boundaries so each bucket's all-reduce starts while the backward goes
+    on. DDP around a compiled module gets one fused backward whose gradients are all ready at its
+    end: no overlap. (torch's "Where to apply torch.compile?" page suggests compiling the inner
+    module for wrappers in general; that order is the one without overlap.) Parameters are named
+    `_orig_mod.module.*` here: checkpoints save the bare model's state_dict, never this module's."""
+    wrapped = wrap_ddp(module, device, context_ablation)
+    return torch.compile(wrapped) if compile else wrapped
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

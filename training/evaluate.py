@@ -61,8 +61,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             raise ValueError(f"{weights_file} does not match the model built from {path / 'config.yaml'}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.to(dist_info.device)
+        if train_cfg.get("compile"):  # as the run's own evaluations (training/trainer.py)
+            head = torch.compile(head)
 
-        gbs = int(train_cfg.eval_global_batch_size or train_cfg.global_batch_size)
+        gbs = preflight.eval_global_batch(train_cfg, dist_info.world_size, dist_info.device.type)
         loader = EvalLoader(eval_split, gbs, rank=dist_info.rank, world_size=dist_info.world_size,
                             max_eval_groups=train_cfg.get("max_eval_groups"), max_variants=train_cfg.get("max_eval_variants"),
                             max_demos=train_cfg.get("max_demos"))

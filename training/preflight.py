@@ -129,12 +129,32 @@ def divides_check(key: str, value: int, world_size: int) -> Check:
                                              f"ranks: pick a multiple of {world_size}")
 
 
+# the per-rank eval batch on a GPU when eval_global_batch_size is null (config key eval_batch_per_rank;
+# checkpoints of older runs lack the key): an eval step has no backward, so it holds one ACT step's
+# activations, not the ones a training step keeps for backward; 256 rows of the 30x30 canvas keep the
+# GPU's matmuls large (SF runs train at 32 per rank), and the GPU check's eval stage runs 1024 per GPU
+EVAL_BATCH_PER_RANK = 256
+
+
+def eval_global_batch(cfg: DictConfig, world_size: int, device_type: str) -> int:
+    """The eval's global batch: `eval_global_batch_size` when set; else, per rank, the training
+    batch on CPU (tiny CPU runs keep their small batches) and max(training batch,
+    `eval_batch_per_rank`) on a GPU (throughput: no backward, so a larger batch fits)."""
+    if cfg.get("eval_global_batch_size"):
+        return int(cfg.eval_global_batch_size)
+    per_rank = max(1, int(cfg.global_batch_size) // int(world_size))
+    if device_type == "cuda":
+        per_rank = max(per_rank, int(cfg.get("eval_batch_per_rank") or EVAL_BATCH_PER_RANK))
+    return per_rank * int(world_size)
+
+
 def batch_checks(cfg: DictConfig, world_size: int, train: bool = True) -> list[Check]:
-    """The training batch (when `train`), the eval batch (default: the training batch) and an
-    active test-time adaptation's batch must each split evenly over `world_size` ranks."""
+    """The training batch (when `train`), the eval batch (`eval_global_batch`) and an active
+    test-time adaptation's batch must each split evenly over `world_size` ranks."""
     gbs = int(cfg.global_batch_size)
     checks = [divides_check("global_batch_size", gbs, world_size)] if train else []
-    checks.append(divides_check("eval_global_batch_size", int(cfg.get("eval_global_batch_size") or gbs), world_size))
+    # the GPU's value: an explicit one as it is; the default divides by construction
+    checks.append(divides_check("eval_global_batch_size", eval_global_batch(cfg, world_size, "cuda"), world_size))
     tta = cfg.get("tta")
     if tta is not None and tta.get("mode", "none") != "none":
         checks.append(divides_check("tta.global_batch_size", int(tta.global_batch_size), world_size))

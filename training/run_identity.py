@@ -27,7 +27,7 @@ RESUME_MUTABLE_KEYS = frozenset({
     # how long to train (the LR schedule stretches to the new length)
     "epochs", "max_steps", "max_train_minutes",
     # evaluation: when, on what, how
-    "eval_interval", "eval_global_batch_size", "max_eval_groups", "max_eval_variants", "eval_halting",
+    "eval_interval", "eval_global_batch_size", "eval_batch_per_rank", "max_eval_groups", "max_eval_variants", "train_eval_max_variants", "eval_halting",
     "evaluators", "data_paths_test", "tta", "summary_note",
     # checkpoints, logging, runtime, guards
     "checkpoint_every_eval", "checkpoint_interval", "checkpoint_interval_minutes", "dist_timeout_minutes",

@@ -19,7 +19,7 @@ from dataset.atomic import atomic_write_text
 from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
 from training.distributed import (DistInfo, barrier, broadcast_object, init_distributed, is_distributed, shutdown,
-                                  wrap_ddp)
+                                  training_module)
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
                                  to_device)
 from training.host_copy import HostCopy
@@ -57,6 +57,15 @@ def grad_norms(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
     return norm(encoder), norm(inner)
+
+
+def training_eval_variants(cfg: DictConfig, final: bool) -> int | None:
+    """Variants per puzzle an evaluation reads: `max_eval_variants` (null: all) for the final one,
+    at most `train_eval_max_variants` for those during training (null: as the final one)."""
+    full, during = cfg.get("max_eval_variants"), cfg.get("train_eval_max_variants")
+    if final or during is None:
+        return full
+    return int(during) if full is None else min(int(during), int(full))
 
 
 def learning_summary(step: int, recent: list[dict], results: dict, note: str | None) -> str:
@@ -113,16 +122,19 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # --- data (validated before any model work) ---
     preflight.require(preflight.batch_checks(cfg, world_size))  # the datasets: ensure_dataset below
     gbs = int(cfg.global_batch_size)
-    eval_gbs = int(cfg.eval_global_batch_size or gbs)
+    eval_gbs = preflight.eval_global_batch(cfg, world_size, device.type)
     tta = TTASettings.from_config(cfg.get("tta"), world_size)
     build.ensure_dataset(cfg, dist_info.is_main)
     barrier()
     train_split, eval_split = build.load_data(cfg)
     train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
                                max_demos=cfg.get("max_demos"))
-    eval_loader = EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
-                             max_eval_groups=cfg.get("max_eval_groups"), max_variants=cfg.get("max_eval_variants"),
-                             max_demos=cfg.get("max_demos"))
+    # evaluations during training read each puzzle's first train_eval_max_variants variants; the
+    # final one reads max_eval_variants (all by default): training_eval_variants
+    eval_loaders = {final: EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
+                                      max_eval_groups=cfg.get("max_eval_groups"),
+                                      max_variants=training_eval_variants(cfg, final), max_demos=cfg.get("max_demos"))
+                    for final in (False, True)}
     steps_per_epoch = train_loader.samples_per_epoch / gbs
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     if cfg.get("max_steps"):
@@ -163,11 +175,11 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             train_loader.load_state_dict(ts["loader"])
         log.info("resumed from %s at step %d", ckpt_path, step)
 
-    train_head: nn.Module = head
-    if cfg.compile:
-        train_head = torch.compile(head)
-    train_head = wrap_ddp(train_head, device, bool(cfg.arch.get("context_ablation", False)))
+    # DDP, then compile over it (overlap of the gradient all-reduce with backward: training_module)
+    train_head = training_module(head, device, bool(cfg.compile), bool(cfg.arch.get("context_ablation", False)))
     eval_head = build.loss_head(cfg, ema.model) if ema is not None else head
+    if cfg.compile:  # compiled once here, reused by every evaluation (the EMA's weights change in place)
+        eval_head = torch.compile(eval_head)
     encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
 
     # --- run directory, config, logging (rank 0 only) ---
@@ -193,7 +205,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
              sum(p.numel() for p in encoder_params) / 1e6, total_steps, steps_per_epoch, eval_every)
 
     def save(at_step: int) -> None:
-        counters.update(zip(GUARD_COUNTERS, (int(v) for v in guards.tolist())))  # read at checkpoints only
+        if guards_read_at != at_step:  # read at checkpoints (a log step just read them)
+            counters.update(zip(GUARD_COUNTERS, (int(v) for v in guards.tolist())))
         if counters["nonfinite_in_a_row"]:
             log.warning("step %d: no checkpoint while updates are being skipped as non-finite", at_step)
             return
@@ -212,10 +225,13 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
 
     settings = eval_settings(cfg, weights="ema" if ema is not None else "model")
 
-    def evaluate(at_step: int) -> dict:
-        results = evaluate_with_tta(eval_head, eval_split, eval_loader, evaluators, dist_info, forward_dtype,
-                                    run_dir / "eval" / f"step_{at_step}", at_step, tta, settings=settings,
-                                    max_eval_variants=cfg.get("max_eval_variants"), max_demos=cfg.get("max_demos"))
+    def evaluate(at_step: int, final: bool) -> dict:
+        variants = training_eval_variants(cfg, final)
+        results = evaluate_with_tta(eval_head, eval_split, eval_loaders[final], evaluators, dist_info, forward_dtype,
+                                    run_dir / "eval" / f"step_{at_step}", at_step, tta,
+                                    settings=dict(settings, max_eval_variants=variants, final=final),
+                                    max_eval_variants=variants, max_demos=cfg.get("max_demos"))
+        results["eval/max_variants"] = float(variants or 0)  # 0: every variant
         if dist_info.is_main:
             logger.log(results, at_step)
             shown = {k: round(v, 4) for k, v in results.items() if "pass@" in k or k.endswith("exact_accuracy")}
@@ -226,13 +242,15 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     # batches assembled on a worker thread (pinned with CUDA); its state is that of the consumed batches
     train_iter = Prefetcher(train_loader, depth=2, pin=device.type == "cuda")
     progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
-    recent = collections.deque(maxlen=max(1, total_steps // 10))  # the end-of-run summary's window
+    # the end-of-run summary's window: the log steps' records of the run's last tenth
+    recent = collections.deque(maxlen=max(1, total_steps // 10 // int(cfg.log_interval)))
     results: dict[str, float] = {}
     tick = time.perf_counter()
     halted_copy = HostCopy()  # the carry's halted mask, copied to the host one step ahead of its use
     if carry is not None:
         halted_copy.start(carry.halted)
     guards = torch.tensor([float(counters[k]) for k in GUARD_COUNTERS], device=device)  # on the device between reads
+    guards_read_at = step if state is not None else -1  # the step whose guards `counters` holds
     reported_nonfinite, collapse_warned = counters["nonfinite_total"], counters["low_var_in_a_row"] >= int(cfg.collapse_patience)
     # optional wall-clock budget (benchmarks): training time, evaluations excluded; the LR schedule
     # follows whichever of steps or time is further along, so the cosine ends at the deadline
@@ -292,6 +310,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             reduced = metrics_from_totals(keys, mean_keys, values[:n], "train", gbs)
             encoder_norm_v, inner_norm_v, total_norm_v = values[n:n + 3]
             counters.update(zip(GUARD_COUNTERS, (int(v) for v in values[n + 3:])))
+            guards_read_at = step
             if counters["nonfinite_total"] > reported_nonfinite:
                 log.warning("step %d: %d non-finite losses or gradient norms so far, their updates skipped (%d in a row)",
                             step, counters["nonfinite_total"], counters["nonfinite_in_a_row"])
@@ -336,7 +355,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
                 (cfg.get("checkpoint_interval") and step % int(cfg.checkpoint_interval) == 0):
             save(step)
         if eval_due and evaluators:
-            results = evaluate(step)
+            results = evaluate(step, final=last)
     control.__exit__()
     progress.close()
     train_iter.close()

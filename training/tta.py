@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from adam_atan2_pytorch import AdamAtan2  # the training optimizer (training/optim.py)
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -38,8 +37,10 @@ from dataset.atomic import atomic_write
 from dataset.tokens import NUM_COLOURS
 from training.checkpoint import rng_state, set_rng_state
 from training.distributed import DistInfo, all_reduce_sum, wrap_ddp
-from training.evaluation import autocast_for, reduce_metrics, run_evaluation, run_until_halted, to_device
-from training.optim import clipped_step, lr_at
+from training.evaluation import (autocast_for, metrics_from_totals, reduce_metrics_on_device, run_evaluation,
+                                 run_until_halted, to_device)
+from training.host_copy import HostCopy
+from training.optim import AdamATan2, clipped_step_on_device, lr_at
 from training.preflight import divides_check, require
 from training.progress import Progress
 
@@ -51,6 +52,7 @@ PUZZLE_CHOICES = ("all", "unsolved")
 MAX_VARIANT_SLOTS = 64  # per-(puzzle, variant) corrections: a table of N x V x P x H floats
 SELECT_VARIANTS = 8     # tta.puzzles=unsolved judges a puzzle on (at most) its first 8 variants;
 SOLVED_FRACTION = 0.5   # solved when more than half of its leave-one-out samples are answered exactly
+READ_EVERY = 50         # adaptation steps between host reads of their metrics (progress, non-finite warnings)
 
 
 @dataclass(frozen=True)
@@ -217,35 +219,48 @@ def _adapted_copy(head: nn.Module, mode: str) -> nn.Module:
 
 
 def adaptation_optimizer(adapted: AdaptedHead, settings: TTASettings) -> torch.optim.Optimizer:
-    """The training optimizer (AdamATan2) over the context corrections (lr context_lr, no weight
-    decay) and, in `full` mode, the weights (lr, weight_decay)."""
+    """The training optimizer (AdamATan2, training/optim.py) over the context corrections (lr
+    context_lr, no weight decay) and, in `full` mode, the weights (lr, weight_decay)."""
     groups = [{"params": [adapted.offsets.table], "lr": settings.context_lr, "weight_decay": 0.0,
                "base_lr": settings.context_lr}]
     weights = [p for p in adapted.head.parameters() if p.requires_grad]
     if weights:
         groups.append({"params": weights, "lr": settings.lr, "weight_decay": settings.weight_decay, "base_lr": settings.lr})
-    return AdamAtan2(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
+    return AdamATan2(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2))
 
 
 def adaptation_step(train_head: nn.Module, optimizer: torch.optim.Optimizer, carry, batch: dict, step: int,
                     settings: TTASettings, local_batch_size: int, forward_dtype: str):
     """One adaptation step, as a training step: one ACT step of every slot through the loss head,
     backward of the loss / the global batch, clipping, the optimizer (skipped when the loss or the
-    gradient norm is not finite: every slot then restarts). Returns (carry, metrics under tta/)."""
+    gradient norm is not finite: every slot then restarts), all decided on the device as the
+    trainer's step. Returns (carry, (metric keys, their sums over ranks + the skip flag as one device
+    vector)), read on the host by `read_adaptation_metrics`."""
     for g in optimizer.param_groups:
         g["lr"] = lr_at(step, g["base_lr"], settings.lr_warmup_steps, settings.steps, settings.lr_min_ratio)
     with autocast_for(batch["inputs"].device, forward_dtype):
         carry, loss, metrics, _, _ = train_head(carry, batch)
     # a sum over this rank's samples; DDP averages over ranks -> gradients of sum / global batch
     (loss / local_batch_size).backward()
-    reduced = reduce_metrics(dict(metrics, total_loss=loss.detach()), "tta", settings.global_batch_size)
+    keys, _, totals = reduce_metrics_on_device(dict(metrics, total_loss=loss.detach()))
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
-    if not clipped_step(optimizer, grads, norm, float(settings.grad_clip_norm), reduced["tta/total_loss"]):
-        carry = None  # latents may hold NaN: restart every slot
-        log.warning("tta step %d: non-finite loss or gradient norm, update skipped", step)
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) if grads else totals.new_zeros(())
+    ok = clipped_step_on_device(optimizer, grads, norm, float(settings.grad_clip_norm), totals[keys.index("total_loss")])
+    carry = dataclasses.replace(carry, halted=carry.halted | ~ok)  # latents may hold NaN: restart every slot
     optimizer.zero_grad(set_to_none=True)
-    return carry, reduced
+    return carry, (keys, torch.cat([totals, (~ok).float()[None]]))
+
+
+def read_adaptation_metrics(pending: list, first_step: int, global_batch_size: int) -> list[dict]:
+    """The `adaptation_step` metrics of consecutive steps from `first_step` on, read in one host
+    read: one dict under tta/ per step; a skipped (non-finite) update is logged."""
+    rows = torch.stack([values for _, values in pending]).tolist()
+    out = []
+    for i, ((keys, _), row) in enumerate(zip(pending, rows)):
+        if row[-1]:
+            log.warning("tta step %d: non-finite loss or gradient norm, update skipped", first_step + i)
+        out.append(metrics_from_totals(keys, [], row[:-1], "tta", global_batch_size))
+    return out
 
 
 def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_info: DistInfo, forward_dtype: str,
@@ -302,7 +317,8 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     train_head = wrap_ddp(adapted, device, bool(cfg.context_ablation))  # as the trainer
 
     torch.manual_seed(settings.seed * 1000 + dist_info.rank)  # halting exploration, as in training
-    carry, batches, history = None, iter(loader), []
+    carry, batches, history, pending = None, iter(loader), [], []
+    halted_copy = HostCopy()  # as the trainer: the packing plans made on the host (demo_lengths + halted)
     adapted.train()
     start = time.perf_counter()
     progress = Progress(settings.steps, f"tta {settings.mode}", enabled=dist_info.is_main)
@@ -310,10 +326,16 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
         batch = to_device(next(batches), device)
         if carry is None:
             carry = adapted.initial_carry(batch)
-        carry, reduced = adaptation_step(train_head, optimizer, carry, batch, step, settings, loader.local_batch_size,
+        elif halted_copy.pending:
+            carry = dataclasses.replace(carry, host_halted=halted_copy.get())
+        carry, metrics = adaptation_step(train_head, optimizer, carry, batch, step, settings, loader.local_batch_size,
                                          forward_dtype)
-        history.append(reduced)
-        progress.set_postfix(loss=f"{reduced['tta/total_loss']:.3f}")
+        halted_copy.start(carry.halted)
+        pending.append(metrics)
+        if len(pending) == READ_EVERY or step == settings.steps - 1:  # one host read per READ_EVERY steps
+            history += read_adaptation_metrics(pending, step + 1 - len(pending), settings.global_batch_size)
+            pending = []
+            progress.set_postfix(loss=f"{history[-1]['tta/total_loss']:.3f}")
         progress.update()
     progress.close()
     wall = time.perf_counter() - start
@@ -385,13 +407,14 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     # adapting re-seeds the global RNG (halting exploration): the training run that called this
     # evaluation must continue its own random streams afterwards, not replay the adaptation's seed
     saved_rng = rng_state()
+    compiled = getattr(head, "_orig_mod", None)  # a torch.compile'd head: adapt the module, predict compiled
     try:
-        adapted, stats = adapt(head, eval_split, tta, dist_info, forward_dtype, eval_variants=max_eval_variants,
-                               max_demos=max_demos)
+        adapted, stats = adapt(compiled or head, eval_split, tta, dist_info, forward_dtype,
+                               eval_variants=max_eval_variants, max_demos=max_demos)
     finally:
         set_rng_state(saved_rng)
-    results = run_evaluation(adapted, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings,
-                             extra_metrics=stats)
+    results = run_evaluation(torch.compile(adapted) if compiled is not None else adapted, loader, evaluators, dist_info,
+                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
         state = {"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
                  "tta": dataclasses.asdict(tta)}

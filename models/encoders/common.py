@@ -83,6 +83,16 @@ def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+@torch.compiler.disable  # a data-dependent shape
+def selected_rows(select: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices [n] (on select's device) of the rows select [N] marks: from the host's `lengths`
+    (a CPU tensor, > 0 on exactly those rows: packing_plan) without reading the device, else
+    select.nonzero() (one host sync)."""
+    if lengths is None:
+        return select.nonzero().squeeze(1)
+    return host_to_device(np.flatnonzero(lengths.numpy().reshape(-1) > 0), select.device)
+
+
 # data-dependent shapes: runs eagerly under torch.compile (no graph to capture)
 @torch.compiler.disable
 def packing_plan(real: torch.Tensor, select: torch.Tensor, lengths: torch.Tensor | None = None

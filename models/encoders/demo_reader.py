@@ -37,7 +37,10 @@ class DemoReader(PairEncoder):
 
     # torch.compile: the packing plan and the bucket loop run eagerly (as PairEncoder.pooled)
     @torch.compiler.disable(recursive=False)
-    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor) -> DemoTokens:
+    def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> DemoTokens:
+        """`lengths`: the host's real-token counts of the demo pairs [B, D] (the batch's `demo_lengths`):
+        the layout's length and the packing plan then need no device read."""
         B, D, S = demo_inputs.shape
         inputs, labels = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         tokens = torch.cat([inputs, labels], dim=1)                             # [N, 2S]
@@ -45,17 +48,21 @@ class DemoReader(PairEncoder):
         real = (tokens != self.pad_id) & select[:, None]
         counts = real.sum(1).view(B, D)
         start = (counts.cumsum(1) - counts).view(-1)                            # each pair's first slot
-        T = pack_bucket(int(counts.sum(1).max()), D * 2 * S)                    # host sync: picks the shape
+        # the longest sample picks the shape: from the host's counts, else read from the device (a sync)
+        longest = int(lengths.numpy().sum(1).max() if lengths is not None else counts.sum(1).max()) if B else 0
+        T = pack_bucket(longest, D * 2 * S)
         if self.packed:
-            groups = packing_plan(real, select)
-        else:  # every slot at the full layout; the gather below keeps the same real tokens
+            groups = packing_plan(real, select, lengths)
+        else:  # every slot at the full layout; the scatter below keeps the same real tokens
             index = torch.arange(2 * S, device=tokens.device).expand(B * D, -1)
             groups = [(torch.arange(B * D, device=tokens.device), index, real)]
         feats = self.feature_ids(tokens)
         H = self.embed_tokens.weight.shape[1]
-        states = self.embed_tokens.weight.new_zeros(B, T, H)
-        pos = tokens.new_zeros(B, T)
-        mask = torch.zeros(B, T, dtype=torch.bool, device=tokens.device)
+        # one column more than the layout: every token of a group is scattered (static shapes, no
+        # boolean indexing, which would read the device), those that are not real into column T, dropped
+        states = self.embed_tokens.weight.new_zeros(B, T + 1, H)
+        pos = tokens.new_zeros(B, T + 1)
+        mask = torch.zeros(B, T + 1, dtype=torch.bool, device=tokens.device)
         for group, order, g_mask in groups:
             g_feats = None if feats is None else feats[group].gather(1, order[..., None].expand(-1, -1, feats.shape[-1]))
             h = self.forward_tokens(tokens[group].gather(1, order), order, g_mask, g_feats)
@@ -63,9 +70,10 @@ class DemoReader(PairEncoder):
                 slot = start[group][:, None] + torch.arange(order.shape[1], device=order.device)
             else:            # padded layout: the j-th real token of the pair goes to slot start + j
                 slot = start[group][:, None] + g_mask.cumsum(1) - 1
-            b_idx, t_idx = (group // D)[:, None].expand_as(order)[g_mask], slot[g_mask]
-            states = states.index_put((b_idx, t_idx), h[g_mask].to(states.dtype))
-            pos = pos.index_put((b_idx, t_idx), order[g_mask])
-            mask = mask.index_put((b_idx, t_idx), torch.ones_like(t_idx, dtype=torch.bool))
+            b_idx, t_idx = (group // D)[:, None].expand_as(order), torch.where(g_mask, slot, T)
+            states = states.index_put((b_idx, t_idx), h.to(states.dtype))
+            pos = pos.index_put((b_idx, t_idx), order)
+            mask = mask.index_put((b_idx, t_idx), g_mask)
+        states, pos, mask = states[:, :T], pos[:, :T], mask[:, :T]
         cell = pos % S
         return DemoTokens(states=states, rows=cell // self.side, cols=cell % self.side, mask=mask)

@@ -281,9 +281,9 @@ class TRMWithEncoder(nn.Module):
             enc = self.encoder(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths=demo_lengths)
             context, kl = enc.context, enc.kl
             if cfg.demo_attention:  # the demo cells the inner model attends to, re-read every step too
-                demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+                demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
-                agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+                agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
