@@ -163,6 +163,41 @@ def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
     return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in fam_scores.items()}
 
 
+def eval_inputs(puzzles: Path, held_out: str | None = None) -> dict[str, list[np.ndarray]]:
+    """{puzzle id: [test input grids]} of the held-out puzzles (eval_truths' order)."""
+    return {p.stem: [np.array(t["input"]) for t in json.loads(p.read_text())["test"]]
+            for p in sorted(eval_dir(puzzles, held_out).rglob("*.json"))}
+
+
+def answer_anatomy(sub_file: Path, truths: dict, inputs: dict) -> dict[str, dict[str, float]]:
+    """What the first attempts get right, per family (and group, "all"): `shape` the share with the
+    answer's shape; for answers of the input's shape whose attempt has it too, `changed` the
+    accuracy on the cells the rule changes, `kept` on the cells it keeps, and `copied` the share
+    of attempts that are the test input unchanged (a model that learned to copy and no rule)."""
+    if not sub_file.exists():
+        return {}
+    submission = json.loads(sub_file.read_text())
+    acc: dict[str, dict[str, list[float]]] = {}
+    for pid, (fam, outs) in truths.items():
+        attempts = submission.get(pid, [])
+        for i, truth in enumerate(outs):
+            a = np.array((attempts[i] if i < len(attempts) else {}).get("attempt_1", [[0]]))
+            x = inputs[pid][i]
+            vals = {"shape": float(a.shape == truth.shape)}
+            if a.shape == truth.shape == x.shape:
+                changed = x != truth
+                if changed.any():
+                    vals["changed"] = float((a == truth)[changed].mean())
+                if (~changed).any():
+                    vals["kept"] = float((a == truth)[~changed].mean())
+                vals["copied"] = float(np.array_equal(a, x))
+            for f in (fam, group_of(fam), "all"):
+                d = acc.setdefault(f, {})
+                for k, v in vals.items():
+                    d.setdefault(k, []).append(v)
+    return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in acc.items()}
+
+
 def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if "train/total_loss" in r]
@@ -187,7 +222,8 @@ def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
         "collapse_warning": any(r.get("train/encoder_collapse_warning", 0) for r in train),
         "steps": steps, "train_loss": float(np.mean([r["train/total_loss"] for r in tail])),
     }
-    out["families"] = family_scores(run_dir / "eval" / f"step_{ev['step']}" / "submission.json", truths)
+    out["submission"] = str(run_dir / "eval" / f"step_{ev['step']}" / "submission.json")
+    out["families"] = family_scores(Path(out["submission"]), truths)
     return out
 
 
@@ -252,6 +288,7 @@ def run_tta_row(start: dict, mode: str, runs: Path, args, truths: dict, log=prin
     res = {"name": name, "start": start["name"], "mode": mode, "pass@1": metrics["ARC/pass@1"],
            "pass@2": metrics["ARC/pass@2"], "task_pass@2": metrics.get("ARC/task_pass@2"),
            "families": family_scores(folders[-1].parent / "submission.json", truths), "wall_s": wall,
+           "submission": str(folders[-1].parent / "submission.json"),
            "eval_dir": str(folders[-1].parent), **{k: v for k, v in metrics.items() if k.startswith("tta/")}}
     log(f"[{name}] pass@2 {res['pass@2']:.3f} (start {start['pass@2']:.3f}), adaptation "
         f"{res.get('tta/wall_s', 0.0) / 60:.1f} min, wall {wall / 60:.1f} min")
@@ -288,6 +325,26 @@ def format_family_table(rows: list[dict], blind: dict, families: list[str]) -> s
             d = r.get("families", {}).get(f, {})
             cells.append(f"{d.get('pass@2', float('nan')):.2f} ({d.get('pass@1', float('nan')):.2f})".rjust(width))
         lines.append(f"{f:<18} {b:>6.2f} {min(1.0, b + 0.3):>8.2f} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def format_anatomy_table(rows: list[dict], truths: dict, inputs: dict, families: list[str]) -> str:
+    """answer_anatomy of every row's first attempts: shape / changed / copied per family (rows as
+    columns). Tells a model that copies its input (copied ~1, changed ~0) from one that tries the
+    rule and misses a few cells (changed high, pass@2 low) or gets the size wrong (shape low)."""
+    if not rows:
+        return ""
+    anat = [answer_anatomy(Path(r["submission"]), truths, inputs) if r.get("submission") else {} for r in rows]
+    width = max([19] + [len(r["name"]) + 1 for r in rows])
+    head = f"{'family':<18} " + " ".join(f"{r['name']:>{width}}" for r in rows)
+    lines = ["", "first attempts, per family: shape right / changed cells right / input copied "
+             "(the last two over answers of the input's shape; - = none):", head, "-" * len(head)]
+    fmt = lambda d, k: f"{d[k]:.2f}" if k in d else "-"  # noqa: E731
+    for f in ["all", "map", "content"] + list(families):
+        cells = [f"{fmt(a.get(f, {}), 'shape')} / {fmt(a.get(f, {}), 'changed')} / {fmt(a.get(f, {}), 'copied')}"
+                 for a in anat]
+        if any(a.get(f) for a in anat):
+            lines.append(f"{f:<18} " + " ".join(c.rjust(width) for c in cells))
     return "\n".join(lines)
 
 
@@ -441,6 +498,7 @@ def main(argv=None) -> int:
 
     families = load_manifest(puzzles).get("families") or list(FAMILIES)
     truths = eval_truths(puzzles)
+    inputs = eval_inputs(puzzles)
     blind = rule_blind_bound(puzzles)
     encoders = [e for e in args.encoders.split(",") if e]
     rows = [{"name": e, "encoder": e, "ablation": False} for e in encoders]
@@ -467,7 +525,8 @@ def main(argv=None) -> int:
                   f"{str(args.max_steps) + ' steps' if args.max_steps else ''}, {args.threads} threads; "
                   f"extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
         table = (format_table(results, blind, families, header) + format_tta_table(tta_results, families)
-                 + format_family_table(results + tta_results, blind, families))
+                 + format_family_table(results + tta_results, blind, families)
+                 + format_anatomy_table(results + tta_results, truths, inputs, families))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
         (out / f"learning-{tag}.json").write_text(json.dumps(

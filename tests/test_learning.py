@@ -66,3 +66,25 @@ def test_leave_one_family_out_data_holds_the_family_out_of_training(tmp_path):
     with pytest.raises(SystemExit, match="not among the generated families"):
         learning.lofo_families("gravity,nope", ["fill", "gravity"])
     assert learning.lofo_families("all", ["fill", "gravity"]) == ["fill", "gravity"]
+
+
+def test_answer_anatomy_tells_copying_from_a_wrong_size_and_a_near_miss(tmp_path):
+    import json
+
+    import numpy as np
+
+    x = np.array([[1, 0], [0, 0]])
+    truth = np.array([[1, 5], [5, 0]])           # the rule changes 2 cells, keeps 2
+    truths = {"a": ("outline", [truth]), "b": ("outline", [truth]), "c": ("select", [np.array([[1]])])}
+    inputs = {"a": [x], "b": [x], "c": [x]}
+    sub = {"a": [{"attempt_1": x.tolist()}],                       # copied the input
+           "b": [{"attempt_1": [[1, 5], [0, 0]]}],                 # one changed cell right, kept cells right
+           "c": [{"attempt_1": [[1, 0]]}]}                         # wrong size
+    path = tmp_path / "submission.json"
+    path.write_text(json.dumps(sub))
+    anat = learning.answer_anatomy(path, truths, inputs)
+    assert anat["outline"] == {"shape": 1.0, "changed": 0.25, "kept": 1.0, "copied": 0.5}
+    assert anat["select"] == {"shape": 0.0}   # an answer of another shape: no cell counts
+    assert anat["all"]["shape"] == 2 / 3 and anat["content"]["copied"] == 0.5
+    table = learning.format_anatomy_table([{"name": "row", "submission": str(path)}], truths, inputs, ["outline", "select"])
+    assert "1.00 / 0.25 / 0.50" in table and "0.00 / - / -" in table
