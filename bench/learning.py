@@ -263,6 +263,7 @@ def run_row(row: dict, built: Path, runs: Path, args, truths: dict, log=print) -
 def tta_plan(rows: list[dict], modes: list[str]) -> list[tuple[dict, str]]:
     """(trained row, mode) pairs: every mode on the first encoder row's checkpoint, and `full` also
     on the zeroed-context row's (is the encoder a better starting point than nothing?)."""
+    modes = [m for m in modes if m != "none"]  # the trained row's own evaluation is the no-adaptation score
     encoder_rows = [r for r in rows if not r["ablation"]]
     plan = [(encoder_rows[0], m) for m in modes] if encoder_rows else []
     plan += [(r, "full") for r in rows if r["ablation"] and "full" in modes]
@@ -468,8 +469,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--resume", action="store_true", help="keep existing run dirs (a finished row is not retrained)")
     ap.add_argument("--tta", default="context,full",
-                    help="test-time adaptation rows: comma-separated modes (none, context, full) evaluated on the first "
-                         "encoder row's checkpoint, plus `full` on the zeroed-context row's; '' for none")
+                    help="test-time adaptation rows: comma-separated modes (context, full) evaluated on the first "
+                         "encoder row's checkpoint, plus `full` on the zeroed-context row's; 'none' or '' for no "
+                         "TTA row (the trained rows are the no-adaptation scores)")
     ap.add_argument("--lofo", default=None, metavar="FAMILIES",
                     help="leave-one-family-out instead of the main rows: for each family in FAMILIES (comma-separated, "
                          "or 'all'), train the first of --encoders on every other family, score that family's held-out "

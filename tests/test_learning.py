@@ -88,3 +88,9 @@ def test_answer_anatomy_tells_copying_from_a_wrong_size_and_a_near_miss(tmp_path
     assert anat["all"]["shape"] == 2 / 3 and anat["content"]["copied"] == 0.5
     table = learning.format_anatomy_table([{"name": "row", "submission": str(path)}], truths, inputs, ["outline", "select"])
     assert "1.00 / 0.25 / 0.50" in table and "0.00 / - / -" in table
+
+
+def test_tta_plan_runs_no_row_for_none():
+    enc, abl = {"name": "colour_slots", "ablation": False}, {"name": "ablation", "ablation": True}
+    assert learning.tta_plan([enc, abl], ["none"]) == []
+    assert learning.tta_plan([enc, abl], ["none", "full"]) == [(enc, "full"), (abl, "full")]
