@@ -141,26 +141,39 @@ def group_of(family: str) -> str:
     return "content" if family in CONTENT_FAMILIES else "map"
 
 
-def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
-    """Held-out pass@1 / pass@2 per family (and "all") of a submission.json against the generated
-    answers (per-test-input credit, as ARC/pass@k)."""
-    fam_scores: dict[str, dict[str, list[float]]] = {}
-    if not sub_file.exists():
-        return {}
+def _attempts(sub_file: Path, truths: dict):
+    """(puzzle id, test input index, family, truth, that test input's attempts) for every held-out
+    test input, in order, from a submission.json (an input it does not answer gets no attempts)."""
     submission = json.loads(sub_file.read_text())
     for pid, (fam, outs) in truths.items():
         attempts = submission.get(pid, [])
-        s1, s2 = [], []
         for i, truth in enumerate(outs):
-            a = attempts[i] if i < len(attempts) else {}
-            hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
-            s1.append(float(hit[0]))
-            s2.append(float(hit[0] or hit[1]))
+            yield pid, i, fam, truth, attempts[i] if i < len(attempts) else {}
+
+
+def _group_means(entries) -> dict[str, dict[str, float]]:
+    """(family, {metric: value}) entries -> each metric's mean per family, per group (group_of) and "all"."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for fam, vals in entries:
         for f in (fam, group_of(fam), "all"):
-            d = fam_scores.setdefault(f, {"pass@1": [], "pass@2": []})
-            d["pass@1"].append(float(np.mean(s1)))
-            d["pass@2"].append(float(np.mean(s2)))
-    return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in fam_scores.items()}
+            d = acc.setdefault(f, {})
+            for k, v in vals.items():
+                d.setdefault(k, []).append(v)
+    return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in acc.items()}
+
+
+def family_scores(sub_file: Path, truths: dict) -> dict[str, dict[str, float]]:
+    """Held-out pass@1 / pass@2 per family (and "all") of a submission.json against the generated
+    answers (per-test-input credit, as ARC/pass@k: a puzzle scores the mean over its test inputs)."""
+    if not sub_file.exists():
+        return {}
+    per_puzzle: dict[str, tuple[str, list[tuple[float, float]]]] = {}
+    for pid, _, fam, truth, a in _attempts(sub_file, truths):
+        hit = [np.array_equal(np.array(a.get(f"attempt_{j}", [[0]])), truth) for j in (1, 2)]
+        per_puzzle.setdefault(pid, (fam, []))[1].append((float(hit[0]), float(hit[0] or hit[1])))
+    return _group_means((fam, {"pass@1": float(np.mean([h[0] for h in hits])),
+                               "pass@2": float(np.mean([h[1] for h in hits]))})
+                        for fam, hits in per_puzzle.values())
 
 
 def eval_inputs(puzzles: Path, held_out: str | None = None) -> dict[str, list[np.ndarray]]:
@@ -176,26 +189,19 @@ def answer_anatomy(sub_file: Path, truths: dict, inputs: dict) -> dict[str, dict
     of attempts that are the test input unchanged (a model that learned to copy and no rule)."""
     if not sub_file.exists():
         return {}
-    submission = json.loads(sub_file.read_text())
-    acc: dict[str, dict[str, list[float]]] = {}
-    for pid, (fam, outs) in truths.items():
-        attempts = submission.get(pid, [])
-        for i, truth in enumerate(outs):
-            a = np.array((attempts[i] if i < len(attempts) else {}).get("attempt_1", [[0]]))
-            x = inputs[pid][i]
-            vals = {"shape": float(a.shape == truth.shape)}
-            if a.shape == truth.shape == x.shape:
-                changed = x != truth
-                if changed.any():
-                    vals["changed"] = float((a == truth)[changed].mean())
-                if (~changed).any():
-                    vals["kept"] = float((a == truth)[~changed].mean())
-                vals["copied"] = float(np.array_equal(a, x))
-            for f in (fam, group_of(fam), "all"):
-                d = acc.setdefault(f, {})
-                for k, v in vals.items():
-                    d.setdefault(k, []).append(v)
-    return {f: {k: float(np.mean(v)) for k, v in d.items()} for f, d in acc.items()}
+    entries = []
+    for pid, i, fam, truth, attempts in _attempts(sub_file, truths):
+        a, x = np.array(attempts.get("attempt_1", [[0]])), inputs[pid][i]
+        vals = {"shape": float(a.shape == truth.shape)}
+        if a.shape == truth.shape == x.shape:
+            changed = x != truth
+            if changed.any():
+                vals["changed"] = float((a == truth)[changed].mean())
+            if (~changed).any():
+                vals["kept"] = float((a == truth)[~changed].mean())
+            vals["copied"] = float(np.array_equal(a, x))
+        entries.append((fam, vals))
+    return _group_means(entries)
 
 
 def summarise_run(run_dir: Path, truths: dict, window: float = 0.1) -> dict:
@@ -329,13 +335,14 @@ def format_family_table(rows: list[dict], blind: dict, families: list[str]) -> s
     return "\n".join(lines)
 
 
-def format_anatomy_table(rows: list[dict], truths: dict, inputs: dict, families: list[str]) -> str:
-    """answer_anatomy of every row's first attempts: shape / changed / copied per family (rows as
-    columns). Tells a model that copies its input (copied ~1, changed ~0) from one that tries the
-    rule and misses a few cells (changed high, pass@2 low) or gets the size wrong (shape low)."""
+def format_anatomy_table(rows: list[dict], families: list[str]) -> str:
+    """Every row's `anatomy` (answer_anatomy of its first attempts): shape / changed / copied per
+    family (rows as columns). Tells a model that copies its input (copied ~1, changed ~0) from one
+    that tries the rule and misses a few cells (changed high, pass@2 low) or gets the size wrong
+    (shape low)."""
     if not rows:
         return ""
-    anat = [answer_anatomy(Path(r["submission"]), truths, inputs) if r.get("submission") else {} for r in rows]
+    anat = [r.get("anatomy", {}) for r in rows]
     width = max([19] + [len(r["name"]) + 1 for r in rows])
     head = f"{'family':<18} " + " ".join(f"{r['name']:>{width}}" for r in rows)
     lines = ["", "first attempts, per family: shape right / changed cells right / input copied "
@@ -528,18 +535,21 @@ def main(argv=None) -> int:
                   f"extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
         table = (format_table(results, blind, families, header) + format_tta_table(tta_results, families)
                  + format_family_table(results + tta_results, blind, families)
-                 + format_anatomy_table(results + tta_results, truths, inputs, families))
+                 + format_anatomy_table(results + tta_results, families))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
         (out / f"learning-{tag}.json").write_text(json.dumps(
             {"tag": tag, "args": vars(args), "rule_blind": blind, "rows": results, "tta_rows": tta_results}, indent=1))
         return table
 
+    def with_anatomy(res: dict) -> dict:  # read once per row, kept in its JSON
+        return dict(res, anatomy=answer_anatomy(Path(res["submission"]), truths, inputs))
+
     for res in done:
-        results.append(res)
+        results.append(with_anatomy(res))
         table = write()
     for start, mode in tta_plan(results, tta_modes):
-        tta_results.append(run_tta_row(start, mode, runs, args, truths))
+        tta_results.append(with_anatomy(run_tta_row(start, mode, runs, args, truths)))
         table = write()
     print(table)
     print(f"\nwritten: {out / f'learning-{tag}.txt'} and .json")

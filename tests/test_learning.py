@@ -86,7 +86,7 @@ def test_answer_anatomy_tells_copying_from_a_wrong_size_and_a_near_miss(tmp_path
     assert anat["outline"] == {"shape": 1.0, "changed": 0.25, "kept": 1.0, "copied": 0.5}
     assert anat["select"] == {"shape": 0.0}   # an answer of another shape: no cell counts
     assert anat["all"]["shape"] == 2 / 3 and anat["content"]["copied"] == 0.5
-    table = learning.format_anatomy_table([{"name": "row", "submission": str(path)}], truths, inputs, ["outline", "select"])
+    table = learning.format_anatomy_table([{"name": "row", "anatomy": anat}], ["outline", "select"])
     assert "1.00 / 0.25 / 0.50" in table and "0.00 / - / -" in table
 
 
