@@ -34,6 +34,12 @@ another puzzle's context correction: how puzzle-specific the corrections are). -
 overrides (e.g. tta.steps=1600); --encoders/--set pick the model, so the rows run for any encoder
 or config; with --resume the trained rows of an earlier --tag are reused, not retrained.
 
+One training per family instead of the rows above: --lofo FAMILIES (leave-one-family-out: trained on
+every other family, scored on the left-out one: a concept the training set lacks, as in ARC's eval
+set) and --alone FAMILIES (trained and scored on that family only: can the model learn this kind of
+step at this budget when no other family competes for the steps?), each family's row scored on
+--family-eval held-out puzzles without adaptation and with each --tta mode.
+
 Outputs: bench/results/learning-<tag>.{txt,json}, runs under bench/results/runs/<tag>/<row>/,
 data under bench/results/data/. Rows run one after another, each in its own process with
 OMP_NUM_THREADS=--threads. Wall times are noisy on a shared CPU: with a --minutes budget the
@@ -376,74 +382,105 @@ def format_tta_table(tta_rows: list[dict], families: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lofo_families(spec: str, families: list[str] | None) -> list[str]:
-    """--lofo's families: 'all' (every generated family) or a comma-separated list of them."""
+def lofo_families(spec: str, families: list[str] | None, flag: str = "--lofo") -> list[str]:
+    """--lofo's / --alone's families: 'all' (every generated family) or a comma-separated list of them."""
     from dataset.synthetic import FAMILIES
 
     pool = list(families or FAMILIES)
     chosen = pool if spec == "all" else [f for f in spec.split(",") if f]
     if bad := [f for f in chosen if f not in pool]:
-        raise SystemExit(f"--lofo {spec!r}: {bad} are not among the generated families {pool}")
+        raise SystemExit(f"{flag} {spec!r}: {bad} are not among the generated families {pool}")
     return chosen
 
 
-def format_lofo_table(results: list[dict], modes: list[str], header: str) -> str:
-    lines = [header, "", "leave-one-family-out: trained on every other family, scored on the left-out family's held-out puzzles",
-             f"{'left out':<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
-             + f" {'train_exact':>11} {'steps':>6} {'wall_min':>8}"]
+# The two one-training-per-family protocols: what each family's row is trained on and scored on.
+PER_FAMILY = {
+    "lofo": "leave-one-family-out: trained on every other family, scored on the left-out family's held-out puzzles",
+    "alone": "each family alone: trained on that family's puzzles only, scored on its held-out puzzles "
+             "(can the model learn this kind of step at this budget when nothing else competes for it?)",
+}
+
+
+def per_family_data(kind: str, fam: str, args, out: Path) -> tuple[Path, Path, str | None]:
+    """(puzzles dir, built dir, held-out family for eval_dir) of family `fam`'s row: --lofo generates
+    every family but `fam` for training and `fam` alone for the eval split; --alone generates `fam`
+    only (--num-train puzzles of it, --family-eval held out)."""
+    from dataset.synthetic import FAMILIES
+
+    if kind == "lofo":
+        families = list(args.families or FAMILIES)
+        puzzles, built = prepare_data(out, args.num_train, args.lofo_eval * len(families), args.seed, args.families,
+                                      args.num_aug, args.train_queries, held_out=fam)
+        return puzzles, built, fam
+    puzzles, built = prepare_data(out, args.num_train, args.lofo_eval, args.seed, [fam], args.num_aug,
+                                  args.train_queries)
+    return puzzles, built, None
+
+
+def format_lofo_table(results: list[dict], modes: list[str], header: str, kind: str = "lofo") -> str:
+    first = "left out" if kind == "lofo" else "family"
+    lines = [header, "", PER_FAMILY[kind] + "; changed / copied: the first attempts' anatomy without adaptation",
+             f"{first:<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
+             + f" {'changed':>7} {'copied':>6} {'train_exact':>11} {'steps':>6} {'wall_min':>8}"]
     lines.append("-" * len(lines[-1]))
+    fmt = lambda v: f"{v:>7.2f}" if v is not None else f"{'-':>7}"  # noqa: E731
     for r in results:
+        anat = r.get("anatomy", {})
         lines.append(f"{r['family']:<18} {r['puzzles']:>7d} {r['blind']:>6.2f} {r['none']:>6.2f} "
                      + " ".join(f"{r.get(m, float('nan')):>6.2f}" for m in modes)
+                     + f" {fmt(anat.get('changed'))} {fmt(anat.get('copied'))[1:]}"
                      + f" {r['train_exact']:>11.3f} {r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
     return "\n".join(lines)
 
 
-def run_lofo(args, tta_modes: list[str], out: Path, tag: str) -> int:
-    """Leave-one-family-out: one training per left-out family (data generated without it for the
-    train split; its --lofo-eval held-out puzzles are the whole eval split), then each TTA mode from
-    that checkpoint. Writes learning-<tag>.{txt,json} after every family and prints the command for
-    the families not yet run."""
+def run_lofo(args, tta_modes: list[str], out: Path, tag: str, kind: str = "lofo") -> int:
+    """One training per family, then each TTA mode from that checkpoint. kind "lofo"
+    (leave-one-family-out): trained on every other family, scored on the left-out one; "alone":
+    trained and scored on that family only. Writes learning-<tag>.{txt,json} after every family
+    and prints the command for the families not yet run."""
     from dataset.synthetic import FAMILIES
 
+    flag = "--" + kind
     families = list(args.families or FAMILIES)
-    chosen = lofo_families(args.lofo, args.families)
+    chosen = lofo_families(getattr(args, kind), args.families, flag)
     encoder = [e for e in args.encoders.split(",") if e][0]
     modes = [m for m in tta_modes if m != "none"]
     runs = out / "runs" / tag
     results: list[dict] = []
     table = ""
     for fam in chosen:
-        puzzles, built = prepare_data(out, args.num_train, args.lofo_eval * len(families), args.seed, args.families,
-                                      args.num_aug, args.train_queries, held_out=fam)
-        truths = eval_truths(puzzles, held_out=fam)
-        blind = rule_blind_bound(puzzles, held_out=fam)
-        row = {"name": f"lofo-{fam}", "encoder": encoder, "ablation": False}
+        puzzles, built, held_out = per_family_data(kind, fam, args, out)
+        truths = eval_truths(puzzles, held_out=held_out)
+        blind = rule_blind_bound(puzzles, held_out=held_out)
+        row = {"name": f"{kind}-{fam}", "encoder": encoder, "ablation": False}
         trained = run_row(row, built, runs, args, truths)
+        anatomy = answer_anatomy(Path(trained["submission"]), truths, eval_inputs(puzzles, held_out))
         res = {"family": fam, "puzzles": len(truths), "blind": blind.get(fam, {}).get("pass@2", float("nan")),
                "none": trained["pass@2"], "train_exact": trained["train_exact"], "steps": trained["steps"],
-               "wall_s": trained["wall_s"], "rows": [trained]}
+               "wall_s": trained["wall_s"], "anatomy": anatomy.get(fam, {}), "rows": [trained]}
         for mode in modes:
             tta = run_tta_row(trained, mode, runs, args, truths)
             res[mode] = tta["pass@2"]
             res["wall_s"] += tta["wall_s"]
             res["rows"].append(tta)
         results.append(res)
-        header = (f"ETRM learning benchmark '{tag}' (leave-one-family-out): {args.num_train} train puzzles, "
-                  f"{args.lofo_eval} held-out puzzles of the left-out family (seed {args.seed}), config {args.config_name}, "
+        what = ("leave-one-family-out): " + f"{args.num_train} train puzzles, {args.lofo_eval} held-out puzzles of the "
+                "left-out family" if kind == "lofo" else
+                f"each family alone): {args.num_train} train / {args.lofo_eval} held-out puzzles of the family")
+        header = (f"ETRM learning benchmark '{tag}' ({what} (seed {args.seed}), config {args.config_name}, "
                   f"encoder {encoder}, budget per row: {str(args.max_steps) + ' steps' if args.max_steps else ''}"
                   f"{' / ' if args.minutes and args.max_steps else ''}{str(args.minutes) + ' min' if args.minutes else ''}, "
                   f"{args.threads} threads; extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
-        table = format_lofo_table(results, modes, header)
+        table = format_lofo_table(results, modes, header, kind)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
-        (out / f"learning-{tag}.json").write_text(json.dumps({"tag": tag, "args": vars(args), "lofo": results}, indent=1))
+        (out / f"learning-{tag}.json").write_text(json.dumps({"tag": tag, "args": vars(args), kind: results}, indent=1))
     print(table)
     rest = [f for f in families if f not in chosen]
     if rest:
         argv = list(args.argv)
-        if "--lofo" in argv:
-            i = argv.index("--lofo")
+        if flag in argv:
+            i = argv.index(flag)
             argv[i + 1] = ",".join(rest)
         print("\nthe other families: python -m bench.learning " + " ".join(argv))
     print(f"\nwritten: {out / f'learning-{tag}.txt'} and .json")
@@ -483,7 +520,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="leave-one-family-out instead of the main rows: for each family in FAMILIES (comma-separated, "
                          "or 'all'), train the first of --encoders on every other family, score that family's held-out "
                          "puzzles without adaptation and with each --tta mode")
-    ap.add_argument("--lofo-eval", type=int, default=10, help="held-out puzzles of the left-out family (--lofo)")
+    ap.add_argument("--alone", default=None, metavar="FAMILIES",
+                    help="each family alone instead of the main rows: for each family in FAMILIES (comma-separated, or "
+                         "'all'), train the first of --encoders on --num-train puzzles of that family only, score its "
+                         "held-out puzzles without adaptation and with each --tta mode")
+    ap.add_argument("--family-eval", "--lofo-eval", dest="lofo_eval", type=int, default=10,
+                    help="held-out puzzles of each family's row (--lofo: the left-out family; --alone: the family)")
     ap.add_argument("--tta-set", action="append", metavar="KEY=VALUE",
                     help="extra Hydra override for every TTA evaluation, e.g. tta.steps=600 (repeatable)")
     return ap.parse_args(argv)
@@ -499,8 +541,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"--tta {args.tta!r}: modes must be among {list(TTA_MODES)}")
     out = Path(args.out)
     tag = args.tag or time.strftime("%Y%m%d-%H%M%S")
-    if args.lofo:
-        return run_lofo(args, tta_modes, out, tag)
+    if args.lofo and args.alone:
+        raise SystemExit("--lofo and --alone are two protocols: pass one")
+    if args.lofo or args.alone:
+        return run_lofo(args, tta_modes, out, tag, "lofo" if args.lofo else "alone")
     puzzles, built = prepare_data(out, args.num_train, args.num_eval, args.seed, args.families, args.num_aug,
                                   args.train_queries)
     from dataset.synthetic import FAMILIES, load_manifest

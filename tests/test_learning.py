@@ -68,6 +68,27 @@ def test_leave_one_family_out_data_holds_the_family_out_of_training(tmp_path):
     assert learning.lofo_families("all", ["fill", "gravity"]) == ["fill", "gravity"]
 
 
+def test_each_family_alone_trains_and_scores_that_family_only(tmp_path):
+    """--alone's data: the train and eval splits hold the one family, and its table row shows the
+    anatomy columns; --lofo's data for the same family holds it out of training instead."""
+    args = learning.parse_args(["--alone", "gravity", "--families", "fill", "gravity", "--num-train", "12",
+                                "--family-eval", "6", "--num-aug", "4", "--out", str(tmp_path)])
+    puzzles, built, held_out = learning.per_family_data("alone", "gravity", args, tmp_path)
+    assert held_out is None
+    assert [d.name for d in (puzzles / "train").iterdir()] == ["gravity"]
+    truths = learning.eval_truths(puzzles)
+    assert len(truths) == 6 and {fam for fam, _ in truths.values()} == {"gravity"}
+    lofo_puzzles, _, lofo_held = learning.per_family_data("lofo", "gravity", args, tmp_path)
+    assert lofo_held == "gravity" and not (lofo_puzzles / "train" / "gravity").exists()
+    row = {"family": "gravity", "puzzles": 6, "blind": 0.2, "none": 0.5, "full": 0.75, "train_exact": 0.1,
+           "steps": 3, "wall_s": 60.0, "anatomy": {"shape": 1.0, "changed": 0.25, "copied": 0.5}}
+    table = learning.format_lofo_table([row], ["full"], "header", "alone")
+    assert "each family alone" in table
+    assert table.splitlines()[-1].split()[:8] == ["gravity", "6", "0.20", "0.50", "0.75", "0.25", "0.50", "0.100"]
+    with pytest.raises(SystemExit, match="pass one"):
+        learning.main(["--alone", "gravity", "--lofo", "gravity", "--out", str(tmp_path)])
+
+
 def test_answer_anatomy_tells_copying_from_a_wrong_size_and_a_near_miss(tmp_path):
     import json
 
