@@ -78,6 +78,8 @@ class ETRMConfig:
     demo_num_layers: int = 1           # demo_attention: layers of the demo reader's pair transformer
     map_read: bool = False             # the inner model's cells also read through candidate cell maps, chosen
                                        # with the demos' agreement with each map (models/grid_maps.py)
+    local_mix: int = 0                 # k > 0: before each block, every canvas cell also mixes its k x k neighbourhood
+                                       # (depthwise convolution, output projection zero at init; models/layers.py LocalMix)
     grid_features: bool = False        # every cell token (query, and the encoder's / demo reader's demo cells) also
                                        # gets per-cell features computed from its grid (models/grid_features.py)
 
@@ -90,10 +92,13 @@ class ETRMConfig:
             raise ValueError("halt_max_steps must be >= 1")
         if self.demo_attention and self.demo_num_layers < 0:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
-        if self.demo_attention or self.map_read or self.grid_features:
+        if self.local_mix < 0 or (self.local_mix and self.local_mix % 2 == 0):
+            raise ValueError(f"local_mix must be 0 (off) or an odd kernel size, got {self.local_mix}")
+        if self.demo_attention or self.map_read or self.grid_features or self.local_mix:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read / grid_features need a square canvas, seq_len {self.seq_len}")
+                raise ValueError(f"demo_attention / map_read / grid_features / local_mix need a square canvas, "
+                                 f"seq_len {self.seq_len}")
 
     @classmethod
     def defaults(cls) -> dict:

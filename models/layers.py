@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 CosSin = tuple[torch.Tensor, torch.Tensor]
@@ -259,3 +260,32 @@ class CrossBlock(nn.Module):
     def forward(self, q: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         q = rms_norm(q + self.cross_attn(q, context=context, key_mask=key_mask), self.eps)
         return rms_norm(q + self.mlp(q), self.eps)
+
+
+class LocalMix(nn.Module):
+    """h [B, P+S, H] -> update [B, P+S, H] (zero on the P context tokens in front): every canvas cell
+    (S = side x side, row-major) mixes the states of its k x k neighbourhood through a depthwise
+    convolution (one k x k kernel per channel; zero padding beyond the canvas), then a channel
+    projection that starts at zero, so a model with it computes what the model without it computes
+    until the projection has learned something.
+
+    Why: attention with 2-D rotary positions can reach a neighbour, but must learn to; a
+    neighbourhood read is there from the first step. Inside the recursion (every block of every
+    cycle of every ACT step) it is a learned cellular automaton: a rule repeated until nothing
+    changes (things fall until they hit something, lines grow until a wall, regions fill) is many
+    local updates in a row."""
+
+    def __init__(self, hidden_size: int, side: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"local_mix kernel_size must be odd and >= 1, got {kernel_size}")
+        self.side = side
+        self.conv = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size,
+                              bias=False)
+        self.o_proj = Linear(hidden_size, hidden_size, init_std=0.0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        S = self.side * self.side
+        grid = rearrange(h[:, h.shape[1] - S:], "b (r c) d -> b d r c", r=self.side)
+        mixed = self.o_proj(rearrange(self.conv(grid), "b d r c -> b (r c) d"))
+        return torch.cat([mixed.new_zeros(h.shape[0], h.shape[1] - S, h.shape[2]), mixed], dim=1)

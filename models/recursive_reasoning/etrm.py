@@ -24,7 +24,7 @@ from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
 from models.grid_features import GridFeatureEmbedding, grid_features
 from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources
-from models.layers import Attention, Block, CosSin, Embedding, Linear, grid_positions, rope_1d, rope_2d, trunc_normal_
+from models.layers import Attention, Block, CosSin, Embedding, Linear, LocalMix, grid_positions, rope_1d, rope_2d, trunc_normal_
 
 @dataclass
 class ETRMCarry:
@@ -81,7 +81,8 @@ class DemoAttention(nn.Module):
 class ETRMInner(nn.Module):
     """The recursive reasoner: token embedding + context tokens, one block stack, lm and Q heads
     (with demo_attention: a cross-attention to the demo tokens at the start of each pass through
-    the blocks; with map_read: a read through the candidate cell maps before each block)."""
+    the blocks; with map_read: a read through the candidate cell maps before each block; with
+    local_mix: a k x k neighbourhood mix of the canvas before each block)."""
 
     def __init__(self, cfg: ETRMConfig):
         super().__init__()
@@ -116,6 +117,8 @@ class ETRMInner(nn.Module):
             self.grid_embed = GridFeatureEmbedding(H)
         if cfg.map_read:
             self.map_read = nn.ModuleList([MapRead(H, cfg.num_heads) for _ in range(cfg.L_layers)])
+        if cfg.local_mix:
+            self.local_mix = nn.ModuleList([LocalMix(H, self.side, cfg.local_mix) for _ in range(cfg.L_layers)])
         if cfg.demo_attention:
             self.demo_attn = DemoAttention(H, cfg.num_heads)  # once per pass: half the cost of once per block
             r, c = grid_positions(self.side)  # canvas queries: row/column, context tokens at the origin
@@ -149,6 +152,8 @@ class ETRMInner(nn.Module):
         for i, layer in enumerate(self.layers):
             if maps is not None:
                 h = h + self.map_read[i](h, *maps)
+            if self.cfg.local_mix:
+                h = h + self.local_mix[i](h)
             h = layer(h, cos_sin=cos_sin)
         return h
 
