@@ -382,7 +382,7 @@ def format_tta_table(tta_rows: list[dict], families: list[str]) -> str:
     return "\n".join(lines)
 
 
-def lofo_families(spec: str, families: list[str] | None, flag: str = "--lofo") -> list[str]:
+def chosen_families(spec: str, families: list[str] | None, flag: str = "--lofo") -> list[str]:
     """--lofo's / --alone's families: 'all' (every generated family) or a comma-separated list of them."""
     from dataset.synthetic import FAMILIES
 
@@ -417,7 +417,7 @@ def per_family_data(kind: str, fam: str, args, out: Path) -> tuple[Path, Path, s
     return puzzles, built, None
 
 
-def format_lofo_table(results: list[dict], modes: list[str], header: str, kind: str = "lofo") -> str:
+def format_per_family_table(results: list[dict], modes: list[str], header: str, kind: str = "lofo") -> str:
     first = "left out" if kind == "lofo" else "family"
     lines = [header, "", PER_FAMILY[kind] + "; changed / copied: the first attempts' anatomy without adaptation",
              f"{first:<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
@@ -433,7 +433,7 @@ def format_lofo_table(results: list[dict], modes: list[str], header: str, kind: 
     return "\n".join(lines)
 
 
-def run_lofo(args, tta_modes: list[str], out: Path, tag: str, kind: str = "lofo") -> int:
+def run_per_family(args, tta_modes: list[str], out: Path, tag: str, kind: str = "lofo") -> int:
     """One training per family, then each TTA mode from that checkpoint. kind "lofo"
     (leave-one-family-out): trained on every other family, scored on the left-out one; "alone":
     trained and scored on that family only. Writes learning-<tag>.{txt,json} after every family
@@ -442,7 +442,7 @@ def run_lofo(args, tta_modes: list[str], out: Path, tag: str, kind: str = "lofo"
 
     flag = "--" + kind
     families = list(args.families or FAMILIES)
-    chosen = lofo_families(getattr(args, kind), args.families, flag)
+    chosen = chosen_families(getattr(args, kind), args.families, flag)
     encoder = [e for e in args.encoders.split(",") if e][0]
     modes = [m for m in tta_modes if m != "none"]
     runs = out / "runs" / tag
@@ -471,7 +471,7 @@ def run_lofo(args, tta_modes: list[str], out: Path, tag: str, kind: str = "lofo"
                   f"encoder {encoder}, budget per row: {str(args.max_steps) + ' steps' if args.max_steps else ''}"
                   f"{' / ' if args.minutes and args.max_steps else ''}{str(args.minutes) + ' min' if args.minutes else ''}, "
                   f"{args.threads} threads; extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
-        table = format_lofo_table(results, modes, header, kind)
+        table = format_per_family_table(results, modes, header, kind)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
         (out / f"learning-{tag}.json").write_text(json.dumps({"tag": tag, "args": vars(args), kind: results}, indent=1))
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
     if args.lofo and args.alone:
         raise SystemExit("--lofo and --alone are two protocols: pass one")
     if args.lofo or args.alone:
-        return run_lofo(args, tta_modes, out, tag, "lofo" if args.lofo else "alone")
+        return run_per_family(args, tta_modes, out, tag, "lofo" if args.lofo else "alone")
     puzzles, built = prepare_data(out, args.num_train, args.num_eval, args.seed, args.families, args.num_aug,
                                   args.train_queries)
     from dataset.synthetic import FAMILIES, load_manifest

@@ -64,8 +64,8 @@ def test_leave_one_family_out_data_holds_the_family_out_of_training(tmp_path):
     blind = learning.rule_blind_bound(puzzles, held_out="gravity")
     assert set(blind) == {"gravity", "content", "all"}
     with pytest.raises(SystemExit, match="not among the generated families"):
-        learning.lofo_families("gravity,nope", ["fill", "gravity"])
-    assert learning.lofo_families("all", ["fill", "gravity"]) == ["fill", "gravity"]
+        learning.chosen_families("gravity,nope", ["fill", "gravity"])
+    assert learning.chosen_families("all", ["fill", "gravity"]) == ["fill", "gravity"]
 
 
 def test_each_family_alone_trains_and_scores_that_family_only(tmp_path):
@@ -82,7 +82,7 @@ def test_each_family_alone_trains_and_scores_that_family_only(tmp_path):
     assert lofo_held == "gravity" and not (lofo_puzzles / "train" / "gravity").exists()
     row = {"family": "gravity", "puzzles": 6, "blind": 0.2, "none": 0.5, "full": 0.75, "train_exact": 0.1,
            "steps": 3, "wall_s": 60.0, "anatomy": {"shape": 1.0, "changed": 0.25, "copied": 0.5}}
-    table = learning.format_lofo_table([row], ["full"], "header", "alone")
+    table = learning.format_per_family_table([row], ["full"], "header", "alone")
     assert "each family alone" in table
     assert table.splitlines()[-1].split()[:8] == ["gravity", "6", "0.20", "0.50", "0.75", "0.25", "0.50", "0.100"]
     with pytest.raises(SystemExit, match="pass one"):
