@@ -139,6 +139,14 @@ def row_overrides(row: dict, built: Path, run_dir: Path, args) -> list[str]:
     return o + list(args.set or [])
 
 
+def run_settings(args) -> str:
+    """The table headers' account of how every row ran: budget, threads, extra overrides."""
+    budget = " / ".join(([f"{args.minutes} min"] if args.minutes else [])
+                        + ([f"{args.max_steps} steps"] if args.max_steps else []))
+    return (f"budget per row: {budget}, {args.threads} threads; extra overrides: {args.set or []}; "
+            f"TTA overrides: {args.tta_set or []}")
+
+
 def group_of(family: str) -> str:
     """The table's family groups: "map" (one fixed cell map or colour table per rule: the families
     map_read and the colour table were built for) or "content" (the rule depends on the content)."""
@@ -423,12 +431,12 @@ def format_per_family_table(results: list[dict], modes: list[str], header: str, 
              f"{first:<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
              + f" {'changed':>7} {'copied':>6} {'train_exact':>11} {'steps':>6} {'wall_min':>8}"]
     lines.append("-" * len(lines[-1]))
-    fmt = lambda v: f"{v:>7.2f}" if v is not None else f"{'-':>7}"  # noqa: E731
+    fmt = lambda v, width: f"{v:>{width}.2f}" if v is not None else f"{'-':>{width}}"  # noqa: E731
     for r in results:
         anat = r.get("anatomy", {})
         lines.append(f"{r['family']:<18} {r['puzzles']:>7d} {r['blind']:>6.2f} {r['none']:>6.2f} "
                      + " ".join(f"{r.get(m, float('nan')):>6.2f}" for m in modes)
-                     + f" {fmt(anat.get('changed'))} {fmt(anat.get('copied'))[1:]}"
+                     + f" {fmt(anat.get('changed'), 7)} {fmt(anat.get('copied'), 6)}"
                      + f" {r['train_exact']:>11.3f} {r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
     return "\n".join(lines)
 
@@ -446,6 +454,13 @@ def run_per_family(args, tta_modes: list[str], out: Path, tag: str, kind: str = 
     encoder = [e for e in args.encoders.split(",") if e][0]
     modes = [m for m in tta_modes if m != "none"]
     runs = out / "runs" / tag
+    if kind == "lofo":
+        what = (f"leave-one-family-out: {args.num_train} train puzzles, {args.lofo_eval} held-out puzzles of the "
+                "left-out family")
+    else:
+        what = f"each family alone: {args.num_train} train / {args.lofo_eval} held-out puzzles of the family"
+    header = (f"ETRM learning benchmark '{tag}' ({what}, seed {args.seed}), config {args.config_name}, "
+              f"encoder {encoder}, {run_settings(args)}")
     results: list[dict] = []
     table = ""
     for fam in chosen:
@@ -464,13 +479,6 @@ def run_per_family(args, tta_modes: list[str], out: Path, tag: str, kind: str = 
             res["wall_s"] += tta["wall_s"]
             res["rows"].append(tta)
         results.append(res)
-        what = ("leave-one-family-out): " + f"{args.num_train} train puzzles, {args.lofo_eval} held-out puzzles of the "
-                "left-out family" if kind == "lofo" else
-                f"each family alone): {args.num_train} train / {args.lofo_eval} held-out puzzles of the family")
-        header = (f"ETRM learning benchmark '{tag}' ({what} (seed {args.seed}), config {args.config_name}, "
-                  f"encoder {encoder}, budget per row: {str(args.max_steps) + ' steps' if args.max_steps else ''}"
-                  f"{' / ' if args.minutes and args.max_steps else ''}{str(args.minutes) + ' min' if args.minutes else ''}, "
-                  f"{args.threads} threads; extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
         table = format_per_family_table(results, modes, header, kind)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")
@@ -573,10 +581,7 @@ def main(argv=None) -> int:
 
     def write() -> str:
         header = (f"ETRM learning benchmark '{tag}': {args.num_train} train / {args.num_eval} held-out generated puzzles "
-                  f"(seed {args.seed}), config {args.config_name}, budget per row: "
-                  f"{str(args.minutes) + ' min' if args.minutes else ''}{' / ' if args.minutes and args.max_steps else ''}"
-                  f"{str(args.max_steps) + ' steps' if args.max_steps else ''}, {args.threads} threads; "
-                  f"extra overrides: {args.set or []}; TTA overrides: {args.tta_set or []}")
+                  f"(seed {args.seed}), config {args.config_name}, {run_settings(args)}")
         table = (format_table(results, blind, families, header) + format_tta_table(tta_results, families)
                  + format_family_table(results + tta_results, blind, families)
                  + format_anatomy_table(results + tta_results, families))
