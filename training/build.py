@@ -9,6 +9,7 @@ import logging
 import subprocess
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dataset import load_split
@@ -84,6 +85,14 @@ def build_model(cfg: DictConfig, kwargs: dict):
     """(model, loss_head). Unknown class names, encoder types or loss types fail here with the choices."""
     model = load_model_class(cfg.arch.name)(kwargs)
     return model, loss_head(cfg, model)
+
+
+def load_weights(model, weights_file, config_file) -> None:
+    """Load a checkpoint's weights into a model built from its config; a mismatch names both files."""
+    missing, unexpected = model.load_state_dict(torch.load(weights_file, map_location="cpu"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights_file} does not match the model built from {config_file}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def build_evaluators(cfg: DictConfig, eval_split, wandb_log: bool) -> list:

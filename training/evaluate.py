@@ -56,10 +56,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         kwargs = dict(saved["model_kwargs"], eval_halting=train_cfg.get("eval_halting", "max"))
         build.check_data_fits(kwargs, eval_split, f"checkpoint {path}")
         model, head = build.build_model(train_cfg, kwargs)
-        missing, unexpected = model.load_state_dict(torch.load(weights_file, map_location="cpu"), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights_file} does not match the model built from {path / 'config.yaml'}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        build.load_weights(model, weights_file, path / "config.yaml")
         model.to(dist_info.device)
         if train_cfg.get("compile"):  # as the run's own evaluations (training/trainer.py)
             head = torch.compile(head)
