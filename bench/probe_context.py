@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dataset.atomic import atomic_write_text
-from training import build
+from training import build, checkpoint
 from training.evaluation import run_until_halted
 
 
@@ -42,8 +42,7 @@ def load_model(cfg, saved_kwargs: dict, ckpt: Path | None):
     torch.manual_seed(int(cfg.get("seed", 0) or 0))
     model, head = build.build_model(cfg, dict(saved_kwargs, eval_halting="max"))
     if ckpt is not None:
-        weights = ckpt / "ema.pt" if (ckpt / "ema.pt").exists() else ckpt / "model.pt"
-        build.load_weights(model, weights, ckpt / "config.yaml")
+        build.load_weights(model, checkpoint.weights_file(ckpt), ckpt / "config.yaml")
     return model.eval(), head.eval()
 
 
@@ -181,8 +180,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     ckpt = Path(args.checkpoint)
-    if not (ckpt / "config.yaml").is_file() or not (ckpt / "trainer_state.json").is_file():
-        raise SystemExit(f"{ckpt}: not a checkpoint folder (expected config.yaml and trainer_state.json)")
+    if not (ckpt / "config.yaml").is_file() or not checkpoint.is_complete(ckpt):
+        raise SystemExit(f"{ckpt}: not a complete checkpoint folder (expected config.yaml and the "
+                         f"{checkpoint.MARKER} marker in <run_dir>/checkpoints/step_N)")
     cfg = OmegaConf.load(ckpt / "config.yaml")
     saved_kwargs = json.loads((ckpt / "trainer_state.json").read_text())["model_kwargs"]
     split = build.load_eval_split(OmegaConf.merge(cfg, {"build_if_missing": None}))

@@ -46,6 +46,12 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def weights_file(path: str | Path, ema: bool = True) -> Path:
+    """The weights an evaluation loads: the EMA copy when asked for and saved, else the trained ones."""
+    path = Path(path)
+    return path / ("ema.pt" if ema and (path / "ema.pt").exists() else "model.pt")
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete step folders, oldest first; folders without the marker are ignored."""
     root = checkpoint_root(run_dir)

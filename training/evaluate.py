@@ -47,7 +47,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
                           + preflight.batch_checks(train_cfg, dist_info.world_size, train=False))
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["step"])
-        weights_file = path / ("ema.pt" if cfg.weights == "ema" and (path / "ema.pt").exists() else "model.pt")
+        weights_file = checkpoint.weights_file(path, ema=cfg.weights == "ema")
         settings = eval_settings(train_cfg, weights=weights_file.stem)
         run_dir = Path(cfg.run_dir) if cfg.run_dir else path.parent.parent
         out_dir = run_dir / "eval" / eval_folder_name(step, settings, path, overridden)
