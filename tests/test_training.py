@@ -320,3 +320,50 @@ def test_clipped_step_clips_and_skips_non_finite_updates(loss, grad_norm, clip, 
     assert clipped_step(optimizer, [p.grad], grad_norm, clip, loss) is expect_step
     torch.testing.assert_close(p.grad, torch.tensor([1.0, -2.0, 3.0]) * expect_scale)
     torch.testing.assert_close(p.detach(), -p.grad if expect_step else torch.zeros(3))
+
+
+def test_init_weights_starts_a_new_run_from_a_checkpoints_weights(tiny_data, tmp_path):
+    """init_weights (pretrain on one source, fine-tune on another): a new run starts at step 0 from
+    the checkpoint's EMA weights (its average too), a resumed run never reads it again, and a bad
+    value stops the launch naming the key."""
+    source = tmp_path / "source"
+    trainer.train(compose_tiny(small_overrides(tiny_data, source, max_steps=4)))
+    init = source / "checkpoints" / "step_4"
+    saved_ema = torch.load(init / "ema.pt")
+    assert any(not torch.equal(v, torch.load(init / "model.pt")[k]) for k, v in saved_ema.items())
+
+    # lr=1e-30: the run's weights stay (to float precision) what it started from
+    tuned = tmp_path / "tuned"
+    trainer.train(compose_tiny(small_overrides(tiny_data, tuned, max_steps=2, lr=1e-30, init_weights=init,
+                                               checkpoint_interval=1)))
+    assert [r["step"] for r in read_metrics(tuned) if "train/lr" in r] == [1, 2]  # a new run: step 0
+    for name in ("model.pt", "ema.pt"):
+        got = torch.load(tuned / "checkpoints" / "step_2" / name)
+        assert all(torch.allclose(got[k], saved_ema[k], rtol=0, atol=1e-12) for k in saved_ema), name
+
+    # a resumed run continues from its own checkpoint, whatever init_weights now names
+    shutil.rmtree(tuned / "checkpoints" / "step_2")
+    shutil.rmtree(source)
+    trainer.train(compose_tiny(small_overrides(tiny_data, tuned, max_steps=2, lr=1e-30, init_weights=init,
+                                               checkpoint_interval=1)))
+    assert [r["step"] for r in read_metrics(tuned) if "train/lr" in r][-1] == 2
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError, match=r"init_weights=.*step_4 does not exist"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, fresh, init_weights=init)))
+    assert not fresh.exists()  # stopped before any work
+
+
+def test_init_weights_must_fit_the_arch_and_be_the_only_initialisation(tiny_data, tmp_path):
+    source = tmp_path / "source"
+    trainer.train(compose_tiny(small_overrides(tiny_data, source, max_steps=1)))
+    init = source / "checkpoints" / "step_1"
+    with pytest.raises(ValueError, match=r"ema.pt does not match the model built from this run's arch"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, tmp_path / "wide", **{"arch.hidden_size": 16},
+                                                   init_weights=init)))
+    with pytest.raises(ValueError, match="together with load_pretrained_decoder"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, tmp_path / "both", init_weights=init,
+                                                   load_pretrained_decoder=init)))
+    (init / checkpoint.MARKER).unlink()
+    with pytest.raises(FileNotFoundError, match="no COMPLETE marker"):
+        trainer.train(compose_tiny(small_overrides(tiny_data, tmp_path / "partial", init_weights=init)))

@@ -5,6 +5,7 @@ evaluators. (The run's identity: training/run_identity.py; the launch checks: tr
 Each check here fails fast with the key, value or path at fault."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from dataset import load_split
 from evaluators import load_evaluator_class
 from models import load_loss_class, load_model_class
 from models.config import DATA_DERIVED_KEYS
+from training import checkpoint
 from training.preflight import build_command, dataset_checks, eval_paths, is_auto_built, require
 
 log = logging.getLogger("etrm")
@@ -89,10 +91,25 @@ def build_model(cfg: DictConfig, kwargs: dict):
 
 def load_weights(model, weights_file, config_file) -> None:
     """Load a checkpoint's weights into a model built from its config; a mismatch names both files."""
-    missing, unexpected = model.load_state_dict(torch.load(weights_file, map_location="cpu"), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(torch.load(weights_file, map_location="cpu"), strict=False)
+    except RuntimeError as e:  # a shape mismatch: torch names the tensors, not the files
+        raise ValueError(f"{weights_file} does not match the model built from {config_file}: {e}") from None
     if missing or unexpected:
         raise ValueError(f"{weights_file} does not match the model built from {config_file}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def init_from_checkpoint(model, folder, split) -> Path:
+    """`init_weights`: a new run starts from a checkpoint's weights (its EMA copy when saved), e.g.
+    fine-tuning on ARC what was pretrained on RE-ARC. The checkpoint's grid size and vocabulary must
+    fit this run's data, and its weights this run's `arch`. Returns the weights file read."""
+    folder = Path(folder)
+    saved = json.loads((folder / "trainer_state.json").read_text()).get("model_kwargs", {})
+    check_data_fits(saved, split, f"init_weights={folder}")
+    source = checkpoint.weights_file(folder)
+    load_weights(model, source, "this run's arch config")
+    return source
 
 
 def build_evaluators(cfg: DictConfig, eval_split, wandb_log: bool) -> list:

@@ -4,7 +4,8 @@ reports every check of every job line instead of stopping at the first).
 
 - every dataset the config names is present with the split it is read for (the config's own
   default dataset, `build_if_missing.output_dir`, may be absent: the trainer builds it);
-- every global batch (training, evaluation, test-time adaptation) divides over the ranks.
+- every global batch (training, evaluation, test-time adaptation) divides over the ranks;
+- `init_weights`, when set, is a complete checkpoint folder, and not combined with `load_pretrained_decoder`.
 
 A missing dataset's message names the path, the config key and the config's own recipe for it
 (`data_recipe`, or the `build_if_missing` builder command)."""
@@ -161,6 +162,28 @@ def batch_checks(cfg: DictConfig, world_size: int, train: bool = True) -> list[C
     return checks
 
 
+def init_weights_checks(cfg: DictConfig) -> list[Check]:
+    """`init_weights` names a complete step folder holding weights, and is the only initialisation asked for."""
+    path = cfg.get("init_weights")
+    if not path:
+        return []
+    from training.checkpoint import MARKER, is_complete, weights_file  # no torch import for the other checks
+    folder = Path(path)
+    problem = None
+    if not folder.is_dir():
+        problem = "does not exist (expected a checkpoint folder <run_dir>/checkpoints/step_N)"
+    elif not is_complete(folder):
+        problem = f"has no {MARKER} marker: it was not completely written"
+    elif not weights_file(folder).exists() or not (folder / "trainer_state.json").exists():
+        problem = "holds no model.pt / trainer_state.json"
+    elif cfg.get("load_pretrained_decoder"):
+        problem = (f"is set together with load_pretrained_decoder={cfg.load_pretrained_decoder}: "
+                   f"init_weights loads the whole model; give one of the two")
+    return [Check(f"init_weights {path}", problem is None,
+                  f"init_weights={path} {problem}" if problem else "",
+                  FileNotFoundError if problem and "load_pretrained_decoder" not in problem else ValueError)]
+
+
 def launch_checks(cfg: DictConfig, world_size: int) -> list[Check]:
     """Everything a training launch checks before any data or model work."""
-    return dataset_checks(cfg) + batch_checks(cfg, world_size)
+    return dataset_checks(cfg) + batch_checks(cfg, world_size) + init_weights_checks(cfg)

@@ -24,6 +24,7 @@ from training.config_schema import arch_defaults
 RESUME_MUTABLE_KEYS = frozenset({
     # naming and placement
     "project_name", "run_name", "run_dir", "load_checkpoint", "allow_config_change",
+    "init_weights",  # read only when a run starts (a resumed run continues from its own weights)
     # how long to train (the LR schedule stretches to the new length)
     "epochs", "max_steps", "max_train_minutes",
     # evaluation: when, on what, how

@@ -121,6 +121,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
 
     # --- data (validated before any model work) ---
     preflight.require(preflight.batch_checks(cfg, world_size))  # the datasets: ensure_dataset below
+    if not ckpt_path:  # a resumed run does not read init_weights again
+        preflight.require(preflight.init_weights_checks(cfg))
     gbs = int(cfg.global_batch_size)
     eval_gbs = preflight.eval_global_batch(cfg, world_size, device.type)
     tta = TTASettings.from_config(cfg.get("tta"), world_size)
@@ -174,6 +176,10 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         else:
             train_loader.load_state_dict(ts["loader"])
         log.info("resumed from %s at step %d", ckpt_path, step)
+    elif cfg.get("init_weights"):  # a new run from another run's weights: step 0, new optimizer
+        source = build.init_from_checkpoint(model, cfg.init_weights, train_split)
+        ema = EMA(model, float(cfg.ema_rate)) if cfg.ema else None  # the average starts from them too
+        log.info("initialised from %s", source)
 
     # DDP, then compile over it (overlap of the gradient all-reduce with backward: training_module)
     train_head = training_module(head, device, bool(cfg.compile), bool(cfg.arch.get("context_ablation", False)))
