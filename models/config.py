@@ -38,7 +38,7 @@ RUN_DERIVED_KEYS = ("eval_halting",)  # a top-level config key, copied in
 
 # Loss-head keys (arch.loss) added after runs were started, with the value that keeps those runs'
 # loss: training/run_identity.py ignores them at that value, so such a run resumes under its name.
-LOSS_DEFAULTS = {"changed_cell_weight": 0.0}
+LOSS_DEFAULTS = {"changed_cell_weight": 0.0, "context_contrast_weight": 0.0, "context_contrast_temperature": 0.1}
 
 
 @dataclass

@@ -61,15 +61,45 @@ def token_weights(labels: torch.Tensor, inputs: torch.Tensor, changed_cell_weigh
     return w / w.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+def context_contrast_loss(context: torch.Tensor, puzzle: torch.Tensor, variant: torch.Tensor, valid: torch.Tensor,
+                          temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE over the batch's contexts [B, L, D]: a sample's positives are the other samples of
+    the same puzzle under the same variant (the same rule read from other demos: the builder's
+    leave-one-out queries, or other examples of a pool), its negatives every other puzzle's samples;
+    the same puzzle under another variant (a transformed rule) is neither. Returns (the sum over the
+    samples that have a positive of -mean log p(positive), how many such samples): 0 and 0 when none."""
+    z = F.normalize(context.float().flatten(1), dim=-1)
+    sim = z @ z.T / temperature
+    same_puzzle = puzzle[:, None] == puzzle[None, :]
+    pairs = valid[:, None] & valid[None, :] & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    positive = pairs & same_puzzle & (variant[:, None] == variant[None, :])
+    candidates = pairs & (positive | ~same_puzzle)
+    log_p = sim - torch.logsumexp(sim.masked_fill(~candidates, float("-inf")), dim=-1, keepdim=True)
+    n_pos = positive.sum(-1)
+    has = n_pos > 0
+    per_row = -torch.where(positive, log_p, 0.0).sum(-1) / n_pos.clamp_min(1)
+    return torch.where(has, per_row, 0.0).sum(), has.sum()
+
+
 class ACTLossHead(nn.Module):
     def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy", kl_weight: float = 1e-4,
-                 changed_cell_weight: float = LOSS_DEFAULTS["changed_cell_weight"]):
+                 changed_cell_weight: float = LOSS_DEFAULTS["changed_cell_weight"],
+                 context_contrast_weight: float = LOSS_DEFAULTS["context_contrast_weight"],
+                 context_contrast_temperature: float = LOSS_DEFAULTS["context_contrast_temperature"]):
         super().__init__()
         if loss_type not in LOSS_FUNCTIONS:
             raise ValueError(f"unknown loss_type {loss_type!r}; valid choices: {sorted(LOSS_FUNCTIONS)}")
         if changed_cell_weight < 0:
             raise ValueError(f"changed_cell_weight must be >= 0, got {changed_cell_weight}")
+        if context_contrast_weight < 0 or context_contrast_temperature <= 0:
+            raise ValueError(f"context_contrast_weight must be >= 0 and context_contrast_temperature > 0, got "
+                             f"{context_contrast_weight} and {context_contrast_temperature}")
         self.changed_cell_weight = float(changed_cell_weight)
+        # why: the encoder is trained only through what the inner model takes from it, and rules the
+        # inner model cannot yet execute give it nothing to separate (docs/RESULTS.md, issue 18); the
+        # same rule read from other demos should give the same context, another puzzle's another one
+        self.context_contrast_weight = float(context_contrast_weight)
+        self.context_contrast_temperature = float(context_contrast_temperature)
         self.model = model
         self.loss_type = loss_type
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
@@ -120,6 +150,12 @@ class ACTLossHead(nn.Module):
             metrics["kl_loss"] = kl_loss.detach()
         else:  # logged every step all the same, so dashboards of every encoder share the key
             metrics["kl_loss"] = lm_loss.new_zeros(())
+        if self.context_contrast_weight > 0:
+            # a sum like the other terms (rows without a positive add 0): logged per sample of the batch
+            contrast, _ = context_contrast_loss(outputs["context"], data["puzzle_index"], data["variant_index"],
+                                                valid_row, self.context_contrast_temperature)
+            loss = loss + self.context_contrast_weight * contrast
+            metrics["contrast_loss"] = contrast.detach()
 
         metrics = {k: v.detach().float() for k, v in metrics.items()}
         return new_carry, loss, metrics, outputs, new_carry.halted.all()

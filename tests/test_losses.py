@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy, token_weights
+from models.losses import (ACTLossHead, context_contrast_loss, softmax_cross_entropy, stablemax_cross_entropy,
+                           token_weights)
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import make_batch, tiny_config
 
@@ -130,3 +131,62 @@ def test_changed_cell_weight_moves_the_loss_onto_the_changed_cells():
     assert not torch.isclose(losses[4.0], losses[0.0])
     with pytest.raises(ValueError, match="changed_cell_weight"):
         ACTLossHead(model, changed_cell_weight=-1.0)
+
+
+def _info_nce_by_hand(z, anchor, positives, candidates, t):
+    """-mean over positives of log softmax over candidates (cosine / t), one anchor at a time."""
+    z = F.normalize(z.flatten(1), dim=-1)
+    sim = {j: float(z[anchor] @ z[j]) / t for j in candidates}
+    log_norm = math.log(sum(math.exp(v) for v in sim.values()))
+    return -sum(sim[j] - log_norm for j in positives) / len(positives)
+
+
+def test_context_contrast_pairs_same_puzzle_same_variant_against_other_puzzles():
+    torch.manual_seed(0)
+    ctx = torch.randn(6, 2, 3)
+    # rows 0,1: puzzle 0 variant 0 (positives of each other); row 2: puzzle 0 under another variant
+    # (neither); rows 3,4: puzzle 1; row 5: puzzle 2, alone (no positive), but a negative for others
+    puzzle = torch.tensor([0, 0, 0, 1, 1, 2])
+    variant = torch.tensor([0, 0, 1, 0, 0, 0])
+    valid = torch.ones(6, dtype=torch.bool)
+    total, rows = context_contrast_loss(ctx, puzzle, variant, valid, temperature=0.5)
+    expected = (_info_nce_by_hand(ctx, 0, [1], [1, 3, 4, 5], 0.5) + _info_nce_by_hand(ctx, 1, [0], [0, 3, 4, 5], 0.5)
+                + _info_nce_by_hand(ctx, 3, [4], [0, 1, 2, 4, 5], 0.5) + _info_nce_by_hand(ctx, 4, [3], [0, 1, 2, 3, 5], 0.5))
+    assert int(rows) == 4
+    torch.testing.assert_close(total, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    # an invalid (padding) row is nobody's negative or positive
+    valid[4] = False
+    total, rows = context_contrast_loss(ctx, puzzle, variant, valid, temperature=0.5)
+    expected = _info_nce_by_hand(ctx, 0, [1], [1, 3, 5], 0.5) + _info_nce_by_hand(ctx, 1, [0], [0, 3, 5], 0.5)
+    assert int(rows) == 2
+    torch.testing.assert_close(total, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    # agreeing contexts within a puzzle and distinct ones across puzzles score lower
+    pairs, zeros, ones = torch.tensor([0, 0, 1, 1, 2, 2]), torch.zeros(6, dtype=torch.long), torch.ones(6, dtype=torch.bool)
+    tidy = torch.eye(3).repeat_interleave(2, 0)[:, None, :].expand(6, 2, 3)
+    assert context_contrast_loss(tidy, pairs, zeros, ones, 0.5)[0] < context_contrast_loss(ctx, pairs, zeros, ones, 0.5)[0]
+
+
+def test_context_contrast_weight_zero_is_the_old_loss_and_its_gradient_reaches_only_the_encoder():
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(halt_max_steps=1))
+    batch = make_batch(rules=[0, 0, 1, 1])
+    batch["puzzle_index"] = torch.tensor([0, 0, 1, 1])  # two puzzles, each read from two demo sets
+    batch["variant_index"] = torch.zeros(4, dtype=torch.long)
+    losses, grads = {}, {}
+    for weight in (None, 0.0, 1.0):
+        head = ACTLossHead(model) if weight is None else ACTLossHead(model, context_contrast_weight=weight)
+        model.zero_grad()
+        _, loss, m, out, _ = head(head.initial_carry(batch), batch)
+        loss.backward()
+        losses[weight], grads[weight] = loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                        if p.grad is not None}
+        assert ("contrast_loss" in m) == bool(weight)
+    assert torch.equal(losses[None], losses[0.0])  # the option off: exactly the loss without it
+    contrast, rows = context_contrast_loss(out["context"].detach(), batch["puzzle_index"], batch["variant_index"],
+                                           batch["valid"], 0.1)
+    assert int(rows) == 4 and contrast > 0
+    torch.testing.assert_close(losses[1.0] - losses[0.0], contrast, atol=1e-4, rtol=1e-4)
+    moved = {n for n in grads[1.0] if not torch.allclose(grads[1.0][n], grads[0.0].get(n, torch.zeros_like(grads[1.0][n])))}
+    assert moved and all(n.startswith("encoder.") for n in moved), sorted(moved)
+    with pytest.raises(ValueError, match="context_contrast"):
+        ACTLossHead(model, context_contrast_weight=1.0, context_contrast_temperature=0.0)
