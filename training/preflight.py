@@ -169,7 +169,7 @@ def init_weights_checks(cfg: DictConfig) -> list[Check]:
         return []
     from training.checkpoint import MARKER, is_complete, weights_file  # no torch import for the other checks
     folder = Path(path)
-    problem = None
+    problem, error = None, FileNotFoundError
     if not folder.is_dir():
         problem = "does not exist (expected a checkpoint folder <run_dir>/checkpoints/step_N)"
     elif not is_complete(folder):
@@ -177,11 +177,9 @@ def init_weights_checks(cfg: DictConfig) -> list[Check]:
     elif not weights_file(folder).exists() or not (folder / "trainer_state.json").exists():
         problem = "holds no model.pt / trainer_state.json"
     elif cfg.get("load_pretrained_decoder"):
-        problem = (f"is set together with load_pretrained_decoder={cfg.load_pretrained_decoder}: "
-                   f"init_weights loads the whole model; give one of the two")
-    return [Check(f"init_weights {path}", problem is None,
-                  f"init_weights={path} {problem}" if problem else "",
-                  FileNotFoundError if problem and "load_pretrained_decoder" not in problem else ValueError)]
+        problem, error = (f"is set together with load_pretrained_decoder={cfg.load_pretrained_decoder}: "
+                          f"init_weights loads the whole model; give one of the two"), ValueError
+    return [Check(f"init_weights {path}", problem is None, f"init_weights={path} {problem}" if problem else "", error)]
 
 
 def launch_checks(cfg: DictConfig, world_size: int) -> list[Check]:
