@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{ckpt}: not a complete checkpoint folder (expected config.yaml and the "
                          f"{checkpoint.MARKER} marker in <run_dir>/checkpoints/step_N)")
     cfg = OmegaConf.load(ckpt / "config.yaml")
-    saved_kwargs = json.loads((ckpt / "trainer_state.json").read_text())["model_kwargs"]
+    saved_kwargs = checkpoint.read_trainer_state(ckpt)["model_kwargs"]
     split = build.load_eval_split(OmegaConf.merge(cfg, {"build_if_missing": None}))
     manifest = Path(args.manifest) if args.manifest else Path(split.paths[0]).parent / "puzzles" / "manifest.json"
     fam_names = families_of(split.puzzle_ids, manifest if manifest.is_file() else None)

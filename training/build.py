@@ -5,7 +5,6 @@ evaluators. (The run's identity: training/run_identity.py; the launch checks: tr
 Each check here fails fast with the key, value or path at fault."""
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from pathlib import Path
@@ -105,7 +104,7 @@ def init_from_checkpoint(model, folder, split) -> Path:
     fine-tuning on ARC what was pretrained on RE-ARC. The checkpoint's grid size and vocabulary must
     fit this run's data, and its weights this run's `arch`. Returns the weights file read."""
     folder = Path(folder)
-    saved = json.loads((folder / "trainer_state.json").read_text()).get("model_kwargs", {})
+    saved = checkpoint.read_trainer_state(folder).get("model_kwargs", {})
     check_data_fits(saved, split, f"init_weights={folder}")
     source = checkpoint.weights_file(folder)
     load_weights(model, source, "this run's arch config")

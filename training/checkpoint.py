@@ -46,6 +46,21 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def incomplete_reason(path: str | Path) -> str | None:
+    """Why `path` is not a complete checkpoint folder (a sentence after its name), or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return "does not exist (expected a checkpoint folder <run_dir>/checkpoints/step_N)"
+    if not is_complete(path):
+        return f"has no {MARKER} marker: it was not completely written"
+    return None
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    """A checkpoint folder's trainer_state.json (step, model_kwargs, loader state, counters)."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
 def weights_file(path: str | Path, ema: bool = True) -> Path:
     """The weights an evaluation loads: the EMA copy when asked for and saved, else the trained ones."""
     path = Path(path)
@@ -182,13 +197,12 @@ def verify_files(path: Path, names: list[str]) -> None:
 
 def load_checkpoint(path: str | Path, rank: int, map_location="cpu") -> dict:
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a folder <run_dir>/checkpoints/step_N)")
-    if not is_complete(path):
-        raise FileNotFoundError(f"checkpoint {path} has no {MARKER} marker: it was not completely written")
+    reason = incomplete_reason(path)
+    if reason:
+        raise FileNotFoundError(f"checkpoint {path} {reason}")
     present = [n for n in ("model.pt", "ema.pt", "optimizer.pt", f"rank_{rank}.pt") if (path / n).exists()]
     verify_files(path, ["trainer_state.json", *present])
-    out = {"path": path, "trainer_state": json.loads((path / "trainer_state.json").read_text())}
+    out = {"path": path, "trainer_state": read_trainer_state(path)}
     for name in ("model", "ema", "optimizer"):
         f = path / f"{name}.pt"
         out[name] = torch.load(f, map_location=map_location, weights_only=False) if f.exists() else None

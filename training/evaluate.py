@@ -45,7 +45,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         # nothing is built for an evaluation: the run's auto-built dataset must be there too
         preflight.require(preflight.dataset_checks(OmegaConf.merge(train_cfg, {"build_if_missing": None}), splits=("eval",))
                           + preflight.batch_checks(train_cfg, dist_info.world_size, train=False))
-        saved = json.loads((path / "trainer_state.json").read_text())
+        saved = checkpoint.read_trainer_state(path)
         step = int(saved["step"])
         weights_file = checkpoint.weights_file(path, ema=cfg.weights == "ema")
         settings = eval_settings(train_cfg, weights=weights_file.stem)

@@ -167,21 +167,13 @@ def init_weights_checks(cfg: DictConfig) -> list[Check]:
     path = cfg.get("init_weights")
     if not path:
         return []
-    from training.checkpoint import MARKER, is_complete, weights_file  # no torch import for the other checks
+    from training.checkpoint import incomplete_reason, weights_file  # no torch import for the other checks
     folder = Path(path)
-    problem, error = None, FileNotFoundError
-    if not folder.is_dir():
-        problem = "does not exist (expected a checkpoint folder <run_dir>/checkpoints/step_N)"
-    elif not is_complete(folder):
-        problem = f"has no {MARKER} marker: it was not completely written"
-    elif not weights_file(folder).exists() or not (folder / "trainer_state.json").exists():
+    problem, error = incomplete_reason(folder), FileNotFoundError
+    if not problem and (not weights_file(folder).exists() or not (folder / "trainer_state.json").exists()):
         problem = "holds no model.pt / trainer_state.json"
-    elif cfg.get("load_pretrained_decoder"):
+    if not problem and cfg.get("load_pretrained_decoder"):
         problem, error = (f"is set together with load_pretrained_decoder={cfg.load_pretrained_decoder}: "
                           f"init_weights loads the whole model; give one of the two"), ValueError
     return [Check(f"init_weights {path}", problem is None, f"init_weights={path} {problem}" if problem else "", error)]
 
-
-def launch_checks(cfg: DictConfig, world_size: int) -> list[Check]:
-    """Everything a training launch checks before any data or model work."""
-    return dataset_checks(cfg) + batch_checks(cfg, world_size) + init_weights_checks(cfg)
