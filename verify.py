@@ -94,7 +94,7 @@ def job_world_sizes(line: str) -> list[int]:
 def check_launch(cfg, world_sizes: list[int], check) -> None:
     """What would stop the job at launch, before any GPU time (training/preflight.py, the trainer's
     own checks): a missing dataset, or a global batch that does not split evenly over the GPUs."""
-    for item in preflight.dataset_checks(cfg) + preflight.init_weights_checks(cfg):
+    for item in preflight.dataset_checks(cfg) + preflight.init_weights_checks(cfg) + preflight.curriculum_checks(cfg):
         check(item.name, item.ok, item.detail)
     for world in world_sizes:
         for item in preflight.batch_checks(cfg, world):

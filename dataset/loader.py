@@ -441,6 +441,13 @@ class TrainLoader:
     Example pools: each pool query is a group of its own (its own variant, its own place in the
     shuffle), and its demos are min(max_demos, pool size - 1) other examples of the pool drawn
     without replacement from an RNG seeded by (seed, epoch, 1): the same state gives the same draws.
+
+    Weighted sampling (`enable_weighted_sampling`, training/curriculum.py): the stream is cut into
+    blocks of `block_samples`; block b draws puzzle groups with replacement so that each sampling
+    group (e.g. a generator family or a RE-ARC task) gets its weight's share of the samples, from an
+    RNG seeded by (seed, b, 2). The weights of block b are the last ones scheduled for a block <= b
+    (`schedule_weights`, equal weights before any), so a block's draw does not depend on when the
+    prefetching thread reached it, and a resumed run re-plans the same blocks from the same schedule.
     """
 
     def __init__(self, split: ARCSplit, global_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -477,6 +484,13 @@ class TrainLoader:
             self._pool_first = first
             self._pool_size = split.puzzle_pair_offsets[split.query_puzzle + 1] - first
             self._pool_own = split.query_pair_index - first
+        # the puzzle of each group of the shuffle (a pool query's group: its pool's puzzle)
+        self._group_puzzle = (np.concatenate([plain, owner]) if self._has_pools
+                              else np.arange(split.num_puzzles, dtype=np.int64))
+        self._weighted: tuple | None = None  # (sampling group of each shuffle group, number of groups, block size)
+        self._schedule: list[tuple[int, np.ndarray]] = []
+        self._blocks: dict[int, tuple] = {}
+        self._max_planned_block = -1
 
     @property
     def samples_per_epoch(self) -> int:
@@ -491,20 +505,22 @@ class TrainLoader:
         of every sample of `epoch`, in order."""
         if epoch not in self._plans:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self._q_start))
-            pick = np.floor(rng.random(len(order)) * self._v_count[order]).astype(np.int64)
-            variant = self._v_start[order] + pick
-            counts = self._q_count[order]
-            total = int(counts.sum())
-            group_start = np.cumsum(counts) - counts
-            queries = np.repeat(self._q_start[order] - group_start, counts) + np.arange(total)
-            variants = np.repeat(variant, counts)
-            u = rng.random((total, 2)) if self.translate else None
+            queries, variants = self._samples_of(rng.permutation(len(self._q_start)), rng)
+            u = rng.random((len(queries), 2)) if self.translate else None
             demos = self._draw_demos(np.random.default_rng([self.seed, epoch, 1]), queries) if self._has_pools else None
             for old in [e for e in self._plans if e < epoch - 1]:
                 del self._plans[old]
             self._plans[epoch] = (queries, variants, u, demos)
         return self._plans[epoch]
+
+    def _samples_of(self, order: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(query, variant) of every sample of the shuffle groups `order`, in order: each group's
+        queries under one variant drawn from `rng`."""
+        pick = np.floor(rng.random(len(order)) * self._v_count[order]).astype(np.int64)
+        counts = self._q_count[order]
+        group_start = np.cumsum(counts) - counts
+        queries = np.repeat(self._q_start[order] - group_start, counts) + np.arange(int(counts.sum()))
+        return queries, np.repeat(self._v_start[order] + pick, counts)
 
     def _draw_demos(self, rng: np.random.Generator, queries: np.ndarray) -> np.ndarray:
         """int32 [n, max_demos]: for each pool query, min(max_demos, pool size - 1) distinct other
@@ -530,6 +546,71 @@ class TrainLoader:
         out[rows] = np.where(picked >= 0, pairs, -1)
         return out.astype(np.int32)
 
+    # ------------------------------------------------------------------ weighted sampling
+    def enable_weighted_sampling(self, puzzle_group: np.ndarray, num_groups: int, block_samples: int) -> None:
+        """Draw the stream by sampling-group weights from here on (see the class docstring).
+        `puzzle_group` [num_puzzles]: each puzzle's sampling group in [0, num_groups)."""
+        puzzle_group = np.asarray(puzzle_group, dtype=np.int64)
+        if puzzle_group.shape != (self.split.num_puzzles,):
+            raise ValueError(f"puzzle_group has shape {puzzle_group.shape}, expected ({self.split.num_puzzles},)")
+        if int(block_samples) < 1:
+            raise ValueError(f"block_samples must be >= 1, got {block_samples}")
+        groups = puzzle_group[self._group_puzzle]
+        self._weighted = (groups, int(num_groups), int(block_samples))
+        # each shuffle group's draw probability per unit of weight: 1 / (samples of its sampling group),
+        # so that a sampling group's share of the samples is its weight's, however many queries it has
+        per_group = np.bincount(groups, weights=self._q_count, minlength=int(num_groups))
+        if (per_group == 0).any():
+            raise ValueError(f"sampling groups {np.flatnonzero(per_group == 0).tolist()} have no training queries")
+        self._group_share = 1.0 / per_group[groups]
+        self._blocks, self._max_planned_block = {}, -1
+
+    def block_after(self, state: dict, batches_ahead: int) -> int:
+        """The first block that starts after the sample `batches_ahead` global batches past the
+        loader state `state`: one that a producer at most that far ahead has not planned yet."""
+        t = int(state["epoch"]) * self.samples_per_epoch + int(state["position"]) + int(batches_ahead) * self.global_batch_size
+        return t // self._weighted[2] + 1
+
+    def schedule_weights(self, from_block: int, weights) -> None:
+        """Sampling-group weights (>= 0, not all 0) for block `from_block` and later ones."""
+        w = np.asarray(weights, dtype=np.float64)
+        if self._weighted is None:
+            raise RuntimeError("schedule_weights before enable_weighted_sampling")
+        if w.shape != (self._weighted[1],) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be {self._weighted[1]} finite values >= 0, not all 0; got {w}")
+        if from_block <= self._max_planned_block:  # would make the draw depend on the prefetching thread's timing
+            raise RuntimeError(f"weights for block {from_block}, but blocks up to {self._max_planned_block} are planned")
+        # a new list, assigned at once: the prefetching thread reads one list or the other
+        self._schedule = sorted([e for e in self._schedule if e[0] != from_block] + [(int(from_block), w)],
+                                key=lambda e: e[0])
+
+    def _weights_of(self, block: int) -> np.ndarray:
+        weights = np.ones(self._weighted[1])
+        for start, w in self._schedule:
+            if start <= block:
+                weights = w
+        return weights
+
+    def _plan_block(self, block: int) -> tuple:
+        """(query, variant, translation uniforms or None, pool demos or None) of block `block`'s samples."""
+        if block not in self._blocks:
+            groups, _, size = self._weighted
+            rng = np.random.default_rng([self.seed, block, 2])
+            p = self._weights_of(block)[groups] * self._group_share
+            p /= p.sum()
+            mean_count = float((p * self._q_count).sum())
+            order = rng.choice(len(p), size=int(math.ceil(size / mean_count * 1.25)) + 1, p=p)
+            while self._q_count[order].sum() < size:
+                order = np.concatenate([order, rng.choice(len(p), size=len(order), p=p)])
+            queries, variants = (x[:size] for x in self._samples_of(order, rng))
+            u = rng.random((size, 2)) if self.translate else None
+            demos = self._draw_demos(np.random.default_rng([self.seed, block, 3]), queries) if self._has_pools else None
+            for old in [b for b in self._blocks if b < block - 1]:
+                del self._blocks[old]
+            self._blocks[block] = (queries, variants, u, demos)
+            self._max_planned_block = max(self._max_planned_block, block)
+        return self._blocks[block]
+
     def _take(self, epoch: int, position: int, count: int):
         """`count` samples of the stream starting at (epoch, position)."""
         qs, vs, us, ds = [], [], [], []
@@ -537,16 +618,21 @@ class TrainLoader:
             while position >= self.samples_per_epoch:
                 position -= self.samples_per_epoch
                 epoch += 1
-            q, v, u, dm = self._plan(epoch)
-            stop = min(position + count, len(q))
-            qs.append(q[position:stop])
-            vs.append(v[position:stop])
+            if self._weighted is not None:  # the stream in blocks: sample t is row t % size of block t // size
+                size = self._weighted[2]
+                t = epoch * self.samples_per_epoch + position
+                (q, v, u, dm), start = self._plan_block(t // size), t % size
+            else:
+                (q, v, u, dm), start = self._plan(epoch), position
+            stop = min(start + count, len(q))
+            qs.append(q[start:stop])
+            vs.append(v[start:stop])
             if u is not None:
-                us.append(u[position:stop])
+                us.append(u[start:stop])
             if dm is not None:
-                ds.append(dm[position:stop])
-            count -= stop - position
-            position = stop
+                ds.append(dm[start:stop])
+            count -= stop - start
+            position += stop - start
         return (np.concatenate(qs), np.concatenate(vs), (np.concatenate(us) if us else None),
                 (np.concatenate(ds) if ds else None))
 
@@ -571,7 +657,7 @@ class TrainLoader:
                              f"this loader has {self.global_batch_size}")
         self.seed = int(state["seed"])
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
-        self._plans = {}
+        self._plans, self._blocks, self._max_planned_block = {}, {}, -1
 
 
 class EvalLoader:

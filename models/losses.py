@@ -61,6 +61,18 @@ def token_weights(labels: torch.Tensor, inputs: torch.Tensor, changed_cell_weigh
     return w / w.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+def sample_accuracies(preds: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample [B]: the share of scored cells predicted right, and the share of the cells the
+    rule changes (label != input there) predicted right, which copying the input scores 0 on (the
+    share of all cells when the rule changes none)."""
+    scored = labels != IGNORE_LABEL_ID
+    right = scored & (preds == labels)
+    token = right.sum(-1).float() / scored.sum(-1).clamp_min(1)
+    changed = scored & (labels != inputs)
+    n_changed = changed.sum(-1)
+    return token, torch.where(n_changed > 0, (right & changed).sum(-1).float() / n_changed.clamp_min(1), token)
+
+
 def context_contrast_loss(context: torch.Tensor, puzzle: torch.Tensor, variant: torch.Tensor, valid: torch.Tensor,
                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE over the batch's contexts [B, L, D]: a sample's positives are the other samples of
@@ -133,6 +145,9 @@ class ACTLossHead(nn.Module):
                 "q_halt_accuracy": (done & ((q_halt >= 0) == seq_correct)).sum(),
                 "steps": torch.where(done, new_carry.steps, 0).sum(),
             }
+            # per sample, for statistics by puzzle (training/curriculum.py)
+            outputs["sample_done"] = done
+            outputs["sample_accuracy"], outputs["sample_changed_accuracy"] = sample_accuracies(preds, labels, data["inputs"])
 
         row_w = valid_row.to(torch.float32)
         if self.changed_cell_weight:

@@ -219,3 +219,61 @@ def test_eval_loader_sharding_and_padding(ds):
     want = sum(min(2, np.diff(s.puzzle_variant_range(p))[0]) * np.diff(s.puzzle_query_range(p))[0] for p in range(2))
     assert small.num_samples == want
     assert {int(s.query_puzzle[q]) for b in small for q, ok in zip(b["query_index"].tolist(), b["valid"]) if ok} == {0, 1}
+
+
+def _weighted(split, groups, seed=3, batch=10, block=20):
+    loader = TrainLoader(split, batch, seed=seed)
+    loader.enable_weighted_sampling(groups, 2, block)
+    return loader
+
+
+def test_weighted_sampling_gives_each_group_its_weights_share_of_samples(ds):
+    s = load_split(str(ds / "ds"), "train")
+    groups = np.where(np.arange(s.num_puzzles) % 3 == 0, 0, 1)  # 4 puzzles against 8
+    loader = _weighted(s, groups)
+    group_of = groups[s.query_puzzle]
+    rows = [q for _ in range(300) for q, _ in _rows(next(loader))]
+    # equal weights: equal shares of the samples, though group 1 has twice the puzzles
+    assert np.mean(group_of[rows] == 0) == pytest.approx(0.5, abs=0.05)
+    block = loader.block_after(loader.state_dict(), 0)
+    loader.schedule_weights(block, [0.0, 1.0])
+    rows = [q for _ in range(30) for q, _ in _rows(next(loader))]
+    start = block * 20 - 300 * 10  # first sample of the scheduled block in this stretch
+    assert start >= 0 and set(group_of[rows[start:]]) == {1}
+    # a planned block's weights can no longer change (the draw would depend on the prefetch thread)
+    with pytest.raises(RuntimeError, match="planned"):
+        loader.schedule_weights(block, [1.0, 0.0])
+    with pytest.raises(ValueError, match="not all 0"):
+        loader.schedule_weights(block + 10, [0.0, 0.0])
+
+
+def test_weighted_sampling_is_the_same_with_prefetching_and_after_a_restore(ds):
+    """Weights pushed mid-stream at the same consumed states give the same batches whether a thread
+    prefetches them or not, and a loader restored from a state with the same schedule continues alike."""
+    from dataset.prefetch import Prefetcher
+    s = load_split(str(ds / "ds"), "train")
+    groups = np.arange(s.num_puzzles) % 2
+    rng = np.random.default_rng(0)
+    pushes = {i: rng.random(2) + 0.01 for i in (2, 5, 9, 14)}  # after batch i: new weights
+    depth = 2
+
+    def stream(source, loader, n=20, start=0):
+        out, states = [], {}
+        for i in range(start, n):
+            out.append(_rows(next(source)))
+            states[i] = source.state_dict()
+            if i in pushes:
+                loader.schedule_weights(loader.block_after(source.state_dict(), depth + 2), pushes[i])
+        return out, states
+
+    direct_loader = _weighted(s, groups, block=10)
+    direct, states = stream(direct_loader, direct_loader)
+    threaded_loader = _weighted(s, groups, block=10)
+    prefetched = Prefetcher(threaded_loader, depth=depth)
+    assert stream(prefetched, threaded_loader)[0] == direct
+    prefetched.close()
+    restored = _weighted(s, groups, block=10)
+    restored.load_state_dict(states[7])
+    for i in (2, 5):  # the schedule so far (training/curriculum.py keeps it in the checkpoint)
+        restored.schedule_weights(direct_loader.block_after(states[i], depth + 2), pushes[i])
+    assert stream(restored, restored, start=8)[0] == direct[8:]

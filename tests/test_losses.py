@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import (ACTLossHead, context_contrast_loss, softmax_cross_entropy, stablemax_cross_entropy,
-                           token_weights)
+from models.losses import (ACTLossHead, context_contrast_loss, sample_accuracies, softmax_cross_entropy,
+                           stablemax_cross_entropy, token_weights)
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import make_batch, tiny_config
 
@@ -87,6 +87,22 @@ def test_metrics_over_halted_samples():
     exact = (((out["preds"] == labels) | ~valid).all(-1))
     assert m["exact_accuracy"] == exact.sum()
     assert m["q_halt_accuracy"] == ((out["q_halt_logits"] >= 0) == exact).sum()
+    # per sample (the curriculum's statistics): which halted, and their accuracies
+    assert out["sample_done"].tolist() == [True] * 4
+    token, changed = sample_accuracies(out["preds"], labels, batch["inputs"])
+    torch.testing.assert_close(out["sample_accuracy"], acc.float())
+    torch.testing.assert_close((out["sample_accuracy"], out["sample_changed_accuracy"]), (token, changed))
+
+
+def test_sample_accuracies_on_all_cells_and_on_the_changed_ones():
+    inputs = torch.tensor([[3, 3, 4, 4, 5, 0], [3, 3, 4, 4, 5, 0]])
+    labels = torch.tensor([[3, 7, 4, 9, 5, -100], [3, 3, 4, 4, 5, -100]])  # row 1: the rule changes nothing
+    preds = torch.tensor([[3, 7, 4, 4, 5, 8], [3, 3, 6, 4, 5, 8]])  # row 0 copies cell 3 (changed: 7 right, 9 wrong)
+    token, changed = sample_accuracies(preds, labels, inputs)
+    torch.testing.assert_close(token, torch.tensor([4 / 5, 4 / 5]))
+    torch.testing.assert_close(changed, torch.tensor([1 / 2, 4 / 5]))
+    # the input copied: right on every unchanged cell, 0 on the changed ones
+    torch.testing.assert_close(sample_accuracies(inputs, labels, inputs)[1], torch.tensor([0.0, 1.0]))
 
 
 def test_invalid_rows_excluded():
@@ -95,10 +111,10 @@ def test_invalid_rows_excluded():
     batch = make_batch()
     batch["valid"] = torch.tensor([True, True, False, False])
     with torch.no_grad():
-        _, loss_half, m, _, _ = head(head.initial_carry(batch), batch)
+        _, loss_half, m, out, _ = head(head.initial_carry(batch), batch)
         batch2 = {k: v[:2] for k, v in batch.items()}
         _, loss_two, m2, _, _ = head(head.initial_carry(batch2), batch2)
-    assert m["count"] == 2
+    assert m["count"] == 2 and out["sample_done"].tolist() == [True, True, False, False]
     torch.testing.assert_close(loss_half.float(), loss_two.float(), atol=1e-4, rtol=1e-4)
 
 

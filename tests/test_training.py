@@ -143,17 +143,25 @@ def test_evaluations_during_training_read_a_subset_the_final_one_every_variant(t
         assert record["metrics"]["eval/count"] == expected[variants], step
 
 
-def test_two_ranks_match_one_rank(tiny_data, tmp_path):
+# the curriculum's weights come from statistics summed over both ranks. Here samples halt in lockstep
+# at steps 3, 6, 9, ...; puzzles are grouped by their id's first character (16 groups), so the second
+# halt moves the weights at step 6, which draw the rows that enter the carry at step 13 (weights every
+# step, blocks of one global batch, scheduled 5 blocks ahead): they differ if a rank used its own sums
+@pytest.mark.parametrize("extra", [{}, {"curriculum.mode": "progress", "curriculum.interval": 1,
+                                        "curriculum.uniform_share": 0.0, "curriculum.group_regex": "'^(.)'"}],
+                         ids=["plain", "curriculum"])
+def test_two_ranks_match_one_rank(tiny_data, tmp_path, extra):
     """global batch 8 on one process == 4 + 4 on two gloo ranks, step for step."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(small_overrides(tiny_data, one, max_steps=5, ema="false"))
-    run_cli(small_overrides(tiny_data, two, max_steps=5, ema="false"), nproc=2)
+    steps = 15 if extra else 5
+    run_cli(small_overrides(tiny_data, one, max_steps=steps, ema="false", **extra))
+    run_cli(small_overrides(tiny_data, two, max_steps=steps, ema="false", **extra), nproc=2)
     a, b = read_metrics(one), read_metrics(two)
-    for step in range(1, 6):
+    for step in range(1, steps + 1):
         ra, rb = last_train_record(a, step), last_train_record(b, step)
         for key in ("train/total_loss", "train/lm_loss", "grad/inner_norm"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (step, key)
-    assert {"rank_0.pt", "rank_1.pt"} <= {p.name for p in (two / "checkpoints" / "step_5").iterdir()}
+    assert {"rank_0.pt", "rank_1.pt"} <= {p.name for p in (two / "checkpoints" / f"step_{steps}").iterdir()}
 
 
 def test_resume_continues_the_random_streams(tiny_data, tmp_path):

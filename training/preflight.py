@@ -5,7 +5,8 @@ reports every check of every job line instead of stopping at the first).
 - every dataset the config names is present with the split it is read for (the config's own
   default dataset, `build_if_missing.output_dir`, may be absent: the trainer builds it);
 - every global batch (training, evaluation, test-time adaptation) divides over the ranks;
-- `init_weights`, when set, is a complete checkpoint folder, and not combined with `load_pretrained_decoder`.
+- `init_weights`, when set, is a complete checkpoint folder, and not combined with `load_pretrained_decoder`;
+- the `curriculum` block is valid, and its `group_regex` gives every training puzzle present a group.
 
 A missing dataset's message names the path, the config key and the config's own recipe for it
 (`data_recipe`, or the `build_if_missing` builder command)."""
@@ -177,3 +178,29 @@ def init_weights_checks(cfg: DictConfig) -> list[Check]:
                           f"init_weights loads the whole model; give one of the two"), ValueError
     return [Check(f"init_weights {path}", problem is None, f"init_weights={path} {problem}" if problem else "", error)]
 
+
+
+def curriculum_checks(cfg: DictConfig) -> list[Check]:
+    """The `curriculum` block parses, and its group_regex matches the id of every training puzzle in
+    the datasets that exist already (one not built yet is checked when the trainer loads it)."""
+    import json
+
+    from training.curriculum import CurriculumSettings, puzzle_groups
+    try:
+        settings = CurriculumSettings.from_config(cfg.get("curriculum"))
+    except ValueError as e:
+        return [Check("curriculum", False, str(e))]
+    if not settings.active:
+        return []
+    checks = [Check("curriculum", True, f"mode {settings.mode}, signal {settings.signal}")]
+    if settings.group_regex is not None:
+        for path in cfg.get("data_paths") or []:
+            ids_file = Path(path) / "train" / "puzzles.json"
+            if not ids_file.is_file():
+                continue
+            try:
+                groups = puzzle_groups(json.loads(ids_file.read_text()), settings.group_regex, f" ({ids_file})")[1]
+                checks.append(Check(f"curriculum groups of {path}", True, f"{len(groups)} groups"))
+            except ValueError as e:
+                checks.append(Check(f"curriculum groups of {path}", False, str(e)))
+    return checks

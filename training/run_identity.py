@@ -39,11 +39,13 @@ RESUME_MUTABLE_KEYS = frozenset({
 
 def identity_config(cfg: DictConfig | dict) -> dict:
     """The resolved config without the resume-mutable keys (plain containers), and without the
-    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS): a run whose
-    config.yaml was written before a model key was listed in the config (it then ran with the
-    default) is the same run."""
+    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS) and a `curriculum`
+    that is off: a run whose config.yaml was written before a key was listed in the config (it then
+    ran with the default) is the same run."""
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
+    if isinstance(out.get("curriculum"), dict) and out["curriculum"].get("mode", "none") == "none":
+        del out["curriculum"]  # off: the same run as one whose config predates the block
     if isinstance(out.get("arch"), dict):
         defaults = arch_defaults()
         out["arch"] = {k: v for k, v in out["arch"].items() if k not in defaults or v != defaults[k]}

@@ -18,6 +18,7 @@ from dataset import EvalLoader, TrainLoader
 from dataset.atomic import atomic_write_text
 from dataset.prefetch import Prefetcher
 from training import build, checkpoint, preflight, run_identity
+from training.curriculum import CurriculumSettings, build_curriculum
 from training.distributed import (DistInfo, barrier, broadcast_object, init_distributed, is_distributed, shutdown,
                                   training_module)
 from training.evaluation import (autocast_for, eval_settings, metrics_from_totals, reduce_metrics_on_device,
@@ -126,11 +127,14 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     gbs = int(cfg.global_batch_size)
     eval_gbs = preflight.eval_global_batch(cfg, world_size, device.type)
     tta = TTASettings.from_config(cfg.get("tta"), world_size)
+    preflight.require(preflight.curriculum_checks(cfg))
+    curriculum_settings = CurriculumSettings.from_config(cfg.get("curriculum"))
     build.ensure_dataset(cfg, dist_info.is_main)
     barrier()
     train_split, eval_split = build.load_data(cfg)
     train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
                                max_demos=cfg.get("max_demos"))
+    curriculum = build_curriculum(curriculum_settings, train_split, device)  # None: every puzzle group alike (training/curriculum.py)
     # evaluations during training read each puzzle's first train_eval_max_variants variants; the
     # final one reads max_eval_variants (all by default): training_eval_variants
     eval_loaders = {final: EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
@@ -173,8 +177,12 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             train_loader.load_state_dict(state["per_rank"]["loader"])
             checkpoint.set_rng_state(state["per_rank"]["rng"])
             carry = to_device(state["per_rank"]["carry"], device)
+            if curriculum is not None and state["per_rank"].get("curriculum_sums") is not None:
+                curriculum.load_rank_state(state["per_rank"]["curriculum_sums"])
         else:
             train_loader.load_state_dict(ts["loader"])
+        if curriculum is not None and ts.get("curriculum") is not None:
+            curriculum.load_state_dict(ts["curriculum"])
         log.info("resumed from %s at step %d", ckpt_path, step)
     elif cfg.get("init_weights"):  # a new run from another run's weights: step 0, new optimizer
         source = build.init_from_checkpoint(model, cfg.init_weights, train_split)
@@ -218,13 +226,15 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
             return
         trainer_state = {"step": at_step, "total_steps": total_steps, "world_size": world_size,
                          "loader": train_iter.state_dict(), "counters": counters, "model_kwargs": kwargs,
-                         "project_name": project, "run_name": run_name}
+                         "project_name": project, "run_name": run_name,
+                         "curriculum": curriculum.state_dict() if curriculum is not None else None}
         shared = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer_state": trainer_state,
                   "config_yaml": OmegaConf.to_yaml(cfg, resolve=True)}
         if ema is not None:
             shared["ema"] = ema.state_dict()
         per_rank = {"rng": checkpoint.rng_state(), "loader": train_iter.state_dict(),
-                    "carry": to_device(carry, torch.device("cpu")) if carry is not None else None}
+                    "carry": to_device(carry, torch.device("cpu")) if carry is not None else None,
+                    "curriculum_sums": curriculum.rank_state() if curriculum is not None else None}
         path = checkpoint.save_checkpoint(run_dir, at_step, rank, shared, per_rank, int(cfg.checkpoint_keep_last))
         control.saved()
         log.info("checkpoint %s", path)
@@ -245,8 +255,11 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         return results
 
     # --- the loop ---
+    if curriculum is not None:  # weighted draws, with the schedule a resumed run had (before any batch is made)
+        curriculum.attach(train_loader)
     # batches assembled on a worker thread (pinned with CUDA); its state is that of the consumed batches
-    train_iter = Prefetcher(train_loader, depth=2, pin=device.type == "cuda")
+    prefetch_depth = 2
+    train_iter = Prefetcher(train_loader, depth=prefetch_depth, pin=device.type == "cuda")
     progress = Progress(total_steps, run_name, enabled=dist_info.is_main, initial=step)
     # the end-of-run summary's window: the log steps' records of the run's last tenth
     recent = collections.deque(maxlen=max(1, total_steps // 10 // int(cfg.log_interval)))
@@ -283,6 +296,8 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
 
         with autocast_for(device, forward_dtype):
             carry, loss, metrics, outputs, _ = train_head(carry, batch)
+        if curriculum is not None:  # the halted samples' accuracy by group, summed on the device
+            curriculum.observe_outputs(carry.current_data["puzzle_index"], outputs)
         # the loss is a sum over this rank's samples; DDP averages over ranks -> grads of sum / global batch
         (loss / train_loader.local_batch_size).backward()
 
@@ -309,6 +324,14 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
         guards = torch.stack([guards[0] + skipped, (guards[1] + 1) * skipped, (guards[2] + 1) * low])
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if curriculum is not None and step % curriculum.settings.interval == 0:
+            # one read of the groups' sums; the weights go to the first block the prefetcher has not planned
+            curriculum_metrics = curriculum.update()
+            block = curriculum.schedule_in(train_loader, train_iter.state_dict(), prefetch_depth + 2)
+            if dist_info.is_main:
+                logger.log(curriculum_metrics, step)
+                log.debug("curriculum at step %d: weights from block %d, %.1f effective groups", step, block,
+                          curriculum_metrics["curriculum/effective_groups"])
 
         if step % int(cfg.log_interval) == 0 or step == total_steps:
             values = torch.cat([totals, torch.stack([encoder_norm, inner_norm, total_norm]).float(), guards]).tolist()

@@ -1,0 +1,116 @@
+"""Sampling by learning progress (training/curriculum.py): the weights from hand-computed
+statistics, the group of each puzzle, the config's checks, and a resumed run that draws what the
+uninterrupted one drew."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from tests.helpers import compose_tiny, last_train_record, read_metrics, small_overrides
+
+from training import trainer
+from training.curriculum import CurriculumSettings, LearningProgressCurriculum, puzzle_groups
+from training.preflight import curriculum_checks
+
+
+def _curriculum(**kw):
+    settings = CurriculumSettings(mode="progress", **kw)
+    # puzzles 0, 1 -> group a; 2 -> b; 3 -> c
+    return LearningProgressCurriculum(settings, np.array([0, 0, 1, 2]), ["a", "b", "c"], torch.device("cpu"))
+
+
+def test_weights_follow_the_moving_averages_of_each_groups_accuracy():
+    cur = _curriculum(fast_rate=0.5, slow_rate=0.25, uniform_share=0.2)
+    # step statistics: halted samples only; group c never halts in the first window
+    cur.observe(torch.tensor([0, 1, 2, 3]), torch.tensor([True, True, True, False]), torch.tensor([0.2, 0.4, 0.5, 0.9]))
+    cur.update()
+    assert cur.fast.tolist() == pytest.approx([0.3, 0.5, 0.0]) and cur.seen.tolist() == [True, True, False]
+    # no progress yet on a or b; c unseen counts as the fastest (here: all 0 -> uniform)
+    assert cur.weights == pytest.approx([1 / 3] * 3)
+    cur.observe(torch.tensor([0, 2, 3]), torch.tensor([True, True, True]), torch.tensor([0.7, 0.5, 0.6]))
+    metrics = cur.update()
+    # a: 0.3 -> fast 0.5, slow 0.4 (progress 0.1); b: unchanged (0); c: first seen, 0.6 both (0)
+    assert cur.fast.tolist() == pytest.approx([0.5, 0.5, 0.6]) and cur.slow.tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert cur.weights == pytest.approx([0.2 / 3 + 0.8, 0.2 / 3, 0.2 / 3])
+    assert metrics["curriculum/weight/a"] == pytest.approx(0.2 / 3 + 0.8)
+    assert metrics["curriculum/accuracy/c"] == pytest.approx(0.6)
+    # the sums were cleared: a window without halted samples moves nothing
+    cur.update()
+    assert cur.fast.tolist() == pytest.approx([0.5, 0.5, 0.6])
+    # falling accuracy is progress too (forgetting is worth the samples)
+    cur.observe(torch.tensor([2]), torch.tensor([True]), torch.tensor([0.1]))
+    cur.update()
+    assert cur.weights[1] > cur.weights[2]
+
+
+def test_unseen_groups_get_the_largest_progress():
+    cur = _curriculum(fast_rate=0.5, slow_rate=0.25, uniform_share=0.0)
+    cur.observe(torch.tensor([0, 2]), torch.tensor([True, True]), torch.tensor([0.2, 0.2]))
+    cur.update()
+    cur.observe(torch.tensor([0, 2]), torch.tensor([True, True]), torch.tensor([0.6, 0.2]))
+    cur.update()  # a moved by 0.2 - 0.1 = 0.1, b by 0, c unseen -> 0.1
+    assert cur.weights == pytest.approx([0.5, 0.0, 0.5])
+
+
+def test_puzzle_groups_and_settings_are_checked():
+    ids = ["t00001-rays", "t00002-outline", "t00003-rays"]
+    assert puzzle_groups(ids, "-([a-z_]+)$")[0].tolist() == [0, 1, 0]
+    assert puzzle_groups(ids, None) == (pytest.approx([0, 1, 2]), ids)
+    with pytest.raises(ValueError, match="'odd'"):
+        puzzle_groups(ids + ["odd"], "-([a-z_]+)$")
+    with pytest.raises(ValueError, match="capture group"):
+        CurriculumSettings(mode="progress", group_regex="-[a-z]+$")
+    with pytest.raises(ValueError, match="slow_rate"):
+        CurriculumSettings(mode="progress", fast_rate=0.1, slow_rate=0.5)
+    with pytest.raises(ValueError, match="curriculum.mode"):
+        CurriculumSettings(mode="sometimes")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['intervall'\]"):
+        CurriculumSettings.from_config({"intervall": 3})
+
+
+def test_a_regex_that_misses_a_training_puzzle_stops_the_launch(tiny_data, tmp_path):
+    cfg = compose_tiny(small_overrides(tiny_data, tmp_path / "run", **{"curriculum.mode": "progress",
+                                                                      "curriculum.group_regex": "'-([a-z]+)$'"}))
+    failed = [c for c in curriculum_checks(cfg) if not c.ok]
+    assert failed and "does not match puzzle id" in failed[0].detail and "puzzles.json" in failed[0].detail
+    with pytest.raises(ValueError, match="does not match puzzle id"):
+        trainer.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any training
+
+
+def test_resumed_curriculum_run_draws_what_the_uninterrupted_one_drew(tiny_data, tmp_path):
+    """Weights move every 2 steps and apply from the first block the prefetcher has not planned: a
+    run resumed at step 9 (samples halt at steps 3, 6, 9, ...: its sums are not empty) must restore the weights' schedule, its averages and the partial sums to
+    train on the same samples (same losses) and end with the same weights."""
+    extra = {"curriculum.mode": "progress", "curriculum.interval": 2, "curriculum.uniform_share": 0.0,
+             "max_steps": 14, "checkpoint_interval": 9}
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    trainer.train(compose_tiny(small_overrides(tiny_data, clean, **extra)))
+    shutil.copytree(clean, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_14")
+    kept = [r for r in read_metrics(clean) if r["step"] <= 9]
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    trainer.train(compose_tiny(small_overrides(tiny_data, resumed, **extra)))
+    a, b = read_metrics(clean), read_metrics(resumed)
+    weights = [r for r in a if "curriculum/max_weight" in r]
+    num_groups = len(json.loads((tiny_data / "train" / "puzzles.json").read_text()))  # one per puzzle
+    assert len(weights) == 7 and weights[-1]["curriculum/effective_groups"] < 0.9 * num_groups  # off uniform
+    for step in range(10, 15):
+        ra, rb = last_train_record(a, step), last_train_record(b, step)
+        for key in ("train/total_loss", "train/lm_loss", "train/q_halt_loss"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (step, key)
+    ta, tb = (json.loads((run / "checkpoints" / "step_14" / "trainer_state.json").read_text()) for run in (clean, resumed))
+    assert ta["curriculum"] == tb["curriculum"] and len(ta["curriculum"]["schedule"]) == 7
+
+
+@pytest.mark.parametrize("signal, key", [("changed", "sample_changed_accuracy"), ("token", "sample_accuracy")])
+def test_the_signal_picks_the_loss_heads_per_sample_accuracy(signal, key):
+    cur = _curriculum(signal=signal)
+    outputs = {"sample_done": torch.tensor([True, True]), "sample_accuracy": torch.tensor([0.9, 0.8]),
+               "sample_changed_accuracy": torch.tensor([0.1, 0.0])}
+    cur.observe_outputs(torch.tensor([0, 2]), outputs)
+    cur.update()
+    assert cur.fast[:2].tolist() == pytest.approx(outputs[key].tolist())

@@ -1,0 +1,206 @@
+"""Sampling by learning progress: the `curriculum` config block.
+
+Why: on the learning benchmark a mix of rules the model cannot learn yet pulls the shared model
+towards copying its input, and the rules it could learn alone are then not learned either; the
+same rules trained in hand-picked stages are (docs/RESULTS.md, issue 18). Hand-picking needs an
+oracle. This is the generic form (teacher-student curriculum learning, Matiisen et al. 2017):
+puzzles are grouped (a generator family, a RE-ARC task, a data source), each group's accuracy is
+followed with a fast and a slow moving average, and groups are drawn in proportion to how fast
+their accuracy moves (|fast - slow|), plus a uniform share. Groups being learned get the samples;
+groups mastered or not moving fall back to the uniform share.
+
+The statistic is every halted training sample's accuracy on the cells its rule changes (`signal:
+changed`; the cells where the label differs from the input, all cells when none does) or on all its
+cells (`signal: token`), summed per group on the device
+(no host read per step); every `interval` steps the sums are all-reduced and read once, the
+weights recomputed on the host (identically on every rank) and scheduled in the loader for the
+first block of samples its prefetching thread cannot have planned yet (dataset/loader.py), so a
+run's draws do not depend on thread timing and a resumed run draws the same samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from training.distributed import all_reduce_sum
+
+log = logging.getLogger("etrm")
+CURRICULUM_MODES = ("none", "progress")
+# what each group's progress is measured on: the loss head's per-sample outputs (models/losses.py)
+CURRICULUM_SIGNALS = {"changed": "sample_changed_accuracy", "token": "sample_accuracy"}
+# groups logged one curve each on the dashboard up to this many (beyond: only summaries)
+MAX_LOGGED_GROUPS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class CurriculumSettings:
+    """The `curriculum` config block (config/cfg_pretrain_etrm_arc_agi_1.yaml holds every key with its meaning)."""
+    mode: str = "none"
+    group_regex: str | None = None
+    signal: str = "changed"
+    interval: int = 50
+    fast_rate: float = 0.5
+    slow_rate: float = 0.1
+    uniform_share: float = 0.2
+
+    def __post_init__(self):
+        if self.mode not in CURRICULUM_MODES:
+            raise ValueError(f"curriculum.mode={self.mode!r} is not one of {list(CURRICULUM_MODES)}")
+        if self.signal not in CURRICULUM_SIGNALS:
+            raise ValueError(f"curriculum.signal={self.signal!r} is not one of {list(CURRICULUM_SIGNALS)}")
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"curriculum.interval must be an integer >= 1, got {self.interval!r}")
+        for key in ("fast_rate", "slow_rate"):
+            if not 0 < float(getattr(self, key)) <= 1:
+                raise ValueError(f"curriculum.{key} must be in (0, 1], got {getattr(self, key)!r}")
+        if not float(self.slow_rate) < float(self.fast_rate):
+            raise ValueError(f"curriculum.slow_rate ({self.slow_rate}) must be below curriculum.fast_rate "
+                             f"({self.fast_rate}): their difference is the progress signal")
+        if not 0 <= float(self.uniform_share) <= 1:
+            raise ValueError(f"curriculum.uniform_share must be in [0, 1], got {self.uniform_share!r}")
+        if self.group_regex is not None:
+            try:
+                compiled = re.compile(self.group_regex)
+            except re.error as e:
+                raise ValueError(f"curriculum.group_regex={self.group_regex!r} is not a regular expression: {e}") from None
+            if compiled.groups < 1:
+                raise ValueError(f"curriculum.group_regex={self.group_regex!r} has no capture group: the group of a "
+                                 f"puzzle is the first capture group's match in its id")
+
+    @classmethod
+    def from_config(cls, node: DictConfig | dict | None) -> "CurriculumSettings":
+        if node is None:
+            return cls()
+        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"curriculum config: unknown key(s) {unknown}; the keys are {known}")
+        return cls(**data)
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none"
+
+
+def puzzle_groups(puzzle_ids: list[str], group_regex: str | None, where: str = "") -> tuple[np.ndarray, list[str]]:
+    """(each puzzle's group index, the group names in order of first appearance). Without a regex
+    every puzzle is its own group; with one, the group is the first capture group of its match."""
+    if group_regex is None:
+        return np.arange(len(puzzle_ids), dtype=np.int64), list(puzzle_ids)
+    pattern = re.compile(group_regex)
+    names: dict[str, int] = {}
+    out = np.empty(len(puzzle_ids), dtype=np.int64)
+    for i, pid in enumerate(puzzle_ids):
+        m = pattern.search(pid)
+        if m is None or m.group(1) is None:
+            raise ValueError(f"curriculum.group_regex={group_regex!r} does not match puzzle id {pid!r}{where}: every "
+                             f"training puzzle needs a group (null: each puzzle is its own)")
+        out[i] = names.setdefault(m.group(1), len(names))
+    return out, list(names)
+
+
+class LearningProgressCurriculum:
+    """Per-group accuracy sums on the device, weights from learning progress on the host."""
+
+    def __init__(self, settings: CurriculumSettings, puzzle_group: np.ndarray, group_names: list[str],
+                 device: torch.device):
+        self.settings = settings
+        self.group_names = list(group_names)
+        self.num_groups = len(self.group_names)
+        self.puzzle_group = torch.as_tensor(puzzle_group, dtype=torch.long, device=device)
+        self.sums = torch.zeros(2, self.num_groups, device=device)  # halted samples, their token accuracy
+        self.fast = np.zeros(self.num_groups)
+        self.slow = np.zeros(self.num_groups)
+        self.seen = np.zeros(self.num_groups, dtype=bool)
+        self.weights = np.full(self.num_groups, 1.0 / self.num_groups)
+        self.schedule: list[tuple[int, list[float]]] = []  # (from block, weights): the loader's draws
+
+    def observe_outputs(self, puzzle_index: torch.Tensor, outputs: dict) -> None:
+        """`observe` with the loss head's per-sample outputs, on the configured signal."""
+        self.observe(puzzle_index, outputs["sample_done"], outputs[CURRICULUM_SIGNALS[self.settings.signal]])
+
+    def observe(self, puzzle_index: torch.Tensor, done: torch.Tensor, accuracy: torch.Tensor) -> None:
+        """Add this step's halted samples (`done` [B] bool, their `accuracy` [B]) to their
+        puzzles' groups. No host read."""
+        g = self.puzzle_group[puzzle_index.long()]
+        d = done.float()
+        self.sums.index_add_(1, g, torch.stack([d, d * accuracy.float()]))
+
+    def update(self) -> dict[str, float]:
+        """Read the summed statistics (all ranks), move the averages, recompute the weights.
+        Returns the metrics to log."""
+        counts, acc = all_reduce_sum(self.sums).cpu().double().numpy()
+        self.sums.zero_()
+        s = self.settings
+        fresh = (counts > 0) & ~self.seen
+        moved = (counts > 0) & self.seen
+        mean = np.divide(acc, counts, out=np.zeros_like(acc), where=counts > 0)
+        self.fast[fresh] = self.slow[fresh] = mean[fresh]
+        self.fast[moved] += float(s.fast_rate) * (mean[moved] - self.fast[moved])
+        self.slow[moved] += float(s.slow_rate) * (mean[moved] - self.slow[moved])
+        self.seen |= counts > 0
+        progress = np.abs(self.fast - self.slow)
+        # a group not seen yet counts as the fastest-moving one: every group gets observed
+        progress[~self.seen] = progress[self.seen].max() if self.seen.any() else 1.0
+        uniform = np.full(self.num_groups, 1.0 / self.num_groups)
+        total = progress.sum()
+        share = progress / total if total > 0 else uniform
+        self.weights = float(s.uniform_share) * uniform + (1 - float(s.uniform_share)) * share
+        metrics = {"curriculum/effective_groups": float(math.exp(-(self.weights * np.log(self.weights + 1e-30)).sum())),
+                   "curriculum/max_weight": float(self.weights.max())}
+        if self.num_groups <= MAX_LOGGED_GROUPS:
+            for name, w, a in zip(self.group_names, self.weights, self.fast):
+                metrics[f"curriculum/weight/{name}"] = float(w)
+                metrics[f"curriculum/accuracy/{name}"] = float(a)
+        return metrics
+
+    def schedule_in(self, loader, consumed_state: dict, batches_ahead: int) -> int:
+        """Give the loader the current weights for its first block a producer `batches_ahead`
+        global batches past `consumed_state` has not planned; returns that block."""
+        block = loader.block_after(consumed_state, batches_ahead)
+        loader.schedule_weights(block, self.weights)
+        self.schedule.append((block, [float(w) for w in self.weights]))
+        return block
+
+    def attach(self, loader) -> None:
+        """Switch `loader` to weighted blocks of `interval` steps' samples, with the schedule so far."""
+        loader.enable_weighted_sampling(self.puzzle_group.cpu().numpy(), self.num_groups,
+                                        self.settings.interval * loader.global_batch_size)
+        for block, weights in self.schedule:
+            loader.schedule_weights(block, weights)
+
+    def state_dict(self) -> dict:
+        return {"group_names": self.group_names, "fast": self.fast.tolist(), "slow": self.slow.tolist(),
+                "seen": self.seen.tolist(), "weights": self.weights.tolist(), "schedule": self.schedule}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["group_names"]) != self.group_names:
+            raise ValueError(f"the checkpoint's curriculum has {len(state['group_names'])} groups "
+                             f"({state['group_names'][:5]}...), this run's data {self.num_groups} "
+                             f"({self.group_names[:5]}...): the training data or curriculum.group_regex changed")
+        self.fast, self.slow = np.asarray(state["fast"], float), np.asarray(state["slow"], float)
+        self.seen, self.weights = np.asarray(state["seen"], bool), np.asarray(state["weights"], float)
+        self.schedule = [(int(b), list(w)) for b, w in state["schedule"]]
+
+    def rank_state(self) -> torch.Tensor:
+        """This rank's sums since the last update (a checkpoint's per-rank part)."""
+        return self.sums.cpu().clone()
+
+    def load_rank_state(self, sums: torch.Tensor) -> None:
+        self.sums.copy_(sums.to(self.sums))
+
+
+def build_curriculum(settings: CurriculumSettings, train_split, device: torch.device) -> LearningProgressCurriculum | None:
+    """The run's curriculum (None when `curriculum.mode` is none), its groups checked against the
+    training puzzles' ids before any model work."""
+    if not settings.active:
+        return None
+    groups, names = puzzle_groups(train_split.puzzle_ids, settings.group_regex, f" (training data {train_split.paths})")
+    return LearningProgressCurriculum(settings, groups, names, device)
