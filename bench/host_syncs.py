@@ -13,11 +13,12 @@ against the seconds of the whole step.
 
     python -m bench.host_syncs                      # tiny model on a 6x6 ARC-AGI-1 build (built if absent)
     python -m bench.host_syncs --preset paper --data /path/to/arc1-dataset --steps 4 --batch 16
-    python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta)
+    python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta, curriculum)
     python -m bench.host_syncs --preset paper --data DIR --rows standard --host-plan-only --no-eval --steps 5 --batch 4
 
-Rows: the standard model, with `arch.demo_attention`, with `arch.map_read`, and with test-time
-adaptation (`tta=context`: syncs per adaptation step). Each row runs twice in the same process:
+Rows: the standard model, with `arch.demo_attention`, with `arch.map_read`, with test-time
+adaptation (`tta=context`: syncs per adaptation step), and with `curriculum.mode=progress` (its
+weights updated every 5 steps). Each row runs twice in the same process:
 with the host's packing plan (the batches' `demo_lengths`) and without it (the key dropped from
 every batch, so the model reads the device for its plans: the code before the plan moved to the host).
 Prints one table and the call sites of what remains; with --json, writes it all as JSON.
@@ -132,7 +133,9 @@ def build_tiny_data(out: Path) -> Path:
 
 # the rows of the table: config overrides on top of the preset (tta: its batch is the training batch)
 ROWS = {"standard": {}, "demo_attention": {"arch.demo_attention": "true"}, "map_read": {"arch.map_read": "true"},
-        "tta": {"tta": "context", "tta.steps": 6, "tta.fit_variants": 0}}
+        "tta": {"tta": "context", "tta.steps": 6, "tta.fit_variants": 0},
+        # sampling by learning progress: one read of the groups' sums per curriculum.interval steps
+        "curriculum": {"curriculum.mode": "progress", "curriculum.interval": 5}}
 
 
 def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_interval: int, eval_batches: int,

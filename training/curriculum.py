@@ -114,7 +114,8 @@ class LearningProgressCurriculum:
         self.settings = settings
         self.group_names = list(group_names)
         self.num_groups = len(self.group_names)
-        self.puzzle_group = torch.as_tensor(puzzle_group, dtype=torch.long, device=device)
+        self.puzzle_group_host = np.asarray(puzzle_group, dtype=np.int64)  # the loader's copy (no device read)
+        self.puzzle_group = torch.as_tensor(self.puzzle_group_host, device=device)
         self.sums = torch.zeros(2, self.num_groups, device=device)  # halted samples, their token accuracy
         self.fast = np.zeros(self.num_groups)
         self.slow = np.zeros(self.num_groups)
@@ -171,7 +172,7 @@ class LearningProgressCurriculum:
 
     def attach(self, loader) -> None:
         """Switch `loader` to weighted blocks of `interval` steps' samples, with the schedule so far."""
-        loader.enable_weighted_sampling(self.puzzle_group.cpu().numpy(), self.num_groups,
+        loader.enable_weighted_sampling(self.puzzle_group_host, self.num_groups,
                                         self.settings.interval * loader.global_batch_size)
         for block, weights in self.schedule:
             loader.schedule_weights(block, weights)
