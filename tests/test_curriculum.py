@@ -55,6 +55,26 @@ def test_unseen_groups_get_the_largest_progress():
     assert cur.weights == pytest.approx([0.5, 0.0, 0.5])
 
 
+@pytest.mark.parametrize("noise_z", [1.0, 0.0])
+def test_progress_within_a_groups_sampling_noise_draws_no_samples(noise_z):
+    """Group a: 4 samples a window, 0/1 each (its window means jump 0.5 -> 0.75 by chance); group b:
+    4 samples of one value, 0.5 -> 0.6. By |fast - slow| alone a moves more; counting only what
+    exceeds one standard deviation of the noise of a's window means, b is the one progressing."""
+    cur = _curriculum(fast_rate=0.5, slow_rate=0.25, uniform_share=0.0, noise_z=noise_z)
+    a, b, c = torch.zeros(4, dtype=torch.long), torch.full((4,), 2), torch.full((4,), 3)  # c: flat at 0.3
+    done = torch.ones(12, dtype=torch.bool)
+    for acc_a, acc_b in (([0.0, 0.0, 1.0, 1.0], 0.5), ([1.0, 1.0, 1.0, 0.0], 0.6)):
+        cur.observe(torch.cat([a, b, c]), done, torch.tensor(acc_a + [acc_b] * 4 + [0.3] * 4))
+        cur.update()
+    # a: fast 0.625, slow 0.5625; the variance of its window means (1/12, then 1/16) averaged at the slow rate
+    assert cur.noise[0] == pytest.approx(1 / 12 + 0.25 * (1 / 16 - 1 / 12))
+    moved = np.array([0.0625, 0.025, 0.0])
+    spread = np.sqrt(cur.noise[0] * (0.5 / 1.5 + 0.25 / 1.75 - 2 * 0.125 / 0.625))
+    assert spread > 0.0625
+    expected = moved if noise_z == 0 else np.array([0.0, 0.025, 0.0])
+    assert cur.weights == pytest.approx(expected / expected.sum())
+
+
 def test_puzzle_groups_and_settings_are_checked():
     ids = ["t00001-rays", "t00002-outline", "t00003-rays"]
     assert puzzle_groups(ids, "-([a-z_]+)$")[0].tolist() == [0, 1, 0]

@@ -6,7 +6,8 @@ same rules trained in hand-picked stages are (docs/RESULTS.md, issue 18). Hand-p
 oracle. This is the generic form (teacher-student curriculum learning, Matiisen et al. 2017):
 puzzles are grouped (a generator family, a RE-ARC task, a data source), each group's accuracy is
 followed with a fast and a slow moving average, and groups are drawn in proportion to how fast
-their accuracy moves (|fast - slow|), plus a uniform share. Groups being learned get the samples;
+their accuracy moves (|fast - slow|, less what the noise of a group's few samples per update would
+give: `noise_z` standard deviations), plus a uniform share. Groups being learned get the samples;
 groups mastered or not moving fall back to the uniform share.
 
 The statistic is every halted training sample's accuracy on the cells its rule changes (`signal:
@@ -48,6 +49,7 @@ class CurriculumSettings:
     fast_rate: float = 0.5
     slow_rate: float = 0.1
     uniform_share: float = 0.2
+    noise_z: float = 1.0
 
     def __post_init__(self):
         if self.mode not in CURRICULUM_MODES:
@@ -62,6 +64,8 @@ class CurriculumSettings:
         if not float(self.slow_rate) < float(self.fast_rate):
             raise ValueError(f"curriculum.slow_rate ({self.slow_rate}) must be below curriculum.fast_rate "
                              f"({self.fast_rate}): their difference is the progress signal")
+        if not float(self.noise_z) >= 0:
+            raise ValueError(f"curriculum.noise_z must be >= 0, got {self.noise_z!r}")
         if not 0 <= float(self.uniform_share) <= 1:
             raise ValueError(f"curriculum.uniform_share must be in [0, 1], got {self.uniform_share!r}")
         if self.group_regex is not None:
@@ -116,9 +120,11 @@ class LearningProgressCurriculum:
         self.num_groups = len(self.group_names)
         self.puzzle_group_host = np.asarray(puzzle_group, dtype=np.int64)  # the loader's copy (no device read)
         self.puzzle_group = torch.as_tensor(self.puzzle_group_host, device=device)
-        self.sums = torch.zeros(2, self.num_groups, device=device)  # halted samples, their token accuracy
+        # halted samples, the sum of their accuracy and of its square, per group
+        self.sums = torch.zeros(3, self.num_groups, device=device)
         self.fast = np.zeros(self.num_groups)
         self.slow = np.zeros(self.num_groups)
+        self.noise = np.zeros(self.num_groups)  # moving average of the variance of a window's mean accuracy
         self.seen = np.zeros(self.num_groups, dtype=bool)
         self.weights = np.full(self.num_groups, 1.0 / self.num_groups)
         self.schedule: list[tuple[int, list[float]]] = []  # (from block, weights): the loader's draws
@@ -132,22 +138,33 @@ class LearningProgressCurriculum:
         puzzles' groups. No host read."""
         g = self.puzzle_group[puzzle_index.long()]
         d = done.float()
-        self.sums.index_add_(1, g, torch.stack([d, d * accuracy.float()]))
+        a = d * accuracy.float()
+        self.sums.index_add_(1, g, torch.stack([d, a, a * accuracy.float()]))
 
     def update(self) -> dict[str, float]:
         """Read the summed statistics (all ranks), move the averages, recompute the weights.
         Returns the metrics to log."""
-        counts, acc = all_reduce_sum(self.sums).cpu().double().numpy()
+        counts, acc, acc2 = all_reduce_sum(self.sums).cpu().double().numpy()
         self.sums.zero_()
         s = self.settings
+        a, b = float(s.fast_rate), float(s.slow_rate)
         fresh = (counts > 0) & ~self.seen
         moved = (counts > 0) & self.seen
-        mean = np.divide(acc, counts, out=np.zeros_like(acc), where=counts > 0)
+        n = np.maximum(counts, 1)
+        mean = acc / n
+        # the variance of this window's mean (sample variance / n; one sample: no estimate, 0)
+        var_of_mean = np.where(counts > 1, np.maximum(acc2 / n - mean ** 2, 0) / np.maximum(counts - 1, 1), 0.0)
         self.fast[fresh] = self.slow[fresh] = mean[fresh]
-        self.fast[moved] += float(s.fast_rate) * (mean[moved] - self.fast[moved])
-        self.slow[moved] += float(s.slow_rate) * (mean[moved] - self.slow[moved])
+        self.noise[fresh] = var_of_mean[fresh]
+        self.fast[moved] += a * (mean[moved] - self.fast[moved])
+        self.slow[moved] += b * (mean[moved] - self.slow[moved])
+        self.noise[moved] += b * (var_of_mean[moved] - self.noise[moved])
         self.seen |= counts > 0
-        progress = np.abs(self.fast - self.slow)
+        # what |fast - slow| is from noise alone: for i.i.d. window means of variance v, the two moving
+        # averages' difference has variance v (a/(2-a) + b/(2-b) - 2ab/(a+b-ab)); progress is what exceeds
+        # noise_z of its standard deviations (a flat group with noisy windows does not draw samples)
+        spread = np.sqrt(self.noise * (a / (2 - a) + b / (2 - b) - 2 * a * b / (a + b - a * b)))
+        progress = np.maximum(np.abs(self.fast - self.slow) - float(s.noise_z) * spread, 0.0)
         # a group not seen yet counts as the fastest-moving one: every group gets observed
         progress[~self.seen] = progress[self.seen].max() if self.seen.any() else 1.0
         uniform = np.full(self.num_groups, 1.0 / self.num_groups)
@@ -179,6 +196,7 @@ class LearningProgressCurriculum:
 
     def state_dict(self) -> dict:
         return {"group_names": self.group_names, "fast": self.fast.tolist(), "slow": self.slow.tolist(),
+                "noise": self.noise.tolist(),
                 "seen": self.seen.tolist(), "weights": self.weights.tolist(), "schedule": self.schedule}
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,6 +205,7 @@ class LearningProgressCurriculum:
                              f"({state['group_names'][:5]}...), this run's data {self.num_groups} "
                              f"({self.group_names[:5]}...): the training data or curriculum.group_regex changed")
         self.fast, self.slow = np.asarray(state["fast"], float), np.asarray(state["slow"], float)
+        self.noise = np.asarray(state["noise"], float)
         self.seen, self.weights = np.asarray(state["seen"], bool), np.asarray(state["weights"], float)
         self.schedule = [(int(b), list(w)) for b, w in state["schedule"]]
 
