@@ -6,8 +6,8 @@ same rules trained in hand-picked stages are (docs/RESULTS.md, issue 18). Hand-p
 oracle. This is the generic form (teacher-student curriculum learning, Matiisen et al. 2017):
 puzzles are grouped (a generator family, a RE-ARC task, a data source), each group's accuracy is
 followed with a fast and a slow moving average, and groups are drawn in proportion to how fast
-their accuracy moves (|fast - slow|, less what the noise of a group's few samples per update would
-give: `noise_z` standard deviations), plus a uniform share. Groups being learned get the samples;
+their accuracy moves (|fast - slow|; with `noise_z` > 0, only what exceeds that many standard
+deviations of what the noise of a group's few samples per update gives), plus a uniform share. Groups being learned get the samples;
 groups mastered or not moving fall back to the uniform share.
 
 The statistic is every halted training sample's accuracy on the cells its rule changes (`signal:
@@ -49,7 +49,7 @@ class CurriculumSettings:
     fast_rate: float = 0.5
     slow_rate: float = 0.1
     uniform_share: float = 0.2
-    noise_z: float = 1.0
+    noise_z: float = 0.0
 
     def __post_init__(self):
         if self.mode not in CURRICULUM_MODES:
