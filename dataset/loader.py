@@ -580,9 +580,11 @@ class TrainLoader:
             raise ValueError(f"weights must be {self._weighted[1]} finite values >= 0, not all 0; got {w}")
         if from_block <= self._max_planned_block:  # would make the draw depend on the prefetching thread's timing
             raise RuntimeError(f"weights for block {from_block}, but blocks up to {self._max_planned_block} are planned")
-        # a new list, assigned at once: the prefetching thread reads one list or the other
-        self._schedule = sorted([e for e in self._schedule if e[0] != from_block] + [(int(from_block), w)],
-                                key=lambda e: e[0])
+        entries = sorted([e for e in self._schedule if e[0] != from_block] + [(int(from_block), w)], key=lambda e: e[0])
+        # entries superseded before the blocks that may still be planned (the stream only moves on)
+        while len(entries) > 1 and entries[1][0] <= self._max_planned_block - 1:
+            entries.pop(0)
+        self._schedule = entries  # a new list, assigned at once: the prefetching thread reads one list or the other
 
     def _weights_of(self, block: int) -> np.ndarray:
         weights = np.ones(self._weighted[1])

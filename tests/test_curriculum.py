@@ -123,7 +123,8 @@ def test_resumed_curriculum_run_draws_what_the_uninterrupted_one_drew(tiny_data,
         for key in ("train/total_loss", "train/lm_loss", "train/q_halt_loss"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (step, key)
     ta, tb = (json.loads((run / "checkpoints" / "step_14" / "trainer_state.json").read_text()) for run in (clean, resumed))
-    assert ta["curriculum"] == tb["curriculum"] and len(ta["curriculum"]["schedule"]) == 7
+    # the schedule keeps only what a resume can still read: the entry in force and those ahead
+    assert ta["curriculum"] == tb["curriculum"] and 1 <= len(ta["curriculum"]["schedule"]) <= 4
 
 
 @pytest.mark.parametrize("signal, key", [("changed", "sample_changed_accuracy"), ("token", "sample_accuracy")])

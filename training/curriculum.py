@@ -185,6 +185,11 @@ class LearningProgressCurriculum:
         block = loader.block_after(consumed_state, batches_ahead)
         loader.schedule_weights(block, self.weights)
         self.schedule.append((block, [float(w) for w in self.weights]))
+        # entries superseded before the block being consumed are never read again (a resumed run
+        # re-plans from its consumed position): the checkpointed schedule stays a few entries long
+        current = loader.block_after(consumed_state, 0) - 1
+        while len(self.schedule) > 1 and self.schedule[1][0] <= current:
+            self.schedule.pop(0)
         return block
 
     def attach(self, loader) -> None:
