@@ -135,3 +135,15 @@ def test_the_signal_picks_the_loss_heads_per_sample_accuracy(signal, key):
     cur.observe_outputs(torch.tensor([0, 2]), outputs)
     cur.update()
     assert cur.fast[:2].tolist() == pytest.approx(outputs[key].tolist())
+
+
+def test_a_curriculum_key_added_at_its_default_keeps_the_run_identity():
+    """A run whose config.yaml predates a curriculum key (it ran with the default) is the same run;
+    a changed value is not."""
+    from training.run_identity import config_differences
+    old = {"lr": 1e-4, "curriculum": {"mode": "progress", "group_regex": "-([a-z]+)$"}}
+    assert config_differences(old, {**old, "curriculum": {**old["curriculum"], "noise_z": 0.0}}) == []
+    assert config_differences(old, {**old, "curriculum": {**old["curriculum"], "noise_z": 1.0}}) == [
+        ("curriculum.noise_z", "<unset>", 1.0)]
+    off = {"lr": 1e-4, "curriculum": {"mode": "none", "interval": 7}}
+    assert config_differences({"lr": 1e-4}, off) == []

@@ -11,6 +11,7 @@ rewritten under existing checkpoints (an allowed change is recorded beside it).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.config import LOSS_DEFAULTS
 from training.config_schema import arch_defaults
+from training.curriculum import CurriculumSettings
 
 # Top-level keys left out of a run's identity: changing them on a resume is expected.
 RESUME_MUTABLE_KEYS = frozenset({
@@ -39,13 +41,17 @@ RESUME_MUTABLE_KEYS = frozenset({
 
 def identity_config(cfg: DictConfig | dict) -> dict:
     """The resolved config without the resume-mutable keys (plain containers), and without the
-    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS) and a `curriculum`
-    that is off: a run whose config.yaml was written before a key was listed in the config (it then
+    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS), a `curriculum`
+    that is off and the `curriculum` keys at their default (CurriculumSettings): a run whose config.yaml was written before a key was listed in the config (it then
     ran with the default) is the same run."""
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
-    if isinstance(out.get("curriculum"), dict) and out["curriculum"].get("mode", "none") == "none":
-        del out["curriculum"]  # off: the same run as one whose config predates the block
+    if isinstance(out.get("curriculum"), dict):
+        if out["curriculum"].get("mode", "none") == "none":
+            del out["curriculum"]  # off: the same run as one whose config predates the block
+        else:  # keys at their default: the same run as one whose config predates the key
+            defaults = dataclasses.asdict(CurriculumSettings())
+            out["curriculum"] = {k: v for k, v in out["curriculum"].items() if k not in defaults or v != defaults[k]}
     if isinstance(out.get("arch"), dict):
         defaults = arch_defaults()
         out["arch"] = {k: v for k, v in out["arch"].items() if k not in defaults or v != defaults[k]}
