@@ -147,3 +147,12 @@ def test_a_curriculum_key_added_at_its_default_keeps_the_run_identity():
         ("curriculum.noise_z", "<unset>", 1.0)]
     off = {"lr": 1e-4, "curriculum": {"mode": "none", "interval": 7}}
     assert config_differences({"lr": 1e-4}, off) == []
+
+
+def test_per_rank_sums_of_another_layout_start_the_window_empty(caplog):
+    cur = _curriculum()
+    cur.observe(torch.tensor([0]), torch.tensor([True]), torch.tensor([0.5]))
+    cur.load_rank_state(torch.ones(2, 3))  # an earlier checkpoint layout: [2, groups]
+    assert "starts empty" in caplog.text and cur.sums[:, 0].tolist() == [1.0, 0.5, 0.25]
+    cur.load_rank_state(torch.full((3, 3), 2.0))
+    assert cur.sums.tolist() == [[2.0] * 3] * 3

@@ -210,7 +210,7 @@ class LearningProgressCurriculum:
                              f"({state['group_names'][:5]}...), this run's data {self.num_groups} "
                              f"({self.group_names[:5]}...): the training data or curriculum.group_regex changed")
         self.fast, self.slow = np.asarray(state["fast"], float), np.asarray(state["slow"], float)
-        self.noise = np.asarray(state["noise"], float)
+        self.noise = np.asarray(state.get("noise", np.zeros(self.num_groups)), float)  # absent before noise_z
         self.seen, self.weights = np.asarray(state["seen"], bool), np.asarray(state["weights"], float)
         self.schedule = [(int(b), list(w)) for b, w in state["schedule"]]
 
@@ -219,6 +219,10 @@ class LearningProgressCurriculum:
         return self.sums.cpu().clone()
 
     def load_rank_state(self, sums: torch.Tensor) -> None:
+        if tuple(sums.shape) != tuple(self.sums.shape):  # a checkpoint of an earlier layout: drop one window's sums
+            log.warning("curriculum: the checkpoint's per-rank sums have shape %s, not %s: this update window "
+                        "starts empty", tuple(sums.shape), tuple(self.sums.shape))
+            return
         self.sums.copy_(sums.to(self.sums))
 
 
