@@ -179,7 +179,6 @@ def init_weights_checks(cfg: DictConfig) -> list[Check]:
     return [Check(f"init_weights {path}", problem is None, f"init_weights={path} {problem}" if problem else "", error)]
 
 
-
 def curriculum_checks(cfg: DictConfig) -> list[Check]:
     """The `curriculum` block parses, and its group_regex matches the id of every training puzzle in
     the datasets that exist already (one not built yet is checked when the trainer loads it)."""

@@ -39,25 +39,27 @@ RESUME_MUTABLE_KEYS = frozenset({
 })
 
 
+def _without_defaults(section: dict, defaults: dict) -> dict:
+    """`section` without the keys that hold their default value."""
+    return {k: v for k, v in section.items() if k not in defaults or v != defaults[k]}
+
+
 def identity_config(cfg: DictConfig | dict) -> dict:
-    """The resolved config without the resume-mutable keys (plain containers), and without the
-    `arch` keys that hold the model default (ETRMConfig; arch.loss: LOSS_DEFAULTS), a `curriculum`
-    that is off and the `curriculum` keys at their default (CurriculumSettings): a run whose config.yaml was written before a key was listed in the config (it then
-    ran with the default) is the same run."""
+    """The resolved config without the resume-mutable keys (plain containers), and without the keys
+    that hold their default: `arch` (ETRMConfig; arch.loss: LOSS_DEFAULTS) and `curriculum`
+    (CurriculumSettings; a curriculum that is off is left out whole). A run whose config.yaml was
+    written before a key was listed in the config (it then ran with the default) is the same run."""
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     out = {k: v for k, v in resolved.items() if k not in RESUME_MUTABLE_KEYS}
     if isinstance(out.get("curriculum"), dict):
         if out["curriculum"].get("mode", "none") == "none":
-            del out["curriculum"]  # off: the same run as one whose config predates the block
-        else:  # keys at their default: the same run as one whose config predates the key
-            defaults = dataclasses.asdict(CurriculumSettings())
-            out["curriculum"] = {k: v for k, v in out["curriculum"].items() if k not in defaults or v != defaults[k]}
+            del out["curriculum"]
+        else:
+            out["curriculum"] = _without_defaults(out["curriculum"], dataclasses.asdict(CurriculumSettings()))
     if isinstance(out.get("arch"), dict):
-        defaults = arch_defaults()
-        out["arch"] = {k: v for k, v in out["arch"].items() if k not in defaults or v != defaults[k]}
+        out["arch"] = _without_defaults(out["arch"], arch_defaults())
         if isinstance(out["arch"].get("loss"), dict):
-            out["arch"]["loss"] = {k: v for k, v in out["arch"]["loss"].items()
-                                   if k not in LOSS_DEFAULTS or v != LOSS_DEFAULTS[k]}
+            out["arch"]["loss"] = _without_defaults(out["arch"]["loss"], LOSS_DEFAULTS)
     return out
 
 
