@@ -48,6 +48,7 @@ step count (and so the score) depends on the machine's load; --max-steps removes
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -74,6 +75,16 @@ def prepare_data(out: Path, num_train: int, num_eval: int, seed: int, families: 
     name = f"syn-{fam_tag}-n{num_train}-{num_eval}-s{seed}" + (f"-lofo-{held_out}" if held_out else "")
     puzzles = out / "data" / name / "puzzles"
     built = out / "data" / name / f"built-aug{num_aug}-{train_queries}"
+    puzzles.parent.mkdir(parents=True, exist_ok=True)
+    # rows run side by side (one core each) may ask for the same data at once: one builds, the others wait
+    with open(puzzles.parent / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_once(puzzles, built, num_train, num_eval, seed, families, num_aug, train_queries, log, held_out)
+    return puzzles, built
+
+
+def _build_once(puzzles: Path, built: Path, num_train: int, num_eval: int, seed: int, families: list[str] | None,
+                num_aug: int, train_queries: str, log, held_out: str | None) -> None:
     if not puzzles.exists():
         cmd = [sys.executable, "-m", "dataset.synthetic", "--output-dir", str(puzzles), "--num-train", str(num_train),
                "--num-eval", str(num_eval), "--seed", str(seed)] + (["--families", *families] if families else [])
@@ -87,7 +98,6 @@ def prepare_data(out: Path, num_train: int, num_eval: int, seed: int, families: 
                "--no-progress"]
         log("$ " + " ".join(cmd[1:]))
         subprocess.run(cmd, cwd=REPO, check=True)
-    return puzzles, built
 
 
 def eval_dir(puzzles: Path, held_out: str | None = None) -> Path:

@@ -115,3 +115,15 @@ def test_tta_plan_runs_no_row_for_none():
     enc, abl = {"name": "colour_slots", "ablation": False}, {"name": "ablation", "ablation": True}
     assert learning.tta_plan([enc, abl], ["none"]) == []
     assert learning.tta_plan([enc, abl], ["none", "full"]) == [(enc, "full"), (abl, "full")]
+
+
+def test_rows_started_side_by_side_share_one_data_build(tmp_path):
+    """Two benchmark lanes asking for the same (not yet built) data at once: one builds, the other
+    waits and reuses it, instead of failing on the half-written directory."""
+    def prepare(_):
+        return learning.prepare_data(tmp_path, 12, 6, 0, ["fill", "swap"], 2, "all", log=lambda *_: None)
+
+    with ThreadPoolExecutor(2) as pool:
+        (puzzles_a, built_a), (puzzles_b, built_b) = pool.map(prepare, range(2))
+    assert (puzzles_a, built_a) == (puzzles_b, built_b)
+    assert (built_a / "train").is_dir() and len(learning.eval_truths(puzzles_a)) == 6
