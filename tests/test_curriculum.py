@@ -75,6 +75,36 @@ def test_progress_within_a_groups_sampling_noise_draws_no_samples(noise_z):
     assert cur.weights == pytest.approx(expected / expected.sum())
 
 
+def test_exploration_focuses_a_few_random_groups_per_window():
+    """explore_share 0.5 over 1 group per window of 2 updates, no progress anywhere: the focused
+    group gets half the samples on top of the uniform share, the draw changes only between
+    windows, depends on the seed alone, and every group is focused in turn."""
+    def weights_over(seed, updates):
+        settings = CurriculumSettings(mode="progress", uniform_share=0.5, explore_share=0.5, explore_groups=1,
+                                      explore_updates=2)
+        cur = LearningProgressCurriculum(settings, np.arange(6), list("abcdef"), torch.device("cpu"), seed=seed)
+        out = []
+        for _ in range(updates):
+            cur.observe(torch.arange(6), torch.ones(6, dtype=torch.bool), torch.full((6,), 0.4))
+            cur.update()
+            out.append(cur.weights.copy())
+        return np.array(out), cur
+
+    w, cur = weights_over(seed=7, updates=40)
+    focused = w.argmax(1)
+    assert w[:, focused].diagonal() == pytest.approx(np.full(40, 0.5 / 6 + 0.5))
+    assert np.allclose(w.sum(1), 1) and (np.sort(w, 1)[:, :-1] == pytest.approx(0.5 / 6))
+    assert (focused[0::2] == focused[1::2]).all()                   # one draw per window
+    assert (focused[2::2] != focused[:-2:2]).any()                  # new draws between windows
+    assert set(focused.tolist()) == set(range(6))                   # each group gets its turn
+    assert (weights_over(seed=7, updates=40)[0] == w).all()          # the same on every rank and rerun
+    assert (weights_over(seed=8, updates=40)[0].argmax(1) != focused).any()
+    # a resumed run continues the windows where the checkpoint left them
+    again = LearningProgressCurriculum(cur.settings, np.arange(6), list("abcdef"), torch.device("cpu"), seed=7)
+    again.load_state_dict(weights_over(seed=7, updates=25)[1].state_dict())
+    assert again.updates == 25 and (again.explored_groups(again.updates) == cur.explored_groups(25)).all()
+
+
 def test_puzzle_groups_and_settings_are_checked():
     ids = ["t00001-rays", "t00002-outline", "t00003-rays"]
     assert puzzle_groups(ids, "-([a-z_]+)$")[0].tolist() == [0, 1, 0]
@@ -87,6 +117,10 @@ def test_puzzle_groups_and_settings_are_checked():
         CurriculumSettings(mode="progress", fast_rate=0.1, slow_rate=0.5)
     with pytest.raises(ValueError, match="curriculum.mode"):
         CurriculumSettings(mode="sometimes")
+    with pytest.raises(ValueError, match=r"explore_share must be in \[0, 1 - uniform_share = 0.8\]"):
+        CurriculumSettings(mode="progress", uniform_share=0.2, explore_share=0.9)
+    with pytest.raises(ValueError, match="explore_groups"):
+        CurriculumSettings(mode="progress", explore_groups=0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['intervall'\]"):
         CurriculumSettings.from_config({"intervall": 3})
 
@@ -106,6 +140,7 @@ def test_resumed_curriculum_run_draws_what_the_uninterrupted_one_drew(tiny_data,
     run resumed at step 9 (samples halt at steps 3, 6, 9, ...: its sums are not empty) must restore the weights' schedule, its averages and the partial sums to
     train on the same samples (same losses) and end with the same weights."""
     extra = {"curriculum.mode": "progress", "curriculum.interval": 2, "curriculum.uniform_share": 0.0,
+             "curriculum.explore_share": 0.3, "curriculum.explore_updates": 3,  # a window spans the resume
              "max_steps": 14, "checkpoint_interval": 9}
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     trainer.train(compose_tiny(small_overrides(tiny_data, clean, **extra)))

@@ -10,6 +10,13 @@ their accuracy moves (|fast - slow|; with `noise_z` > 0, only what exceeds that 
 deviations of what the noise of a group's few samples per update gives), plus a uniform share. Groups being learned get the samples;
 groups mastered or not moving fall back to the uniform share.
 
+Exploration (`explore_share` > 0): progress cannot start a group that does not move while it gets
+only the uniform share (measured: the benchmark's copied families never drew samples, while
+hand-picked stages that gave such a family half the samples from step 0 taught it). So a share of
+the samples goes to a few groups drawn at random (`explore_groups`, a new draw every
+`explore_updates` updates, the same on every rank and after a resume): each group in turn gets a
+focused window, and one that starts moving in it keeps its samples through its progress.
+
 The statistic is every halted training sample's accuracy on the cells its rule changes (`signal:
 changed`; the cells where the label differs from the input, all cells when none does) or on all its
 cells (`signal: token`), summed per group on the device
@@ -50,6 +57,9 @@ class CurriculumSettings:
     slow_rate: float = 0.1
     uniform_share: float = 0.2
     noise_z: float = 0.0
+    explore_share: float = 0.0
+    explore_groups: int = 2
+    explore_updates: int = 4
 
     def __post_init__(self):
         if self.mode not in CURRICULUM_MODES:
@@ -68,6 +78,12 @@ class CurriculumSettings:
             raise ValueError(f"curriculum.noise_z must be >= 0, got {self.noise_z!r}")
         if not 0 <= float(self.uniform_share) <= 1:
             raise ValueError(f"curriculum.uniform_share must be in [0, 1], got {self.uniform_share!r}")
+        if not 0 <= float(self.explore_share) <= 1 - float(self.uniform_share):
+            raise ValueError(f"curriculum.explore_share must be in [0, 1 - uniform_share = "
+                             f"{1 - float(self.uniform_share):g}], got {self.explore_share!r}")
+        for key in ("explore_groups", "explore_updates"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"curriculum.{key} must be an integer >= 1, got {getattr(self, key)!r}")
         if self.group_regex is not None:
             try:
                 compiled = re.compile(self.group_regex)
@@ -114,8 +130,10 @@ class LearningProgressCurriculum:
     """Per-group accuracy sums on the device, weights from learning progress on the host."""
 
     def __init__(self, settings: CurriculumSettings, puzzle_group: np.ndarray, group_names: list[str],
-                 device: torch.device):
+                 device: torch.device, seed: int = 0):
         self.settings = settings
+        self.seed = int(seed)
+        self.updates = 0  # weight updates so far: which exploration window this is
         self.group_names = list(group_names)
         self.num_groups = len(self.group_names)
         self.puzzle_group_host = np.asarray(puzzle_group, dtype=np.int64)  # the loader's copy (no device read)
@@ -170,7 +188,11 @@ class LearningProgressCurriculum:
         uniform = np.full(self.num_groups, 1.0 / self.num_groups)
         total = progress.sum()
         share = progress / total if total > 0 else uniform
-        self.weights = float(s.uniform_share) * uniform + (1 - float(s.uniform_share)) * share
+        explore = np.zeros(self.num_groups)
+        explore[self.explored_groups(self.updates)] = 1.0
+        u, e = float(s.uniform_share), float(s.explore_share)
+        self.weights = u * uniform + e * explore / explore.sum() + (1 - u - e) * share
+        self.updates += 1
         metrics = {"curriculum/effective_groups": float(math.exp(-(self.weights * np.log(self.weights + 1e-30)).sum())),
                    "curriculum/max_weight": float(self.weights.max())}
         if self.num_groups <= MAX_LOGGED_GROUPS:
@@ -178,6 +200,13 @@ class LearningProgressCurriculum:
                 metrics[f"curriculum/weight/{name}"] = float(w)
                 metrics[f"curriculum/accuracy/{name}"] = float(a)
         return metrics
+
+    def explored_groups(self, update: int) -> np.ndarray:
+        """The groups the exploration share goes to at weight update `update` (0-based): a draw of
+        `explore_groups` per window of `explore_updates` updates, from (seed, window) alone."""
+        s = self.settings
+        rng = np.random.default_rng([self.seed, 3, update // s.explore_updates])
+        return np.sort(rng.choice(self.num_groups, size=min(s.explore_groups, self.num_groups), replace=False))
 
     def schedule_in(self, loader, consumed_state: dict, batches_ahead: int) -> int:
         """Give the loader the current weights for its first block a producer `batches_ahead`
@@ -202,7 +231,8 @@ class LearningProgressCurriculum:
     def state_dict(self) -> dict:
         return {"group_names": self.group_names, "fast": self.fast.tolist(), "slow": self.slow.tolist(),
                 "noise": self.noise.tolist(),
-                "seen": self.seen.tolist(), "weights": self.weights.tolist(), "schedule": self.schedule}
+                "seen": self.seen.tolist(), "weights": self.weights.tolist(), "schedule": self.schedule,
+                "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["group_names"]) != self.group_names:
@@ -213,6 +243,7 @@ class LearningProgressCurriculum:
         self.noise = np.asarray(state.get("noise", np.zeros(self.num_groups)), float)  # absent before noise_z
         self.seen, self.weights = np.asarray(state["seen"], bool), np.asarray(state["weights"], float)
         self.schedule = [(int(b), list(w)) for b, w in state["schedule"]]
+        self.updates = int(state.get("updates", 0))  # absent before exploration (its windows then restart)
 
     def rank_state(self) -> torch.Tensor:
         """This rank's sums since the last update (a checkpoint's per-rank part)."""
@@ -226,10 +257,11 @@ class LearningProgressCurriculum:
         self.sums.copy_(sums.to(self.sums))
 
 
-def build_curriculum(settings: CurriculumSettings, train_split, device: torch.device) -> LearningProgressCurriculum | None:
+def build_curriculum(settings: CurriculumSettings, train_split, device: torch.device,
+                     seed: int = 0) -> LearningProgressCurriculum | None:
     """The run's curriculum (None when `curriculum.mode` is none), its groups checked against the
     training puzzles' ids before any model work."""
     if not settings.active:
         return None
     groups, names = puzzle_groups(train_split.puzzle_ids, settings.group_regex, f" (training data {train_split.paths})")
-    return LearningProgressCurriculum(settings, groups, names, device)
+    return LearningProgressCurriculum(settings, groups, names, device, seed)

@@ -134,7 +134,7 @@ def _train(cfg: DictConfig, config_name: str | None, dist_info: DistInfo) -> dic
     train_split, eval_split = build.load_data(cfg)
     train_loader = TrainLoader(train_split, gbs, rank=rank, world_size=world_size, seed=int(cfg.seed),
                                max_demos=cfg.get("max_demos"))
-    curriculum = build_curriculum(curriculum_settings, train_split, device)  # None: every puzzle group alike (training/curriculum.py)
+    curriculum = build_curriculum(curriculum_settings, train_split, device, int(cfg.seed))  # None: every puzzle group alike (training/curriculum.py)
     # evaluations during training read each puzzle's first train_eval_max_variants variants; the
     # final one reads max_eval_variants (all by default): training_eval_variants
     eval_loaders = {final: EvalLoader(eval_split, eval_gbs, rank=rank, world_size=world_size,
