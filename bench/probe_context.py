@@ -179,10 +179,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    ckpt = Path(args.checkpoint)
-    if not (ckpt / "config.yaml").is_file() or not checkpoint.is_complete(ckpt):
-        raise SystemExit(f"{ckpt}: not a complete checkpoint folder (expected config.yaml and the "
-                         f"{checkpoint.MARKER} marker in <run_dir>/checkpoints/step_N)")
+    try:
+        ckpt = checkpoint.require_evaluable(args.checkpoint)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     cfg = OmegaConf.load(ckpt / "config.yaml")
     saved_kwargs = checkpoint.read_trainer_state(ckpt)["model_kwargs"]
     split = build.load_eval_split(OmegaConf.merge(cfg, {"build_if_missing": None}))

@@ -56,6 +56,16 @@ def incomplete_reason(path: str | Path) -> str | None:
     return None
 
 
+def require_evaluable(path: str | Path, what: str = "") -> Path:
+    """`path` as a Path if it is a complete checkpoint folder with its run's config.yaml (what
+    evaluation and the probes load); FileNotFoundError naming it (`what`: e.g. "checkpoint=") otherwise."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file() or not is_complete(path):
+        raise FileNotFoundError(f"{what}{path} is not a complete checkpoint folder (expected config.yaml and the "
+                                f"{MARKER} marker in <run_dir>/checkpoints/step_N)")
+    return path
+
+
 def read_trainer_state(path: str | Path) -> dict:
     """A checkpoint folder's trainer_state.json (step, model_kwargs, loader state, counters)."""
     return json.loads((Path(path) / "trainer_state.json").read_text())

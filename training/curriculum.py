@@ -34,9 +34,10 @@ import re
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from training.distributed import all_reduce_sum
+from training.preflight import settings_block
 
 log = logging.getLogger("etrm")
 CURRICULUM_MODES = ("none", "progress")
@@ -97,12 +98,7 @@ class CurriculumSettings:
     def from_config(cls, node: DictConfig | dict | None) -> "CurriculumSettings":
         if node is None:
             return cls()
-        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"curriculum config: unknown key(s) {unknown}; the keys are {known}")
-        return cls(**data)
+        return cls(**settings_block(node, [f.name for f in dataclasses.fields(cls)], "curriculum"))
 
     @property
     def active(self) -> bool:

@@ -29,10 +29,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO if dist_info.is_main else logging.WARNING)  # one rank logs
     try:
-        path = Path(cfg.checkpoint)
-        if not (path / "config.yaml").is_file() or not checkpoint.is_complete(path):
-            raise FileNotFoundError(f"checkpoint={path} is not a complete checkpoint folder (expected config.yaml and the "
-                                    f"{checkpoint.MARKER} marker in <run_dir>/checkpoints/step_N)")
+        path = checkpoint.require_evaluable(cfg.checkpoint, "checkpoint=")
         if cfg.weights not in ("ema", "model"):
             raise ValueError(f"weights must be ema or model, got {cfg.weights!r}")
         train_cfg = OmegaConf.load(path / "config.yaml")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from dataset import ARCSplit, EvalLoader, TrainLoader
@@ -41,7 +41,7 @@ from training.evaluation import (autocast_for, metrics_from_totals, reduce_metri
                                  run_until_halted, to_device)
 from training.host_copy import HostCopy
 from training.optim import AdamATan2, clipped_step_on_device, lr_at
-from training.preflight import divides_check, require
+from training.preflight import divides_check, require, settings_block
 from training.progress import Progress
 
 log = logging.getLogger("etrm")
@@ -102,13 +102,8 @@ class TTASettings:
         `world_size` ranks) before any expensive work; None when the config has no `tta`."""
         if node is None:
             return None
-        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown, missing = sorted(set(data) - set(known)), [k for k in known if k not in data]
-        if unknown or missing:
-            raise ValueError(f"tta config: unknown key(s) {unknown}, missing key(s) {missing}; "
-                             f"the keys are those of config/tta/none.yaml: {known}")
-        settings = cls(**data)
+        settings = cls(**settings_block(node, [f.name for f in dataclasses.fields(cls)], "tta",
+                                        every_key_from="config/tta/none.yaml"))
         if settings.active:
             require([divides_check("tta.global_batch_size", settings.global_batch_size, world_size)])
         return settings
