@@ -13,9 +13,9 @@ groups mastered or not moving fall back to the uniform share.
 Exploration (`explore_share` > 0): progress cannot start a group that does not move while it gets
 only the uniform share (measured: the benchmark's copied families never drew samples, while
 hand-picked stages that gave such a family half the samples from step 0 taught it). So a share of
-the samples goes to a few groups drawn at random (`explore_groups`, a new draw every
-`explore_updates` updates, the same on every rank and after a resume): each group in turn gets a
-focused window, and one that starts moving in it keeps its samples through its progress.
+the samples goes to a few groups at a time (`explore_groups`, the next ones of a shuffled order
+every `explore_updates` updates, the same on every rank and after a resume): each group in turn
+gets a focused window, and one that starts moving in it keeps its samples through its progress.
 
 The statistic is every halted training sample's accuracy on the cells its rule changes (`signal:
 changed`; the cells where the label differs from the input, all cells when none does) or on all its
@@ -198,11 +198,17 @@ class LearningProgressCurriculum:
         return metrics
 
     def explored_groups(self, update: int) -> np.ndarray:
-        """The groups the exploration share goes to at weight update `update` (0-based): a draw of
-        `explore_groups` per window of `explore_updates` updates, from (seed, window) alone."""
+        """The groups the exploration share goes to at weight update `update` (0-based): the next
+        `explore_groups` of a shuffled order of all groups per window of `explore_updates` updates,
+        a new order per cycle through them (so every group gets its window before any gets a
+        second), from (seed, cycle) alone."""
         s = self.settings
-        rng = np.random.default_rng([self.seed, 3, update // s.explore_updates])
-        return np.sort(rng.choice(self.num_groups, size=min(s.explore_groups, self.num_groups), replace=False))
+        k = min(s.explore_groups, self.num_groups)
+        per_cycle = -(-self.num_groups // k)  # windows per cycle; the last one tops up from the order's start
+        window = update // s.explore_updates
+        order = np.random.default_rng([self.seed, 3, window // per_cycle]).permutation(self.num_groups)
+        start = (window % per_cycle) * k
+        return np.sort(np.resize(np.roll(order, -start), k))
 
     def schedule_in(self, loader, consumed_state: dict, batches_ahead: int) -> int:
         """Give the loader the current weights for its first block a producer `batches_ahead`
