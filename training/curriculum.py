@@ -37,7 +37,7 @@ import torch
 from omegaconf import DictConfig
 
 from training.distributed import all_reduce_sum
-from training.preflight import settings_block
+from training.settings import settings_block
 
 log = logging.getLogger("etrm")
 CURRICULUM_MODES = ("none", "progress")

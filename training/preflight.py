@@ -41,19 +41,6 @@ def require(checks: list[Check]) -> None:
 # datasets
 
 
-def settings_block(node: DictConfig | dict, fields: list[str], block: str, every_key_from: str | None = None) -> dict:
-    """A settings block (`tta`, `curriculum`) as a plain dict, its keys checked against the settings
-    dataclass's `fields`: unknown keys are refused, and with `every_key_from` (the file that holds
-    them all) missing ones too."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    unknown = sorted(set(data) - set(fields))
-    missing = [k for k in fields if k not in data] if every_key_from else []
-    if unknown or missing:
-        raise ValueError(f"{block} config: unknown key(s) {unknown}" + (f", missing key(s) {missing}" if missing else "")
-                         + f"; the keys are {'those of ' + every_key_from + ': ' if every_key_from else ''}{fields}")
-    return data
-
-
 def eval_paths(cfg: DictConfig) -> list[str]:
     """Where the eval split comes from: `data_paths_test` when set, else `data_paths`."""
     return list(cfg.data_paths_test) if cfg.get("data_paths_test") else list(cfg.data_paths)
