@@ -42,8 +42,8 @@ from training.evaluation import (autocast_for, metrics_from_totals, reduce_metri
 from training.host_copy import HostCopy
 from training.optim import AdamATan2, clipped_step_on_device, lr_at
 from training.preflight import divides_check, require
-from training.settings import settings_block
 from training.progress import Progress
+from training.settings import settings_block
 
 log = logging.getLogger("etrm")
 
