@@ -82,6 +82,8 @@ class ETRMConfig:
                                        # (depthwise convolution, output projection zero at init; models/layers.py LocalMix)
     grid_features: bool = False        # every cell token (query, and the encoder's / demo reader's demo cells) also
                                        # gets per-cell features computed from its grid (models/grid_features.py)
+    cell_lookup: bool = False          # every query cell also reads what the demo cells that look like it (colour +
+                                       # grid features) became (models/cell_lookup.py; output projection zero at init)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -94,10 +96,10 @@ class ETRMConfig:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
         if self.local_mix < 0 or (self.local_mix and self.local_mix % 2 == 0):
             raise ValueError(f"local_mix must be 0 (off) or an odd kernel size, got {self.local_mix}")
-        if self.demo_attention or self.map_read or self.grid_features or self.local_mix:
+        if self.demo_attention or self.map_read or self.grid_features or self.local_mix or self.cell_lookup:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read / grid_features / local_mix need a square canvas, "
+                raise ValueError(f"demo_attention / map_read / grid_features / local_mix / cell_lookup need a square canvas, "
                                  f"seq_len {self.seq_len}")
 
     @classmethod

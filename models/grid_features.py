@@ -4,10 +4,10 @@ where it sits in it, and what it sees. Generic ARC vocabulary, not any one famil
 - position: row and column counted from the grid's top/left and from its bottom/right edge (the
   rotary positions only give offsets between cells; "the bottom row" needs the grid's extent);
 - region: the same-colour 4-connected component the cell is in (background included): its size
-  (log bucket), and whether it is background open to the border, enclosed background, a
+  (exact up to 8, then log buckets), and whether it is background open to the border, enclosed background, a
   foreground region touching the border, or an inner one;
 - object: the 8-connected set of foreground cells around the cell (multi-colour objects): its
-  size (log bucket), whether it is the largest / smallest object of the grid, its bounding box's
+  size (as the region's), whether it is the largest / smallest object of the grid, its bounding box's
   height and width, the cell's offset inside the box and whether it is on the box's edges;
 - rays: in each of the 4 directions, the first foreground colour met (or the grid's edge), how far
   it is, and how many foreground cells lie that way (things fall until they hit something, lines
@@ -37,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.grids import COLOUR_OFFSET
+from models.layers import trunc_normal_
 
 MAX_POS = 16        # positions, box sizes, distances and counts are clamped to 1..MAX_POS (0 = not a grid cell)
-SIZE_BUCKETS = 11   # sizes 1, 2, 3-4, 5-8, ... (log2 buckets) -> 1..10 (0 = none)
+EXACT_SIZES = 8     # sizes 1..8 keep their own value: ARC rules tell small objects apart by their exact size
+SIZE_BUCKETS = 16   # then 9-16, 17-32, ... (log2 buckets) -> 9..15 (0 = none)
 
 # (name, number of values): the order of the last axis of grid_features()
 FEATURES = (
@@ -100,9 +102,9 @@ def _per_label(values: torch.Tensor, label: torch.Tensor, reduce: str, fill) -> 
 
 
 def _size_bucket(n: torch.Tensor) -> torch.Tensor:
-    """1 -> 1, 2 -> 2, 3-4 -> 3, 5-8 -> 4, ... (0 stays 0), capped at SIZE_BUCKETS - 1."""
-    b = torch.ceil(torch.log2(n.clamp_min(1).float())).long() + 1
-    return torch.where(n > 0, b.clamp_max(SIZE_BUCKETS - 1), 0)
+    """1..8 -> 1..8, 9-16 -> 9, 17-32 -> 10, ... (0 stays 0), capped at SIZE_BUCKETS - 1."""
+    log = torch.ceil(torch.log2(n.clamp_min(1).float())).long() + EXACT_SIZES - 3
+    return torch.where(n > EXACT_SIZES, log.clamp_max(SIZE_BUCKETS - 1), n.clamp_min(0))
 
 
 def _edge_class(pos: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -211,11 +213,12 @@ def grid_features(tokens: torch.Tensor, side: int) -> torch.Tensor:
 
 class GridFeatureEmbedding(nn.Module):
     """Feature ids [..., F] -> [..., H]: the sum of one learned vector per (feature, value),
-    times sqrt(H / F) (unit RMS once trained to unit-scale rows, like the token embedding). Starts at zero."""
+    times sqrt(H / F) (unit RMS once trained to unit-scale rows, like the token embedding). Starts at
+    zero (a model with it equals the model without it at step 0), or random with `init_std`."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, init_std: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(TABLE_SIZE, hidden_size))
+        self.weight = nn.Parameter(trunc_normal_(torch.empty(TABLE_SIZE, hidden_size), std=init_std))
         self.scale = math.sqrt(hidden_size / NUM_FEATURES)
         self.register_buffer("offsets", _OFFSETS.clone(), persistent=False)
 

@@ -205,12 +205,18 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Heads [B, heads, L, head_dim] -> output projection [B, Lq, H]; key_mask [B, Lk]."""
-        attn_mask = None
-        if key_mask is not None:
-            attn_mask = _safe_key_mask(key_mask)[:, None, None, :]  # [B, 1, 1, Lk]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        B, _, Lq, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(B, Lq, -1))
+        return self.o_proj(attend(q, k, v, key_mask))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention over heads [B, heads, L, head_dim] -> [B, Lq, heads * head_dim]
+    (heads merged, no output projection); key_mask [B, Lk], True = attend."""
+    attn_mask = None
+    if key_mask is not None:
+        attn_mask = _safe_key_mask(key_mask)[:, None, None, :]  # [B, 1, 1, Lk]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    B, _, Lq, _ = out.shape
+    return out.transpose(1, 2).reshape(B, Lq, -1)
 
 
 # ----------------------------------------------------------------------------- MLP / block

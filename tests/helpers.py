@@ -87,6 +87,22 @@ def assert_gradient_every_act_step(model, params: list[tuple[str, torch.Tensor]]
             assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
 
 
+def build_and_step(config_name: str, overrides: list[str]):
+    """Compose the real Hydra config with `overrides`, build the model and loss head through the
+    trainer's builder for a 5x5 split, run one ACT step of make_batch() and backprop.
+    -> (model, loss); the loss is checked finite."""
+    from training import build
+
+    cfg = compose_cfg(config_name, overrides)
+    split = type("Split", (), {"seq_len": 25, "vocab_size": 12, "max_demos": 3, "side": 5})()
+    model, head = build.build_model(cfg, build.model_kwargs(cfg, split, 4))
+    batch = make_batch()
+    _, loss, _, _, _ = head(head.initial_carry(batch), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    return model, loss
+
+
 def small_encoder(kind, pooling="mean", side=5, seed=0):
     from models.encoders import build_encoder
 

@@ -26,7 +26,7 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_maps import NUM_MAPS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import assert_gradient_every_act_step, make_batch, tiny_config
+from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
 from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
@@ -252,15 +252,6 @@ def test_trm_decoder_weights_load_into_a_model_with_the_new_paths(tmp_path):
 @pytest.mark.parametrize("encoder", ["standard", "hybrid_variational", "colour_slots"])
 def test_hydra_config_with_the_new_paths_builds_and_steps(encoder):
     """The options compose with any encoder's job line and build through the trainer's builder."""
-    from tests.helpers import compose_cfg
-    from training import build
-
-    cfg = compose_cfg("cfg_pretrain_etrm_tiny", ["arch.demo_attention=true", "arch.map_read=true",
-                                                 f"arch.encoder_type={encoder}", "arch.puzzle_emb_len=12"])
-    split = type("Split", (), {"seq_len": 25, "vocab_size": 12, "max_demos": 3, "side": 5})()
-    model, head = build.build_model(cfg, build.model_kwargs(cfg, split, 4))
+    model, _ = build_and_step("cfg_pretrain_etrm_tiny", ["arch.demo_attention=true", "arch.map_read=true",
+                                                         f"arch.encoder_type={encoder}", "arch.puzzle_emb_len=12"])
     assert model.config.demo_attention and model.config.map_read
-    batch = make_batch()
-    _, loss, _, _, _ = head(head.initial_carry(batch), batch)
-    loss.backward()
-    assert torch.isfinite(loss)

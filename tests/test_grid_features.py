@@ -19,7 +19,7 @@ from models.encoders.demo_reader import DemoReader
 from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, grid_features
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import PADDING_SIDE as SIDE
-from tests.helpers import assert_gradient_every_act_step, compose_cfg, make_batch, ragged_batch, tiny_config
+from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, ragged_batch, tiny_config
 
 torch.set_num_threads(2)
 
@@ -41,8 +41,9 @@ def test_hand_made_grid():
     # regions: the outside background (1, open), the enclosed hole (2), the ring, the lone 7 (3: touches the border)
     assert f["region_kind"][0, 0] == 1 and f["region_kind"][2, 2] == 2
     assert f["region_kind"][1, 1] == 4 and f["region_kind"][2, 5] == 3
-    assert f["region_size"][2, 2] == 1 and f["region_size"][1, 1] == 4          # 1 cell; 8 cells -> bucket 4 (5-8)
-    assert f["region_size"][0, 0] == 6                                         # 21 background cells: bucket 17-32
+    assert f["region_size"][2, 2] == 1 and f["region_size"][1, 1] == 8          # 1 cell; 8 cells (exact up to 8)
+    assert f["region_size"][0, 0] == 10                                        # 21 background cells: bucket 17-32
+    assert f["object_size"][1, 1] == 8 and f["object_size"][2, 5] == 1
     # objects: the ring (8 cells) is the largest, the 7 (1 cell) the smallest; background has none
     assert f["object_rank"][1, 1] == 1 and f["object_rank"][2, 5] == 2 and f["object_rank"][0, 0] == 0
     assert f["object_height"][3, 2] == 3 and f["object_width"][3, 2] == 3       # 3x3 box (stored as extent - 1, + 1)
@@ -93,9 +94,10 @@ def test_regions_match_the_generators_components():
         for _, cells in components(g):
             for r, c in cells:
                 want[r, c] = len(cells)
-        bucket = np.where(want > 0, np.ceil(np.log2(np.maximum(want, 1))).astype(int) + 1, 0)
+        log = np.ceil(np.log2(np.maximum(want, 1))).astype(int) + 5                # 9-16 -> 9, 17-32 -> 10, ...
+        bucket = np.where(want > 8, log, want)                                   # exact sizes up to 8
         fg = g > 0
-        np.testing.assert_array_equal(f["region_size"][fg], np.minimum(bucket[fg], 10))
+        np.testing.assert_array_equal(f["region_size"][fg], bucket[fg])
 
 
 def _with_features(model):
@@ -159,13 +161,5 @@ def test_packed_and_padded_layouts_agree_with_features():
 
 
 def test_hydra_config_with_grid_features_builds_and_steps():
-    from training import build
-
-    cfg = compose_cfg("cfg_pretrain_etrm_synthetic", ["arch.grid_features=true", "data_paths=[x]"])
-    split = type("Split", (), {"seq_len": 25, "vocab_size": 12, "max_demos": 3, "side": 5})()
-    model, head = build.build_model(cfg, build.model_kwargs(cfg, split, 4))
+    model, _ = build_and_step("cfg_pretrain_etrm_synthetic", ["arch.grid_features=true", "data_paths=[x]"])
     assert model.config.grid_features
-    batch = make_batch()
-    _, loss, _, _, _ = head(head.initial_carry(batch), batch)
-    loss.backward()
-    assert torch.isfinite(loss)

@@ -20,6 +20,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import ETRMConfig  # noqa: F401 (the model's config and defaults; re-exported)
+from models.cell_lookup import CellLookup
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
 from models.grid_features import GridFeatureEmbedding, grid_features
@@ -130,10 +131,14 @@ class ETRMInner(nn.Module):
     def cos_sin(self) -> CosSin | None:
         return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
 
-    def input_embeddings(self, inputs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def input_embeddings(self, inputs: torch.Tensor, context: torch.Tensor,
+                         lookup: torch.Tensor | None = None) -> torch.Tensor:
         """[B, S] tokens + [B, P, H] context -> [B, P+S, H]. Tokens are scaled by sqrt(H) (unit
-        RMS); the context comes out of the encoder at unit RMS already and is not rescaled."""
+        RMS); the context comes out of the encoder at unit RMS already and is not rescaled.
+        lookup [B, S, H]: what the demo cells like each cell became (cell_lookup), added to it."""
         tokens = self.embed_scale * self.embed_tokens(inputs)
+        if lookup is not None:
+            tokens = tokens + lookup.to(tokens.dtype)
         if self.cfg.grid_features:  # what the cell is part of, where in it, what it sees (zero at init)
             tokens = tokens + self.grid_embed(grid_features(inputs, self.side)).to(tokens.dtype)
         context = context.to(tokens.dtype)
@@ -224,6 +229,8 @@ class TRMWithEncoder(nn.Module):
                               grid_features=cfg.grid_features))
         if cfg.map_read:
             self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
+        if cfg.cell_lookup:
+            self.cell_lookup = CellLookup(cfg.hidden_size, cfg.num_heads, cfg.vocab_size, math.isqrt(cfg.seq_len))
 
     def set_encoder_packing(self, packed: bool) -> None:
         """Switch the encoder between the packed (default) and the padded layout (same math;
@@ -278,7 +285,7 @@ class TRMWithEncoder(nn.Module):
             min_halt_steps = torch.where(reset, torch.zeros_like(carry.min_halt_steps), carry.min_halt_steps)
 
         # 2. encode the current demos (every step, with grad)
-        kl, demo, agreement = None, None, None
+        kl, demo, agreement, lookup = None, None, None, None
         if cfg.context_ablation:  # the encoder is skipped: the model can only guess from the query
             B = data["inputs"].shape[0]
             context = z_H.new_zeros(B, cfg.puzzle_emb_len, cfg.hidden_size)
@@ -289,11 +296,13 @@ class TRMWithEncoder(nn.Module):
                 demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
+            if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
+                lookup = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"], data["demo_mask"])
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
         # 3. recursion
-        x = self.inner.input_embeddings(data["inputs"], context)
+        x = self.inner.input_embeddings(data["inputs"], context, lookup)
         z_H, z_L, logits, q = self.inner(z_H, z_L, x, inputs=data["inputs"], demo=demo, agreement=agreement)
         q_halt, q_continue = q[:, 0], q[:, 1]
 

@@ -1,0 +1,107 @@
+"""`arch.cell_lookup` (models/cell_lookup.py): every query cell reads what the demo cells that look
+like it became.
+- on hand-made grids each query cell reads the change of the demo cells with its description
+  (its own cell when the query is a demo's input), pairs whose output changes the size and masked
+  demo slots are never read, and a puzzle with no aligned pair adds nothing;
+- a model with it equals the model without it at step 0, every lookup parameter gets gradient on
+  every ACT step, and the Hydra config builds and steps."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dataset.grids import encode_grid
+from models.cell_lookup import UNCHANGED, CellLookup
+from models.recursive_reasoning.etrm import TRMWithEncoder
+from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
+
+torch.set_num_threads(2)
+SIDE, H = 6, 64
+
+# lone cells stay, cells with a 4-neighbour of their colour become 5 (a crowd-like rule)
+A_IN = np.array([[1, 1, 0, 2],
+                 [0, 0, 0, 0],
+                 [3, 0, 4, 4]])
+A_OUT = np.array([[5, 5, 0, 2],
+                  [0, 0, 0, 0],
+                  [3, 0, 5, 5]])
+B_IN = np.array([[0, 7, 0],
+                 [7, 7, 0]])
+B_OUT = np.array([[0, 5, 0],
+                  [5, 5, 0]])
+
+
+def _t(*grids: np.ndarray) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(encode_grid(g, SIDE)).long() for g in grids])
+
+
+def _expected_change(grid_in: np.ndarray, grid_out: np.ndarray) -> np.ndarray:
+    return np.where(grid_out == grid_in, UNCHANGED, 1 + grid_out)
+
+
+def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, np.ndarray]], mask: list[bool]):
+    """The change class each query cell reads (o_proj = identity, nearest change embedding)."""
+    with torch.no_grad():
+        lookup.o_proj.weight.copy_(torch.eye(H))
+        d_in = _t(*[i for i, _ in demos]).unsqueeze(0)
+        d_out = _t(*[o for _, o in demos]).unsqueeze(0)
+        out = lookup(_t(query), d_in, d_out, torch.tensor([mask]))[0]                  # [S, H]
+        cls = (torch.nn.functional.normalize(out, dim=-1) @
+               torch.nn.functional.normalize(lookup.change.weight, dim=-1).T).argmax(-1)
+    h, w = query.shape
+    return cls.view(SIDE, SIDE)[:h, :w].numpy(), out
+
+
+def _lookup(seed: int = 0) -> CellLookup:
+    torch.manual_seed(seed)
+    return CellLookup(H, 4, 12, SIDE, sharpness=40.0)   # sharp: the read is the best-matching cells'
+
+
+def test_query_reads_the_change_of_the_demo_cells_like_it():
+    lookup = _lookup()
+    # the query is demo A's input: every cell's best match is itself
+    cls, _ = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
+    np.testing.assert_array_equal(cls, _expected_change(A_IN, A_OUT))
+    cls, _ = _read(lookup, B_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
+    np.testing.assert_array_equal(cls, _expected_change(B_IN, B_OUT))
+
+
+def test_size_changing_pairs_and_masked_demos_are_not_read():
+    lookup = _lookup()
+    everything_nine = np.full_like(A_IN, 9)
+    crop = np.array([[9]])                         # a pair whose output has another shape
+    demos = [(B_IN, B_OUT), (A_IN, crop), (A_IN, everything_nine)]
+    cls, _ = _read(lookup, A_IN, demos, [True, True, False])   # the only exact matches are in pairs 2 and 3
+    assert not (cls == 1 + 9).any(), "read a cell of a size-changing pair or of a masked demo"
+    # only size-changing pairs: nothing is added
+    _, out = _read(lookup, A_IN, [(A_IN, crop)], [True])
+    assert out.abs().max() == 0
+    # off the grid: nothing either
+    _, out = _read(lookup, A_IN, [(A_IN, A_OUT)], [True])
+    off = torch.ones(SIDE, SIDE, dtype=torch.bool)
+    off[:3, :4] = False
+    assert out.view(SIDE, SIDE, H)[off].abs().max() == 0 and out.view(SIDE, SIDE, H)[~off].abs().max() > 0
+
+
+def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
+    batch = make_batch()
+    torch.manual_seed(0)
+    with_l = TRMWithEncoder(tiny_config(cell_lookup=True, pos_encodings="rope_2d"))
+    torch.manual_seed(0)
+    without = TRMWithEncoder(tiny_config(pos_encodings="rope_2d"))
+    missing, unexpected = without.load_state_dict(with_l.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("cell_lookup.") for k in unexpected)
+    a = with_l(with_l.initial_carry(batch), batch)[1]["logits"]
+    b = without(without.initial_carry(batch), batch)[1]["logits"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # once the output projection moves, the lookup changes the answer, and every part learns
+    torch.nn.init.normal_(with_l.cell_lookup.o_proj.weight, std=0.2)
+    assert (with_l(with_l.initial_carry(batch), batch)[1]["logits"] - b).abs().max() > 1e-3
+    params = [(n, p) for n, p in with_l.named_parameters() if n.startswith("cell_lookup.")]
+    assert len(params) == 6
+    assert_gradient_every_act_step(with_l.train(), params, batch)
+
+
+def test_hydra_config_with_cell_lookup_builds_and_steps():
+    model, _ = build_and_step("cfg_pretrain_etrm_synthetic", ["arch.cell_lookup=true", "data_paths=[x]"])
+    assert model.config.cell_lookup and model.cell_lookup.o_proj.weight.grad.abs().sum() > 0
