@@ -4,10 +4,13 @@ A cell's description is its colour and its grid features (models/grid_features.p
 object it is part of, where in them, what it sees in each direction, its neighbours), embedded by
 tables of this module. Every cell of a demo input whose output has the same shape is a key (its
 description) with a value: "unchanged", or "became colour c". Each query cell attends over the
-keys of all its puzzle's demos with its own description as the query, and the weighted values,
-through an output projection that starts at zero, are added to the cell's input embedding: the
-inner model gets "what cells like me became in the demos" before its first block, and may use it
-or not.
+keys of all its puzzle's demos with its own description as the query. What it reads goes two ways:
+- into the cell's input embedding, through an output projection that starts at zero: the inner
+  model gets "what cells like me became in the demos" before its first block, and may use it or not;
+- straight to the answer: the read, as a distribution over "unchanged" (= the cell's own colour) and
+  the 10 colours, is added to the output logits as gain x log(p) (the gain starts at zero), a copy
+  path like a pointer network's: the vote is usable from the first steps, before the recursion has
+  learned to decode the embedding, and its gradient trains the query/key projections directly.
 
 Why it is generic: many ARC rules recolour each cell by what it is (its object's size, whether it
 is enclosed, how many neighbours it has, what it sees along a row), and the demos show the answer
@@ -23,6 +26,7 @@ and the grid features of every demo input; F.scaled_dot_product_attention keeps 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS
@@ -30,17 +34,22 @@ from models.grid_features import GridFeatureEmbedding, grid_features
 from models.layers import Embedding, Linear, attend, rms_norm
 
 UNCHANGED = 0  # value index; 1 + c: the cell became colour c
+VOTE_FLOOR = 1e-3   # log(p + floor): a colour no similar demo cell became is unlikely, not impossible
+GAIN_SCALE = 10.0   # the vote gain is GAIN_SCALE x a parameter: a scalar under Adam moves ~lr per step
 
 
 class CellLookup(nn.Module):
-    """(query tokens [B, S], demo inputs / labels [B, D, S], demo mask [B, D]) -> [B, S, H], zero at init."""
+    """(query tokens [B, S], demo inputs / labels [B, D, S], demo mask [B, D]) ->
+    (input embedding term [B, S, H], output logit term [B, S, vocab]), both zero at init."""
 
     def __init__(self, hidden_size: int, num_heads: int, vocab_size: int, side: int, sharpness: float = 2.0):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"cell_lookup: hidden_size {hidden_size} not divisible by num_heads {num_heads}")
+        if vocab_size < COLOUR_OFFSET + NUM_COLOURS:
+            raise ValueError(f"cell_lookup: vocab_size {vocab_size} has no room for the {NUM_COLOURS} colours")
         H = hidden_size
-        self.side, self.num_heads = side, num_heads
+        self.side, self.num_heads, self.vocab_size = side, num_heads, vocab_size
         self.colour = Embedding(vocab_size, H, init_std=1.0)
         self.features = GridFeatureEmbedding(H, init_std=1.0)   # random: different descriptions differ at step 0
         self.change = Embedding(1 + NUM_COLOURS, H, init_std=1.0)
@@ -51,6 +60,8 @@ class CellLookup(nn.Module):
             self.q_proj.weight.copy_(sharpness * torch.eye(H))
             self.k_proj.weight.copy_(torch.eye(H))
         self.o_proj = Linear(H, H, init_std=0.0)
+        self.head_logits = nn.Parameter(torch.zeros(num_heads))   # how the heads' votes mix (uniform at init)
+        self.vote_gain = nn.Parameter(torch.zeros(()))
 
     def describe(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [N, S] -> descriptions [N, S, H] (unit RMS)."""
@@ -61,7 +72,7 @@ class CellLookup(nn.Module):
         return t.view(B, L, self.num_heads, H // self.num_heads).transpose(1, 2)
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
-                demo_mask: torch.Tensor) -> torch.Tensor:
+                demo_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
@@ -70,9 +81,21 @@ class CellLookup(nn.Module):
         key_mask = (in_cell & aligned).view(B, D * S)
         change = torch.where(d_out == d_in, UNCHANGED, 1 + (d_out - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1))
         k = self.k_proj(self.describe(d_in)).view(B, D * S, -1)
-        v = self.change(change).view(B, D * S, -1)
         q = self.q_proj(self.describe(inputs))
-        read = attend(self._heads(q), self._heads(k), self._heads(v), key_mask)   # [B, S, H]
+        onehot = F.one_hot(change.view(B, 1, D * S), 1 + NUM_COLOURS).to(q.dtype)      # [B, 1, DS, 11]
+        onehot = onehot.expand(-1, self.num_heads, -1, -1)
+        # per head, the share of similar demo cells with each change: [B, heads, S, 11]
+        votes = attend(self._heads(q), self._heads(k), onehot, key_mask).view(B, S, self.num_heads, -1)
         # no aligned demo cell (every pair changes the size), or not a grid cell: nothing to add
-        use = key_mask.any(-1, keepdim=True) & (inputs >= COLOUR_OFFSET)
-        return self.o_proj(read) * use.unsqueeze(-1).to(read.dtype)
+        use = (key_mask.any(-1, keepdim=True) & (inputs >= COLOUR_OFFSET)).unsqueeze(-1).to(q.dtype)
+        # 1. the embedding path: the votes through the change table (per head: its slice) and o_proj
+        table = self.change.weight.view(1 + NUM_COLOURS, self.num_heads, -1)           # [11, heads, H / heads]
+        read = torch.einsum("bshc,chd->bshd", votes, table).reshape(B, S, -1)
+        embedding = self.o_proj(read) * use
+        # 2. the answer path: "unchanged" votes for the cell's own colour
+        p = torch.einsum("bshc,h->bsc", votes, self.head_logits.softmax(0))            # [B, S, 11]
+        own = F.one_hot((inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1), NUM_COLOURS).to(p.dtype)
+        colours = p[..., 1:] + p[..., :1] * own                                         # [B, S, 10]
+        bias = GAIN_SCALE * self.vote_gain * torch.log(colours + VOTE_FLOOR) * use
+        logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
+        return embedding, logits

@@ -1,16 +1,20 @@
 """`arch.cell_lookup` (models/cell_lookup.py): every query cell reads what the demo cells that look
 like it became.
 - on hand-made grids each query cell reads the change of the demo cells with its description
-  (its own cell when the query is a demo's input), pairs whose output changes the size and masked
-  demo slots are never read, and a puzzle with no aligned pair adds nothing;
+  (its own cell when the query is a demo's input), through the embedding path and as the answer
+  (the vote path: "unchanged" votes for the cell's own colour), pairs whose output changes the size
+  and masked demo slots are never read, and a puzzle with no aligned pair adds nothing;
 - a model with it equals the model without it at step 0, every lookup parameter gets gradient on
   every ACT step, and the Hydra config builds and steps."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 
 from dataset.grids import encode_grid
+from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import UNCHANGED, CellLookup
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
@@ -40,16 +44,20 @@ def _expected_change(grid_in: np.ndarray, grid_out: np.ndarray) -> np.ndarray:
 
 
 def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, np.ndarray]], mask: list[bool]):
-    """The change class each query cell reads (o_proj = identity, nearest change embedding)."""
+    """-> the change class each query cell reads through the embedding path (o_proj = identity,
+    nearest change embedding), the answer the vote path gives (argmax colour), both [h, w], and the
+    two paths' raw outputs [S, H] / [S, vocab]."""
     with torch.no_grad():
         lookup.o_proj.weight.copy_(torch.eye(H))
+        lookup.vote_gain.fill_(1.0)
         d_in = _t(*[i for i, _ in demos]).unsqueeze(0)
         d_out = _t(*[o for _, o in demos]).unsqueeze(0)
-        out = lookup(_t(query), d_in, d_out, torch.tensor([mask]))[0]                  # [S, H]
-        cls = (torch.nn.functional.normalize(out, dim=-1) @
+        emb, logits = (t[0] for t in lookup(_t(query), d_in, d_out, torch.tensor([mask])))
+        cls = (torch.nn.functional.normalize(emb, dim=-1) @
                torch.nn.functional.normalize(lookup.change.weight, dim=-1).T).argmax(-1)
+        answer = logits[:, COLOUR_OFFSET:].argmax(-1)
     h, w = query.shape
-    return cls.view(SIDE, SIDE)[:h, :w].numpy(), out
+    return cls.view(SIDE, SIDE)[:h, :w].numpy(), answer.view(SIDE, SIDE)[:h, :w].numpy(), emb, logits
 
 
 def _lookup(seed: int = 0) -> CellLookup:
@@ -60,10 +68,10 @@ def _lookup(seed: int = 0) -> CellLookup:
 def test_query_reads_the_change_of_the_demo_cells_like_it():
     lookup = _lookup()
     # the query is demo A's input: every cell's best match is itself
-    cls, _ = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
-    np.testing.assert_array_equal(cls, _expected_change(A_IN, A_OUT))
-    cls, _ = _read(lookup, B_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
-    np.testing.assert_array_equal(cls, _expected_change(B_IN, B_OUT))
+    for query, answer in ((A_IN, A_OUT), (B_IN, B_OUT)):
+        cls, voted, _, _ = _read(lookup, query, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
+        np.testing.assert_array_equal(cls, _expected_change(query, answer))
+        np.testing.assert_array_equal(voted, answer)     # "unchanged" is the cell's own colour
 
 
 def test_size_changing_pairs_and_masked_demos_are_not_read():
@@ -71,16 +79,19 @@ def test_size_changing_pairs_and_masked_demos_are_not_read():
     everything_nine = np.full_like(A_IN, 9)
     crop = np.array([[9]])                         # a pair whose output has another shape
     demos = [(B_IN, B_OUT), (A_IN, crop), (A_IN, everything_nine)]
-    cls, _ = _read(lookup, A_IN, demos, [True, True, False])   # the only exact matches are in pairs 2 and 3
-    assert not (cls == 1 + 9).any(), "read a cell of a size-changing pair or of a masked demo"
+    cls, voted, _, _ = _read(lookup, A_IN, demos, [True, True, False])  # the exact matches are in pairs 2 and 3
+    assert not (cls == 1 + 9).any() and not (voted == 9).any(), "read a size-changing pair or a masked demo"
     # only size-changing pairs: nothing is added
-    _, out = _read(lookup, A_IN, [(A_IN, crop)], [True])
-    assert out.abs().max() == 0
-    # off the grid: nothing either
-    _, out = _read(lookup, A_IN, [(A_IN, A_OUT)], [True])
+    _, _, emb, logits = _read(lookup, A_IN, [(A_IN, crop)], [True])
+    assert emb.abs().max() == 0 and logits.abs().max() == 0
+    # off the grid: nothing either; the vote only touches colour tokens
+    _, _, emb, logits = _read(lookup, A_IN, [(A_IN, A_OUT)], [True])
     off = torch.ones(SIDE, SIDE, dtype=torch.bool)
     off[:3, :4] = False
-    assert out.view(SIDE, SIDE, H)[off].abs().max() == 0 and out.view(SIDE, SIDE, H)[~off].abs().max() > 0
+    for out in (emb, logits):
+        out = out.view(SIDE, SIDE, -1)
+        assert out[off].abs().max() == 0 and out[~off].abs().max() > 0
+    assert logits[:, :COLOUR_OFFSET].abs().max() == 0
 
 
 def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
@@ -94,11 +105,19 @@ def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
     a = with_l(with_l.initial_carry(batch), batch)[1]["logits"]
     b = without(without.initial_carry(batch), batch)[1]["logits"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # once the output projection moves, the lookup changes the answer, and every part learns
-    torch.nn.init.normal_(with_l.cell_lookup.o_proj.weight, std=0.2)
-    assert (with_l(with_l.initial_carry(batch), batch)[1]["logits"] - b).abs().max() > 1e-3
+    # once the output projection or the vote gain moves, the lookup changes the answer
+    for name in ("o_proj", "vote_gain"):
+        model = copy.deepcopy(with_l)
+        with torch.no_grad():
+            p = model.cell_lookup.get_parameter(name + (".weight" if name == "o_proj" else ""))
+            p.copy_(0.2 * torch.randn_like(p) if p.ndim else torch.tensor(0.2))
+        assert (model(model.initial_carry(batch), batch)[1]["logits"] - b).abs().max() > 1e-3, name
+    # ... and with both moved, every part learns on every ACT step
+    with torch.no_grad():
+        torch.nn.init.normal_(with_l.cell_lookup.o_proj.weight, std=0.2)
+        with_l.cell_lookup.vote_gain.fill_(0.2)
     params = [(n, p) for n, p in with_l.named_parameters() if n.startswith("cell_lookup.")]
-    assert len(params) == 6
+    assert len(params) == 8
     assert_gradient_every_act_step(with_l.train(), params, batch)
 
 

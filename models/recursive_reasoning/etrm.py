@@ -285,7 +285,7 @@ class TRMWithEncoder(nn.Module):
             min_halt_steps = torch.where(reset, torch.zeros_like(carry.min_halt_steps), carry.min_halt_steps)
 
         # 2. encode the current demos (every step, with grad)
-        kl, demo, agreement, lookup = None, None, None, None
+        kl, demo, agreement, lookup, vote = None, None, None, None, None
         if cfg.context_ablation:  # the encoder is skipped: the model can only guess from the query
             B = data["inputs"].shape[0]
             context = z_H.new_zeros(B, cfg.puzzle_emb_len, cfg.hidden_size)
@@ -297,13 +297,16 @@ class TRMWithEncoder(nn.Module):
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
-                lookup = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"], data["demo_mask"])
+                lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],
+                                                data["demo_mask"])
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
         # 3. recursion
         x = self.inner.input_embeddings(data["inputs"], context, lookup)
         z_H, z_L, logits, q = self.inner(z_H, z_L, x, inputs=data["inputs"], demo=demo, agreement=agreement)
+        if vote is not None:  # cell_lookup's direct path: what similar demo cells became
+            logits = logits + vote.to(logits.dtype)
         q_halt, q_continue = q[:, 0], q[:, 1]
 
         # 4. halting
