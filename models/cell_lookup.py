@@ -22,7 +22,8 @@ neighbour vote over the demo cells; training reweights it. Rules that move cells
 change the size get nothing from it (their pairs are not aligned or the change is not per-cell).
 
 Cost: one attention of the S query cells over the D x S demo cells per ACT step (not per block),
-and the grid features of every demo input; F.scaled_dot_product_attention keeps memory linear.
+at the lookup's own width (LOOKUP_WIDTH, whatever the model's: a description needs no more), and the
+grid features of every demo input; F.scaled_dot_product_attention keeps memory linear on a GPU.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_featu
 from models.layers import Embedding, Linear, attend, rms_norm
 
 UNCHANGED = 0  # value index; 1 + c: the cell became colour c
+LOOKUP_WIDTH, LOOKUP_HEADS = 64, 4   # the descriptions' width and the read's heads (the tiny model's)
 VOTE_FLOOR = 1e-3   # log(p + floor): a colour no similar demo cell became is unlikely, not impossible
 GAIN_SCALE = 10.0   # the vote gain is GAIN_SCALE x a parameter: a scalar under Adam moves ~lr per step
 # where the cell is on the canvas: left out of the description (ARC rules are mostly translation-
@@ -53,24 +55,25 @@ class CellLookup(nn.Module):
     """(query tokens [B, S], demo inputs / labels [B, D, S], demo mask [B, D]) ->
     (input embedding term [B, S, H], output logit term [B, S, vocab]), both zero at init."""
 
-    def __init__(self, hidden_size: int, num_heads: int, vocab_size: int, side: int, sharpness: float = 8.0):
+    def __init__(self, hidden_size: int, vocab_size: int, side: int, sharpness: float = 8.0,
+                 width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS):
         super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"cell_lookup: hidden_size {hidden_size} not divisible by num_heads {num_heads}")
+        if width % num_heads:
+            raise ValueError(f"cell_lookup: width {width} not divisible by num_heads {num_heads}")
         if vocab_size < COLOUR_OFFSET + NUM_COLOURS:
             raise ValueError(f"cell_lookup: vocab_size {vocab_size} has no room for the {NUM_COLOURS} colours")
-        H = hidden_size
+        W = width
         self.side, self.num_heads, self.vocab_size = side, num_heads, vocab_size
-        self.colour = Embedding(vocab_size, H, init_std=COLOUR_SHARE * H ** 0.5)
-        self.features = GridFeatureEmbedding(H, init_std=1.0)   # random: different descriptions differ at step 0
-        self.change = Embedding(1 + NUM_COLOURS, H, init_std=1.0)
+        self.colour = Embedding(vocab_size, W, init_std=COLOUR_SHARE * W ** 0.5)
+        self.features = GridFeatureEmbedding(W, init_std=1.0)   # random: different descriptions differ at step 0
+        self.change = Embedding(1 + NUM_COLOURS, W, init_std=1.0)
         # identity projections: at step 0 the score is the descriptions' similarity (sharpened)
-        self.q_proj = Linear(H, H)
-        self.k_proj = Linear(H, H)
+        self.q_proj = Linear(W, W)
+        self.k_proj = Linear(W, W)
         with torch.no_grad():
-            self.q_proj.weight.copy_(sharpness * torch.eye(H))
-            self.k_proj.weight.copy_(torch.eye(H))
-        self.o_proj = Linear(H, H, init_std=0.0)
+            self.q_proj.weight.copy_(sharpness * torch.eye(W))
+            self.k_proj.weight.copy_(torch.eye(W))
+        self.o_proj = Linear(W, hidden_size, init_std=0.0)
         self.head_logits = nn.Parameter(torch.zeros(num_heads))   # how the heads' votes mix (uniform at init)
         self.vote_gain = nn.Parameter(torch.zeros(()))
 
@@ -102,7 +105,7 @@ class CellLookup(nn.Module):
         # no aligned demo cell (every pair changes the size), or not a grid cell: nothing to add
         use = (key_mask.any(-1, keepdim=True) & (inputs >= COLOUR_OFFSET)).unsqueeze(-1).to(q.dtype)
         # 1. the embedding path: the votes through the change table (per head: its slice) and o_proj
-        table = self.change.weight.view(1 + NUM_COLOURS, self.num_heads, -1)           # [11, heads, H / heads]
+        table = self.change.weight.view(1 + NUM_COLOURS, self.num_heads, -1)           # [11, heads, W / heads]
         read = torch.einsum("bshc,chd->bshd", votes, table).reshape(B, S, -1)
         embedding = self.o_proj(read) * use
         # 2. the answer path: "unchanged" votes for the cell's own colour

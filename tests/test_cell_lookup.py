@@ -62,7 +62,7 @@ def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, n
 
 def _lookup(seed: int = 0) -> CellLookup:
     torch.manual_seed(seed)
-    return CellLookup(H, 4, 12, SIDE, sharpness=40.0)   # sharp: the read is the best-matching cells'
+    return CellLookup(H, 12, SIDE, sharpness=40.0)   # sharp: the read is the best-matching cells'
 
 
 def test_query_reads_the_change_of_the_demo_cells_like_it():
