@@ -47,7 +47,8 @@ CANVAS_POSITION = [FEATURE_INDEX[n] for n in ("row", "col", "row_from_bottom", "
 # the cell's colour in the description, at init, at this share of the features' sum (RMS sqrt(H)): at
 # 1/8 (the tables' plain init) the init vote got 0.47 of colour_map's changed cells right and 0.05 of
 # swap's, at 1/2 0.95 and 0.67 with the content families' as before (crowd 0.55 -> 0.60, size_recolour
-# 0.80 -> 0.82), at 1 1.00 / 1.00 but enclose 0.77 -> 0.48 (all 18 families' held-out puzzles, seed 0)
+# 0.80 -> 0.82), at 1 1.00 / 1.00 but enclose 0.77 -> 0.48 (all 18 families' held-out puzzles, seed 0;
+# python -m bench.lookup_vote <data>/puzzles/eval --colour-share S, docs/BENCHMARKS.md)
 COLOUR_SHARE = 0.5
 
 
@@ -56,7 +57,7 @@ class CellLookup(nn.Module):
     (input embedding term [B, S, H], output logit term [B, S, vocab]), both zero at init."""
 
     def __init__(self, hidden_size: int, vocab_size: int, side: int, sharpness: float = 8.0,
-                 width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS):
+                 width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS, colour_share: float = COLOUR_SHARE):
         super().__init__()
         if width % num_heads:
             raise ValueError(f"cell_lookup: width {width} not divisible by num_heads {num_heads}")
@@ -64,7 +65,7 @@ class CellLookup(nn.Module):
             raise ValueError(f"cell_lookup: vocab_size {vocab_size} has no room for the {NUM_COLOURS} colours")
         W = width
         self.side, self.num_heads, self.vocab_size = side, num_heads, vocab_size
-        self.colour = Embedding(vocab_size, W, init_std=COLOUR_SHARE * W ** 0.5)
+        self.colour = Embedding(vocab_size, W, init_std=colour_share * W ** 0.5)
         self.features = GridFeatureEmbedding(W, init_std=1.0)   # random: different descriptions differ at step 0
         self.change = Embedding(1 + NUM_COLOURS, W, init_std=1.0)
         # identity projections: at step 0 the score is the descriptions' similarity (sharpened)

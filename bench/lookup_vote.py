@@ -1,0 +1,82 @@
+"""How good is `arch.cell_lookup`'s vote on its own, before any training?
+
+    python -m bench.lookup_vote PUZZLES_DIR [--sharpness 8] [--colour-share 0.5] [--seed 0] [--side 8]
+
+PUZZLES_DIR: ARC JSON puzzles, one sub-folder per family (bench.learning's
+<data>/puzzles/eval layout) or a flat folder (one row, "all"). For every test pair whose output
+has its input's shape, a freshly initialised CellLookup (models/cell_lookup.py) answers each cell
+with its vote alone (the colour the demo cells that look like it became, "unchanged" = its own
+colour), and the bench prints per family the share of exact answers and of the cells the rule
+changes that the vote gets right. It is the prior that training starts from: the settings it
+compares (how sharp the read is at init, how much the cell's colour weighs against its grid
+features) are the constants of models/cell_lookup.py. No model, no training: seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset.grids import encode_grid
+from dataset.tokens import COLOUR_OFFSET
+from models.cell_lookup import COLOUR_SHARE, CellLookup
+
+
+def _puzzles(root: Path) -> dict[str, list[Path]]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if subdirs:
+        return {d.name: sorted(d.glob("*.json")) for d in subdirs}
+    return {"all": sorted(root.glob("*.json"))}
+
+
+@torch.no_grad()
+def vote_scores(lookup: CellLookup, files: list[Path], side: int) -> tuple[float, float, int]:
+    """-> (exact share, changed cells right, number of same-shape test pairs)."""
+    exact = right = changed_total = n = 0
+    enc = lambda g: torch.from_numpy(encode_grid(np.asarray(g), side)).long()  # noqa: E731
+    for f in files:
+        puzzle = json.loads(f.read_text())
+        d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
+        d_out = torch.stack([enc(p["output"]) for p in puzzle["train"]])[None]
+        mask = torch.ones(1, d_in.shape[1], dtype=torch.bool)
+        for test in puzzle["test"]:
+            q, a = np.asarray(test["input"]), np.asarray(test["output"])
+            if q.shape != a.shape:
+                continue
+            _, logits = lookup(enc(q)[None], d_in, d_out, mask)
+            h, w = q.shape
+            pred = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(side, side)[:h, :w].numpy()
+            changed = q != a
+            n += 1
+            exact += bool((pred == a).all())
+            right += int((pred[changed] == a[changed]).sum())
+            changed_total += int(changed.sum())
+    return exact / max(n, 1), right / max(changed_total, 1), n
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("puzzles", type=Path)
+    ap.add_argument("--sharpness", type=float, default=8.0)
+    ap.add_argument("--colour-share", type=float, default=COLOUR_SHARE)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--side", type=int, default=8, help="canvas side (8: the learning benchmark's)")
+    args = ap.parse_args(argv)
+    if not args.puzzles.is_dir():
+        raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON puzzles")
+    torch.manual_seed(args.seed)
+    lookup = CellLookup(64, 12, args.side, sharpness=args.sharpness, colour_share=args.colour_share)
+    lookup.vote_gain.data.fill_(1.0)
+    print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed})")
+    print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")
+    for family, files in _puzzles(args.puzzles).items():
+        exact, right, n = vote_scores(lookup, files, args.side)
+        if n:
+            print(f"{family:18s} {n:5d} {exact:6.2f} {right:13.2f}")
+
+
+if __name__ == "__main__":
+    main()

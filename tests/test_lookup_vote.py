@@ -1,0 +1,35 @@
+"""bench/lookup_vote.py: the cell_lookup vote at init answers a colour-recolouring puzzle exactly
+(cells like the query's became that colour in the demos), is scored per family folder, and a path
+that is not a folder is refused with its name."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import lookup_vote
+
+
+def _recolour_puzzle(rng: np.random.Generator) -> dict:
+    """Colour 1 becomes 3, colour 2 stays: a rule the vote reads from the demos' colours."""
+    def pair():
+        g = rng.choice([0, 1, 2], size=(4, 5))
+        return {"input": g.tolist(), "output": np.where(g == 1, 3, g).tolist()}
+    return {"train": [pair() for _ in range(3)], "test": [pair()]}
+
+
+def test_vote_solves_a_recolouring_family_and_reports_it(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    fam = tmp_path / "recolour"
+    fam.mkdir()
+    for i in range(3):
+        (fam / f"p{i}.json").write_text(json.dumps(_recolour_puzzle(rng)))
+    lookup_vote.main([str(tmp_path), "--colour-share", "1.0"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recolour")]
+    assert row and row[0].split()[1:] == ["3", "1.00", "1.00"]
+
+
+def test_not_a_folder_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="nope is not a folder"):
+        lookup_vote.main([str(tmp_path / "nope")])
