@@ -100,9 +100,13 @@ class CellLookup(nn.Module):
         k = self.k_proj(self.describe(d_in)).view(B, D * S, -1)
         q = self.q_proj(self.describe(inputs))
         onehot = F.one_hot(change.view(B, 1, D * S), 1 + NUM_COLOURS).to(q.dtype)      # [B, 1, DS, 11]
-        onehot = onehot.expand(-1, self.num_heads, -1, -1)
+        # values padded to the keys' head size: fused SDPA kernels want equal head sizes (else the
+        # math kernel materialises [B, heads, S, D x S] scores)
+        head_dim = q.shape[-1] // self.num_heads
+        onehot = F.pad(onehot, (0, max(0, head_dim - onehot.shape[-1]))).expand(-1, self.num_heads, -1, -1)
         # per head, the share of similar demo cells with each change: [B, heads, S, 11]
         votes = attend(self._heads(q), self._heads(k), onehot, key_mask).view(B, S, self.num_heads, -1)
+        votes = votes[..., :1 + NUM_COLOURS]
         # no aligned demo cell (every pair changes the size), or not a grid cell: nothing to add
         use = (key_mask.any(-1, keepdim=True) & (inputs >= COLOUR_OFFSET)).unsqueeze(-1).to(q.dtype)
         # 1. the embedding path: the votes through the change table (per head: its slice) and o_proj
