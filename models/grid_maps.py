@@ -124,18 +124,22 @@ class MapRead(nn.Module):
             maps = torch.arange(k, device=h.device).expand(B, k)
         else:
             maps = agreement.topk(k, dim=-1).indices                              # [B, k]
-        w = self.choice.weight.view(G, NUM_MAPS, H)[:, maps].permute(1, 0, 2, 3)   # [B, G, k, H]
+        # the k candidates' choice weights, per sample: one [S, H] x [H, G k] matmul per sample
+        w = self.choice.weight.view(G, NUM_MAPS, H)[:, maps].permute(1, 0, 2, 3).reshape(B, G * k, H)
         b = self.choice.bias.view(G, NUM_MAPS)[:, maps].permute(1, 0, 2)            # [B, G, k]
-        logits = MAP_LOGIT_SCALE * (torch.einsum("bsd,bgkd->bgsk", cells, w.to(cells.dtype)).float()
-                                    + b[:, :, None, :].float())
+        logits = torch.bmm(cells, w.to(cells.dtype).transpose(1, 2)).view(B, S, G, k).float() + b[:, None].float()
+        logits = MAP_LOGIT_SCALE * logits
         if agreement is not None:
             logits = logits + self.agreement_gain * agreement.gather(1, maps).float()[:, None, None, :]
-        weights = torch.softmax(logits, -1)                                         # [B, G, S, k]
-        v = self.v_proj(cells).view(B, S, G, hd).transpose(1, 2)                   # [B, G, S, hd]
-        v = torch.cat([v, v.new_zeros(B, G, 1, hd)], dim=2)                        # + "off the canvas"
+        weights = torch.softmax(logits, -1)                                         # [B, S, G, k]
+        v = self.v_proj(cells)
+        v = torch.cat([v, v.new_zeros(B, 1, H)], dim=1).reshape(B * (S + 1), H)    # + "off the canvas"
         src = sources.gather(1, maps[:, :, None].expand(-1, -1, S))                # [B, k, S]
-        read = v.gather(2, src.reshape(B, 1, k * S, 1).expand(-1, G, -1, hd)).view(B, G, k, S, hd)
-        out = torch.einsum("bgsk,bgksd->bsgd", weights.to(read.dtype), read).reshape(B, S, H)
+        flat = (src + (S + 1) * torch.arange(B, device=h.device).view(B, 1, 1)).reshape(-1)
+        read = v.index_select(0, flat).view(B, k, S, G, hd)                        # what each candidate points at
+        # the weighted sum over the k candidates: elementwise (a bmm of [1, k] x [k, hd] per cell and
+        # head spends its time in copies)
+        out = (read * weights.permute(0, 3, 1, 2).unsqueeze(-1).to(read.dtype)).sum(1).reshape(B, S, H)
         return torch.cat([h.new_zeros(B, L - S, H), self.o_proj(out)], dim=1)
 
 

@@ -85,25 +85,28 @@ def test_every_rule_of_the_spatial_families_is_one_map():
 
 
 def test_map_read_with_a_forced_choice_reads_the_mapped_cells():
+    """Two samples in one batch (different grids): each reads its own cells through the chosen map."""
     torch.manual_seed(0)
     H, side = 16, 8
     read = MapRead(H, 2)
-    g = np.random.default_rng(1).integers(1, 10, (3, 5)).astype(np.uint8)
-    canvas = torch.from_numpy(encode_grid(g, side)).view(1, -1)
+    rng = np.random.default_rng(1)
+    grids = [rng.integers(1, 10, (3, 5)).astype(np.uint8), rng.integers(1, 10, (4, 2)).astype(np.uint8)]
+    canvas = torch.from_numpy(np.stack([encode_grid(g, side) for g in grids])).long()
     sources = map_sources(*grid_sizes(canvas, side), side)
-    x = torch.zeros(1, 2 + side * side, H)
-    x[0, 2:, 0] = canvas[0].float()
+    x = torch.zeros(2, 2 + side * side, H)
+    x[:, 2:, 0] = canvas.float()
     for m in (5, 8 * 3 + 1, 8 * 9 + 6):  # flip; a shift after a rotation; a mirrored copy one grid down
         with torch.no_grad():
             read.v_proj.weight.copy_(torch.eye(H))
             read.o_proj.weight.copy_(torch.eye(H))
             read.choice.bias.zero_()
             read.choice.bias.view(2, NUM_MAPS)[:, m] = 5.0   # x MAP_LOGIT_SCALE: the choice is one map
-        agreement = torch.nn.functional.one_hot(torch.tensor([m]), NUM_MAPS).float()  # puts m among the top k
+        agreement = torch.nn.functional.one_hot(torch.tensor([m, m]), NUM_MAPS).float()  # puts m among the top k
         out = read(x, sources, agreement)
-        assert (out[0, :2] == 0).all()
-        want = np.where(_read_through(g, m) < 0, 0, _read_through(g, m))
-        np.testing.assert_allclose(out[0, 2:, 0].detach().numpy().reshape(side, side), want, atol=1e-4)
+        assert (out[:, :2] == 0).all()
+        for i, g in enumerate(grids):
+            want = np.where(_read_through(g, m) < 0, 0, _read_through(g, m))
+            np.testing.assert_allclose(out[i, 2:, 0].detach().numpy().reshape(side, side), want, atol=1e-4)
 
 
 def test_map_match_prefers_the_demos_map_and_ignores_padding():

@@ -18,11 +18,11 @@ def head_for(split, encoder_type: str, **options) -> ACTLossHead:
     torch.manual_seed(0)
     cfg = dict(batch_size=8, seq_len=split.seq_len, vocab_size=split.vocab_size, max_demos=split.max_demos,
                puzzle_emb_len=4, hidden_size=32, num_heads=2, H_cycles=2, L_cycles=1, halt_max_steps=3,
-               halt_exploration_prob=0.5, encoder_type=encoder_type, encoder_num_layers=1, forward_dtype="float32",
-               **options)
+               halt_exploration_prob=0.5, encoder_type=encoder_type, encoder_num_layers=1, forward_dtype="float32")
+    cfg.update(options)
     model = TRMWithEncoder(cfg)
     for name, p in model.named_parameters():  # the demo paths' zero-initialised outputs would hide them
-        if ("demo_attn" in name or "map_read" in name) and not p.detach().any():
+        if ("demo_attn" in name or "map_read" in name or "cell_lookup" in name) and not p.detach().any():
             torch.nn.init.normal_(p, std=0.2)
     return ACTLossHead(model)
 
@@ -46,7 +46,9 @@ def run_steps(head, batches, host: bool) -> tuple[list[torch.Tensor], int]:
 
 
 @pytest.mark.parametrize("encoder_type,options", [("standard", {}), ("hybrid_variational", {}),
-                                                   ("standard", {"demo_attention": True, "map_read": True})])
+                                                   ("standard", {"demo_attention": True, "map_read": True}),
+                                                   ("colour_slots", {"puzzle_emb_len": 12, "context_colour_table": True,
+                                                                     "cell_lookup": True})])
 def test_host_plan_follows_the_carried_rows(tiny_data, encoder_type, options):
     """Also the demo reader's layout and plan, and MapMatch's real demo slots (arch.demo_attention, map_read)."""
     split = load_split(str(tiny_data), "train")

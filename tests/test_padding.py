@@ -14,13 +14,14 @@ from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import PADDING_SIDE as SIDE, ragged_batch
 
 torch.set_num_threads(2)
-ENCODERS = [("standard", "mean"), ("standard", "attention"), ("hybrid_standard", "mean"), ("hybrid_variational", "mean")]
+ENCODERS = [("standard", "mean"), ("standard", "attention"), ("hybrid_standard", "mean"), ("hybrid_variational", "mean"),
+            ("cell_perceiver", "mean"), ("colour_slots", "mean")]
 
 
 def _encoder(kind: str, pooling: str, packed: bool):
     torch.manual_seed(0)
     return build_encoder(kind, hidden_size=32, num_heads=4, seq_len=SIDE * SIDE, num_layers=2, expansion=2.0,
-                         pooling=pooling, set_layers=1, puzzle_emb_len=4, packed=packed)
+                         pooling=pooling, set_layers=1, puzzle_emb_len=12 if kind == "colour_slots" else 4, packed=packed)
 
 
 @pytest.mark.parametrize("kind,pooling", ENCODERS)
@@ -42,7 +43,7 @@ def test_packed_matches_padded(kind, pooling):
         torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["standard", "hybrid_standard"])
+@pytest.mark.parametrize("kind", ["standard", "hybrid_standard", "colour_slots"])
 def test_packed_ignores_masked_slots_and_pad(kind):
     """Changing what sits in masked demo slots changes nothing."""
     batch = ragged_batch()

@@ -40,8 +40,8 @@ class ColourSlotEncoder(CellPerceiverEncoder):
         self.slot_proj = Linear(H, H)
 
     def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:  # demo_lengths: no packing plan here
-        h, mask = self.tokens(demo_inputs, demo_labels, demo_mask)          # [B, N, H], [B, N]
+                demo_lengths: torch.Tensor | None = None) -> EncoderOutput:
+        h, mask = self.tokens(demo_inputs, demo_labels, demo_mask, demo_lengths)          # [B, N, H], [B, N]
         colour = demo_inputs.reshape(h.shape[0], -1) - COLOUR_OFFSET        # [B, N]
         is_colour = mask & (colour >= 0) & (colour < NUM_COLOURS)
         onehot = torch.nn.functional.one_hot(colour.clamp(0, NUM_COLOURS - 1), NUM_COLOURS).to(h.dtype)
