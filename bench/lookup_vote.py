@@ -1,6 +1,7 @@
 """How good is `arch.cell_lookup`'s vote on its own, before any training?
 
     python -m bench.lookup_vote PUZZLES_DIR [--sharpness 8] [--colour-share 0.5] [--seed 0] [--side 8]
+        [--through-map]
 
 PUZZLES_DIR: ARC JSON puzzles, one sub-folder per family (bench.learning's
 <data>/puzzles/eval layout) or a flat folder (one row, "all"). For every test pair whose output
@@ -10,6 +11,11 @@ colour), and the bench prints per family the share of exact answers and of the c
 changes that the vote gets right. It is the prior that training starts from: the settings it
 compares (how sharp the read is at init, how much the cell's colour weighs against its grid
 features) are the constants of models/cell_lookup.py. No model, no training: seconds.
+
+--through-map (`arch.cell_lookup_map`): every grid is first read through the cell map that, with
+one colour relabelling, explains the demos best (models/grid_maps.py relabelled_agreement); a test
+pair counts when its output has the shape of its input as the map carries it, and "changed cells"
+are those the map does not carry unchanged.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import torch
 from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import COLOUR_SHARE, CellLookup
+from models.grid_maps import relabelled_agreement
 
 
 def _puzzles(root: Path) -> dict[str, list[Path]]:
@@ -33,8 +40,10 @@ def _puzzles(root: Path) -> dict[str, list[Path]]:
 
 
 @torch.no_grad()
-def vote_scores(lookup: CellLookup, files: list[Path], side: int) -> tuple[float, float, int]:
-    """-> (exact share, changed cells right, number of same-shape test pairs)."""
+def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: bool = False
+                ) -> tuple[float, float, int]:
+    """-> (exact share, changed cells right, number of test pairs scored). through_map: read every
+    grid through the map that explains the demos best (--through-map)."""
     exact = right = changed_total = n = 0
     enc = lambda g: torch.from_numpy(encode_grid(np.asarray(g), side)).long()  # noqa: E731
     for f in files:
@@ -42,14 +51,21 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int) -> tuple[float
         d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
         d_out = torch.stack([enc(p["output"]) for p in puzzle["train"]])[None]
         mask = torch.ones(1, d_in.shape[1], dtype=torch.bool)
+        chosen = relabelled_agreement(d_in, d_out, mask, side).argmax(-1) if through_map else None
         for test in puzzle["test"]:
             q, a = np.asarray(test["input"]), np.asarray(test["output"])
-            if q.shape != a.shape:
-                continue
-            _, logits = lookup(enc(q)[None], d_in, d_out, mask)
-            h, w = q.shape
+            query = enc(q)[None]
+            # the query as the map carries it (itself without a map): what "unchanged" answers
+            carried, shape = query, query >= COLOUR_OFFSET
+            if chosen is not None:
+                carried, _, shape = lookup._through_map(query, query[..., None], chosen)
+            carried = carried[0].view(side, side).numpy().astype(np.int64) - COLOUR_OFFSET
+            h, w = a.shape
+            if (shape[0].view(side, side).numpy() != (np.arange(side)[:, None] < h) & (np.arange(side) < w)).any():
+                continue   # the answer has another shape than the carried query: not a per-cell rule
+            _, logits = lookup(query, d_in, d_out, mask, chosen)
             pred = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(side, side)[:h, :w].numpy()
-            changed = q != a
+            changed = carried[:h, :w] != a
             n += 1
             exact += bool((pred == a).all())
             right += int((pred[changed] == a[changed]).sum())
@@ -64,16 +80,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colour-share", type=float, default=COLOUR_SHARE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--side", type=int, default=8, help="canvas side (8: the learning benchmark's)")
+    ap.add_argument("--through-map", action="store_true",
+                    help="read every grid through the map the demos agree with most (arch.cell_lookup_map)")
     args = ap.parse_args(argv)
     if not args.puzzles.is_dir():
         raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON puzzles")
     torch.manual_seed(args.seed)
     lookup = CellLookup(64, 12, args.side, sharpness=args.sharpness, colour_share=args.colour_share)
     lookup.vote_gain.data.fill_(1.0)
-    print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed})")
+    print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed}"
+          f"{', through the demos map' if args.through_map else ''})")
     print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")
     for family, files in _puzzles(args.puzzles).items():
-        exact, right, n = vote_scores(lookup, files, args.side)
+        exact, right, n = vote_scores(lookup, files, args.side, args.through_map)
         if n:
             print(f"{family:18s} {n:5d} {exact:6.2f} {right:13.2f}")
 

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS
+from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
+from models.grid_maps import NUM_DIHEDRAL, TRANSPOSES, grid_sizes, map_sources
 from models.layers import Embedding, Linear, attend, rms_norm
 
 UNCHANGED = 0  # value index; 1 + c: the cell became colour c
@@ -89,16 +90,27 @@ class CellLookup(nn.Module):
         return t.view(B, L, self.num_heads, H // self.num_heads).transpose(1, 2)
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
-                demo_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                demo_mask: torch.Tensor, chosen_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """chosen_map [B] (long): the cell map (models/grid_maps.py) the demos agree with most; every
+        grid, the demos' inputs and the query, is read through it first (cell q of the answer is the
+        cell the map points at), so "unchanged" means "as the map carries it" and a flip, a rotation
+        or a shift followed by a per-cell change is read like a change in place. None: no map
+        (the identity)."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
+        k, q = self.describe(d_in), self.describe(inputs)
+        shape = d_in >= COLOUR_OFFSET           # the cells of the grid as the map carries it
+        if chosen_map is not None:
+            d_in, k, shape = self._through_map(d_in, k, chosen_map.repeat_interleave(D))
+            inputs, q, _ = self._through_map(inputs, q, chosen_map)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
-        # a pair's cells are aligned when its output has the input's shape (both at the canvas' top-left)
-        aligned = (in_cell == out_cell).all(-1, keepdim=True) & demo_mask.reshape(B * D, 1)
+        # a pair's cells are aligned when its output has the shape of its (carried) input; cells a
+        # shift leaves with no source are in the shape but are no keys (and get no vote)
+        aligned = (shape == out_cell).all(-1, keepdim=True) & demo_mask.reshape(B * D, 1)
         key_mask = (in_cell & aligned).view(B, D * S)
         change = torch.where(d_out == d_in, UNCHANGED, 1 + (d_out - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1))
-        k = self.k_proj(self.describe(d_in)).view(B, D * S, -1)
-        q = self.q_proj(self.describe(inputs))
+        k = self.k_proj(k).view(B, D * S, -1)
+        q = self.q_proj(q)
         onehot = F.one_hot(change.view(B, 1, D * S), 1 + NUM_COLOURS).to(q.dtype)      # [B, 1, DS, 11]
         # values padded to the keys' head size: fused SDPA kernels want equal head sizes (else the
         # math kernel materialises [B, heads, S, D x S] scores)
@@ -120,3 +132,24 @@ class CellLookup(nn.Module):
         bias = GAIN_SCALE * self.vote_gain * torch.log(colours + VOTE_FLOOR) * use
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits
+
+    def _through_map(self, tokens: torch.Tensor, described: torch.Tensor, chosen: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Grids [N, S] and their cells' descriptions [N, S, W] read through map chosen[n]: cell q
+        gets the token and the description of the cell the map points at (PAD and a zero
+        description where it points off the canvas). A cell keeps the description of where it came
+        from, so descriptions compare alike across the demos and the query (all read through the
+        same map). Also -> the carried grid's cells [N, S] bool (h x w, or w x h after a transposing
+        map: the shape an output of a per-cell rule has)."""
+        N, S = tokens.shape
+        h, w = grid_sizes(tokens, self.side)
+        src = map_sources(h, w, self.side)                                            # [N, M, S]
+        src = src.gather(1, chosen.view(N, 1, 1).expand(-1, 1, S)).squeeze(1)         # [N, S], S = off
+        tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
+        described = torch.cat([described, described.new_zeros(N, 1, described.shape[-1])], 1)
+        described = described.gather(1, src[..., None].expand(-1, -1, described.shape[-1]))
+        transposed = TRANSPOSES.to(chosen.device)[chosen % NUM_DIHEDRAL]
+        rows, cols = torch.where(transposed, w, h), torch.where(transposed, h, w)
+        cell = torch.arange(S, device=tokens.device)
+        shape = ((cell // self.side)[None] < rows[:, None]) & ((cell % self.side)[None] < cols[:, None])
+        return tokens, described, shape

@@ -84,6 +84,8 @@ class ETRMConfig:
                                        # gets per-cell features computed from its grid (models/grid_features.py)
     cell_lookup: bool = False          # every query cell also reads what the demo cells that look like it (colour +
                                        # grid features) became (models/cell_lookup.py; output projection zero at init)
+    cell_lookup_map: bool = False      # cell_lookup reads every grid through the cell map (+ colour relabelling) that
+                                       # explains the demos best: a flip / rotation / shift, then a per-cell change
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -96,6 +98,8 @@ class ETRMConfig:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
         if self.local_mix < 0 or (self.local_mix and self.local_mix % 2 == 0):
             raise ValueError(f"local_mix must be 0 (off) or an odd kernel size, got {self.local_mix}")
+        if self.cell_lookup_map and not self.cell_lookup:
+            raise ValueError("cell_lookup_map=true is an option of cell_lookup: it needs cell_lookup=true")
         if self.demo_attention or self.map_read or self.grid_features or self.local_mix or self.cell_lookup:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from dataset.tokens import COLOUR_OFFSET
+from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS
 from models.encoders.common import selected_rows
 from models.layers import Linear
 
@@ -42,6 +42,8 @@ _DIHEDRAL_AFFINE = (
     ((0, -1, 0, 1), (-1, 0, 1, 0)),  # 7 anti-transpose: (w-1-c, h-1-r)
 )
 NUM_DIHEDRAL = len(_DIHEDRAL_AFFINE)
+# the dihedral maps that swap a grid's height and width (their row depends on the column)
+TRANSPOSES = torch.tensor([a[0][1] != 0 for a in _DIHEDRAL_AFFINE])
 # translations (rows, cols) as (unit, grid) parts: t = unit + grid * (h, w)
 _TRANSLATIONS = ((0, 0, 0, 0), (-1, 0, 0, 0), (1, 0, 0, 0), (0, -1, 0, 0), (0, 1, 0, 0), (-1, -1, 0, 0), (-1, 1, 0, 0),
                  (1, -1, 0, 0), (1, 1, 0, 0), (0, 0, -1, 0), (0, 0, 0, -1), (0, 0, -1, -1))
@@ -181,3 +183,27 @@ class MapMatch(nn.Module):
         per_demo = (votes * voters).sum(-1) / voters.sum(-1).clamp_min(1.0)     # [n, M]
         total = per_demo.new_zeros(B * D, NUM_MAPS).index_copy(0, rows, per_demo).view(B, D, NUM_MAPS)
         return total.sum(1) / demo_mask.sum(1, keepdim=True).clamp_min(1).to(total.dtype)
+
+
+def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                         side: int) -> torch.Tensor:
+    """How well each map, followed by one colour relabelling shared by all of a puzzle's demos,
+    explains its demo outputs: the share of the demo output cells whose colour is the one most often
+    found with their source's colour (a cell the map points off the input grid for has source colour
+    "none"). 1.0 for the map of a flip / rotation / shift + recolouring, and for the identity of a
+    pure recolouring, which MapMatch's "equal tokens" does not see; no parameters, no gradient.
+    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS] in [0, 1]."""
+    B, D, S = demo_inputs.shape
+    inputs, labels = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
+    sources = map_sources(*grid_sizes(inputs, side), side)                          # [BD, M, S]
+    colour_in = torch.where(inputs >= COLOUR_OFFSET, inputs - COLOUR_OFFSET, NUM_COLOURS)   # none = 10
+    colour_in = torch.cat([colour_in, colour_in.new_full((B * D, 1), NUM_COLOURS)], 1)
+    read = colour_in.gather(1, sources.reshape(B * D, -1)).view(B * D, NUM_MAPS, S)  # source colour per map
+    voter = (labels >= COLOUR_OFFSET) & demo_mask.reshape(B * D, 1)                 # real demo output cells
+    pair = read * NUM_COLOURS + (labels - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1).unsqueeze(1)
+    counts = torch.zeros(B, NUM_MAPS, (NUM_COLOURS + 1) * NUM_COLOURS, device=inputs.device)
+    weight = voter.unsqueeze(1).expand(-1, NUM_MAPS, -1).to(counts.dtype)
+    counts = counts.scatter_add_(2, pair.view(B, D, NUM_MAPS, S).transpose(1, 2).reshape(B, NUM_MAPS, D * S),
+                                 weight.view(B, D, NUM_MAPS, S).transpose(1, 2).reshape(B, NUM_MAPS, D * S))
+    counts = counts.view(B, NUM_MAPS, NUM_COLOURS + 1, NUM_COLOURS)
+    return counts.amax(-1).sum(-1) / counts.sum((-1, -2)).clamp_min(1.0)

