@@ -12,10 +12,10 @@ changes that the vote gets right. It is the prior that training starts from: the
 compares (how sharp the read is at init, how much the cell's colour weighs against its grid
 features) are the constants of models/cell_lookup.py. No model, no training: seconds.
 
---through-map (`arch.cell_lookup_map`): every grid is first read through the cell map that, with
-one colour relabelling, explains the demos best (models/grid_maps.py relabelled_agreement); a test
-pair counts when its output has the shape of its input as the map carries it, and "changed cells"
-are those the map does not carry unchanged.
+--through-map (`arch.cell_lookup_map`): every grid is first read through the cell maps that, with
+one colour relabelling, explain the demos (models/grid_maps.py map_cover: the best map, and the
+copies of a tiling); a test pair counts when its output has the shape of its input as the maps
+carry it, and "changed cells" are those the maps do not carry unchanged.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import COLOUR_SHARE, CellLookup
-from models.grid_maps import relabelled_agreement
+from models.grid_maps import map_cover
 
 
 def _puzzles(root: Path) -> dict[str, list[Path]]:
@@ -51,19 +51,19 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: b
         d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
         d_out = torch.stack([enc(p["output"]) for p in puzzle["train"]])[None]
         mask = torch.ones(1, d_in.shape[1], dtype=torch.bool)
-        chosen = relabelled_agreement(d_in, d_out, mask, side).argmax(-1) if through_map else None
+        cover = map_cover(d_in, d_out, mask, side) if through_map else None
         for test in puzzle["test"]:
             q, a = np.asarray(test["input"]), np.asarray(test["output"])
             query = enc(q)[None]
             # the query as the map carries it (itself without a map): what "unchanged" answers
             carried, shape = query, query >= COLOUR_OFFSET
-            if chosen is not None:
-                carried, _, shape = lookup._through_map(query, query[..., None], chosen)
+            if cover is not None:
+                carried, _, shape = lookup._through_map(query, query[..., None], *cover)
             carried = carried[0].view(side, side).numpy().astype(np.int64) - COLOUR_OFFSET
             h, w = a.shape
             if (shape[0].view(side, side).numpy() != (np.arange(side)[:, None] < h) & (np.arange(side) < w)).any():
                 continue   # the answer has another shape than the carried query: not a per-cell rule
-            _, logits = lookup(query, d_in, d_out, mask, chosen)
+            _, logits = lookup(query, d_in, d_out, mask, cover)
             pred = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(side, side)[:h, :w].numpy()
             changed = carried[:h, :w] != a
             n += 1

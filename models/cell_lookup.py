@@ -33,7 +33,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
-from models.grid_maps import NUM_DIHEDRAL, TRANSPOSES, grid_sizes, map_sources
+from models.grid_maps import read_through
 from models.layers import Embedding, Linear, attend, rms_norm
 
 UNCHANGED = 0  # value index; 1 + c: the cell became colour c
@@ -90,19 +90,21 @@ class CellLookup(nn.Module):
         return t.view(B, L, self.num_heads, H // self.num_heads).transpose(1, 2)
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
-                demo_mask: torch.Tensor, chosen_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """chosen_map [B] (long): the cell map (models/grid_maps.py) the demos agree with most; every
-        grid, the demos' inputs and the query, is read through it first (cell q of the answer is the
-        cell the map points at), so "unchanged" means "as the map carries it" and a flip, a rotation
-        or a shift followed by a per-cell change is read like a change in place. None: no map
-        (the identity)."""
+                demo_mask: torch.Tensor, cover: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cover: (maps [B, K], used [B, K]) from models/grid_maps.py `map_cover`: the cell maps that,
+        with one colour relabelling, explain the demos; every grid, the demos' inputs and the query,
+        is read through them first (cell q of the answer is the cell its map points at), so
+        "unchanged" means "as the maps carry it" and a flip, a rotation, a shift or a tiling
+        followed by a per-cell change is read like a change in place. None: the identity."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         k, q = self.describe(d_in), self.describe(inputs)
-        shape = d_in >= COLOUR_OFFSET           # the cells of the grid as the map carries it
-        if chosen_map is not None:
-            d_in, k, shape = self._through_map(d_in, k, chosen_map.repeat_interleave(D))
-            inputs, q, _ = self._through_map(inputs, q, chosen_map)
+        shape = d_in >= COLOUR_OFFSET   # the cells of the answer, as the maps carry the input
+        if cover is not None:
+            maps, used = cover
+            d_in, k, shape = self._through_map(d_in, k, maps.repeat_interleave(D, 0), used.repeat_interleave(D, 0))
+            inputs, q, _ = self._through_map(inputs, q, maps, used)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
         # a pair's cells are aligned when its output has the shape of its (carried) input; cells a
         # shift leaves with no source are in the shape but are no keys (and get no vote)
@@ -133,23 +135,15 @@ class CellLookup(nn.Module):
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits
 
-    def _through_map(self, tokens: torch.Tensor, described: torch.Tensor, chosen: torch.Tensor
+    def _through_map(self, tokens: torch.Tensor, described: torch.Tensor, maps: torch.Tensor, used: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Grids [N, S] and their cells' descriptions [N, S, W] read through map chosen[n]: cell q
-        gets the token and the description of the cell the map points at (PAD and a zero
-        description where it points off the canvas). A cell keeps the description of where it came
-        from, so descriptions compare alike across the demos and the query (all read through the
-        same map). Also -> the carried grid's cells [N, S] bool (h x w, or w x h after a transposing
-        map: the shape an output of a per-cell rule has)."""
+        """Grids [N, S] and their cells' descriptions [N, S, W] read through a cover (maps, used
+        [N, K]): cell q gets the token and the description of the cell its map points at (PAD and a
+        zero description where none does). A cell keeps the description of where it came from, so
+        descriptions compare alike across the demos and the query (all read through the same maps).
+        Also -> the carried grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
         N, S = tokens.shape
-        h, w = grid_sizes(tokens, self.side)
-        src = map_sources(h, w, self.side)                                            # [N, M, S]
-        src = src.gather(1, chosen.view(N, 1, 1).expand(-1, 1, S)).squeeze(1)         # [N, S], S = off
+        src, shape = read_through(tokens, maps, used, self.side)                      # [N, S], S = none
         tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
         described = torch.cat([described, described.new_zeros(N, 1, described.shape[-1])], 1)
-        described = described.gather(1, src[..., None].expand(-1, -1, described.shape[-1]))
-        transposed = TRANSPOSES.to(chosen.device)[chosen % NUM_DIHEDRAL]
-        rows, cols = torch.where(transposed, w, h), torch.where(transposed, h, w)
-        cell = torch.arange(S, device=tokens.device)
-        shape = ((cell // self.side)[None] < rows[:, None]) & ((cell % self.side)[None] < cols[:, None])
-        return tokens, described, shape
+        return tokens, described.gather(1, src[..., None].expand(-1, -1, described.shape[-1])), shape

@@ -207,3 +207,72 @@ def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, d
                                  weight.view(B, D, NUM_MAPS, S).transpose(1, 2).reshape(B, NUM_MAPS, D * S))
     counts = counts.view(B, NUM_MAPS, NUM_COLOURS + 1, NUM_COLOURS)
     return counts.amax(-1).sum(-1) / counts.sum((-1, -2)).clamp_min(1.0)
+
+
+# maps whose translation is a one-cell shift (or none): they carry the grid onto its own shape (or its
+# transpose), the cells a shift vacates included; the others (one grid back) place one copy of a tiling
+ONE_CELL_TRANSLATIONS = 9
+COVER_CANDIDATES = 4   # map_cover: the best maps tried as pieces of a cover (a 2 x 2 tiling needs 4)
+
+
+def map_footprints(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For grids h x w [N]: -> (each map's source per cell [N, NUM_MAPS, S] (`map_sources`; S = none:
+    off the input grid or off the footprint), its footprint [N, NUM_MAPS, S] bool: the cells of the
+    answer it places). The footprint of the identity and of the one-cell shifts is the carried grid's
+    shape (h x w, or w x h after a transposing map; the cells a shift vacates belong to the answer
+    but have no source, the cells it pushes past the edge do not); of the others (one copy of a
+    tiling) the cells it reads a grid cell for."""
+    S = side * side
+    src = map_sources(h, w, side)
+    r, c = src // side, src % side
+    covered = (src < S) & (r < h.view(-1, 1, 1)) & (c < w.view(-1, 1, 1))
+    m = torch.arange(NUM_MAPS, device=h.device)
+    transposed = TRANSPOSES.to(h.device)[m % NUM_DIHEDRAL]                              # [M]
+    rows = torch.where(transposed, w[:, None], h[:, None])                              # [N, M]
+    cols = torch.where(transposed, h[:, None], w[:, None])
+    cell = torch.arange(S, device=h.device)
+    rect = ((cell // side)[None, None] < rows[..., None]) & ((cell % side)[None, None] < cols[..., None])
+    one_cell = (m // NUM_DIHEDRAL < ONE_CELL_TRANSLATIONS).view(1, -1, 1)
+    footprint = torch.where(one_cell, rect, covered)
+    return torch.where(footprint & covered, src, S), footprint
+
+
+def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
+              candidates: int = COVER_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps a puzzle's answers are read through: the `candidates` best by `relabelled_agreement`
+    (ties to the lower map number: the identity first), the best always, each next one only when, on
+    every real demo, it reaches output cells the ones before did not and none outside the output
+    grid (a copy of a tiling, not a second reading of the same cells). -> maps [B, K] long, used
+    [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two."""
+    B, D, S = demo_inputs.shape
+    agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side)
+    ties = torch.arange(NUM_MAPS, device=agreement.device) * 1e-6   # exact ties: the lower map number
+    maps = (agreement - ties).topk(candidates, dim=-1).indices                          # [B, K]
+    inputs = demo_inputs.reshape(B * D, S)
+    _, footprint = map_footprints(*grid_sizes(inputs, side), side)                       # [BD, M, S]
+    chosen = footprint.gather(1, maps.repeat_interleave(D, 0)[..., None].expand(-1, -1, S))  # [BD, K, S]
+    output = (demo_labels.reshape(B * D, S) >= COLOUR_OFFSET)
+    real = demo_mask.reshape(B * D)
+    shape, used = chosen[:, 0], [torch.ones(B, dtype=torch.bool, device=maps.device)]
+    for k in range(1, candidates):
+        new = chosen[:, k] & ~shape
+        fits = (new.any(-1) & ~(new & ~output).any(-1)) | ~real                         # [BD]
+        use = fits.view(B, D).all(-1) & demo_mask.any(-1)
+        shape = shape | (chosen[:, k] & use.repeat_interleave(D)[:, None])
+        used.append(use)
+    return maps, torch.stack(used, dim=1)
+
+
+def read_through(tokens: torch.Tensor, maps: torch.Tensor, used: torch.Tensor, side: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids [N, S] read through a cover (`map_cover`'s maps [N, K] and used [N, K]): each cell's
+    source (the first used map that reads a grid cell for it; S = none) [N, S] and the answer's shape
+    (the used maps' footprints) [N, S] bool."""
+    N, S = tokens.shape
+    src_all, footprint = map_footprints(*grid_sizes(tokens, side), side)
+    index = maps[..., None].expand(-1, -1, S)
+    src_k, foot_k = src_all.gather(1, index), footprint.gather(1, index) & used[..., None]   # [N, K, S]
+    src = torch.full_like(tokens, S)
+    for k in range(maps.shape[1]):
+        src = torch.where((src == S) & used[:, k:k + 1] & (src_k[:, k] < S), src_k[:, k], src)
+    return src, foot_k.any(1)

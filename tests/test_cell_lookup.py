@@ -17,7 +17,7 @@ import torch
 from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import UNCHANGED, CellLookup
-from models.grid_maps import relabelled_agreement
+from models.grid_maps import map_cover, relabelled_agreement
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
 
@@ -55,8 +55,8 @@ def _read(lookup: CellLookup, query: np.ndarray, demos: list[tuple[np.ndarray, n
         lookup.vote_gain.fill_(1.0)
         d_in = _t(*[i for i, _ in demos]).unsqueeze(0)
         d_out = _t(*[o for _, o in demos]).unsqueeze(0)
-        chosen = None if chosen_map is None else torch.tensor([chosen_map])
-        emb, logits = (t[0] for t in lookup(_t(query), d_in, d_out, torch.tensor([mask]), chosen))
+        cover = None if chosen_map is None else (torch.tensor([[chosen_map]]), torch.tensor([[True]]))
+        emb, logits = (t[0] for t in lookup(_t(query), d_in, d_out, torch.tensor([mask]), cover))
         cls = (torch.nn.functional.normalize(emb, dim=-1) @
                torch.nn.functional.normalize(lookup.change.weight, dim=-1).T).argmax(-1)
         answer = logits[:, COLOUR_OFFSET:].argmax(-1)
@@ -99,7 +99,7 @@ def test_size_changing_pairs_and_masked_demos_are_not_read():
 
 
 # models/grid_maps.py map numbers (translation x 8 + dihedral): flip left-right, rot90, read one cell to the right
-FLIP_LR, ROT90, SHIFT_LEFT = 5, 1, 8 * 4
+FLIP_LR, ROT90, SHIFT_LEFT, SHIFT_RIGHT = 5, 1, 8 * 4, 8 * 3
 
 
 def test_relabelled_agreement_finds_the_map_and_the_recolouring():
@@ -120,6 +120,28 @@ def test_relabelled_agreement_finds_the_map_and_the_recolouring():
         torch.testing.assert_close(relabelled_agreement(_t(*grids)[None], _t(*outputs_junk)[None], junk, SIDE),
                                    relabelled_agreement(_t(*grids[:2], grids[2])[None], _t(*outputs[:2], outputs[2])[None],
                                                         junk, SIDE))
+
+
+DOWN_ONE_GRID_FLIP_UD = 8 * 9 + 6   # one grid height down, flipped upside down: the mirrored copy below
+
+
+def test_map_cover_takes_the_copies_of_a_tiling_and_nothing_else():
+    rng = np.random.default_rng(1)
+    grids = [rng.integers(0, 10, (2, 3)) for _ in range(3)]
+    mask = torch.tensor([[True, True, True]])
+    cover = lambda outputs: map_cover(_t(*grids)[None], _t(*outputs)[None], mask, SIDE)  # noqa: E731
+    # the input above its mirror image (+ a recolouring): two maps, the identity and the mirrored copy
+    maps, used = cover([(np.concatenate([g, g[::-1]]) + 1) % 10 for g in grids])
+    assert sorted(maps[used].tolist()) == [0, DOWN_ONE_GRID_FLIP_UD]
+    # a flip, a recolouring in place: one map (no other map reaches an output cell the first did not)
+    for outputs, want in (([np.fliplr(g) for g in grids], FLIP_LR), ([(g + 3) % 10 for g in grids], 0)):
+        maps, used = cover(outputs)
+        assert maps[0, 0] == want and used.tolist() == [[True, False, False, False]]
+    # a masked demo slot does not veto a copy
+    junk = torch.tensor([[True, True, False]])
+    outputs = [np.concatenate([g, g[::-1]]) for g in grids[:2]] + [grids[2]]
+    maps, used = map_cover(_t(*grids)[None], _t(*outputs)[None], junk, SIDE)
+    assert sorted(maps[used].tolist()) == [0, DOWN_ONE_GRID_FLIP_UD]
 
 
 def test_read_through_the_chosen_map():
@@ -143,6 +165,27 @@ def test_read_through_the_chosen_map():
     logits = _read(lookup, query, demos, [True, True], chosen_map=SHIFT_LEFT)[3].view(SIDE, SIDE, -1)
     np.testing.assert_array_equal(logits[:2, :2, COLOUR_OFFSET:].argmax(-1).numpy(), recolour(query[:, 1:]))
     assert logits[:2, 2].abs().max() == 0 and logits[:2, :2].abs().max() > 0
+    # content one cell right: the vacated column 0 and the column pushed past the edge get no vote
+    shift_right = lambda g: np.concatenate([np.zeros_like(g[:, :1]), g[:, :-1]], 1)  # noqa: E731
+    demos = [(g, recolour(shift_right(g))) for g in (A_IN, B_IN)]
+    logits = _read(lookup, query, demos, [True, True], chosen_map=SHIFT_RIGHT)[3].view(SIDE, SIDE, -1)
+    np.testing.assert_array_equal(logits[:2, 1:3, COLOUR_OFFSET:].argmax(-1).numpy(), recolour(query[:, :2]))
+    assert logits[:, 0].abs().max() == 0 and logits[:, 3:].abs().max() == 0
+    # maps of a cover that reach the same cell: the first one's source counts
+    both = (torch.tensor([[0, SHIFT_RIGHT]]), torch.tensor([[True, True]]))
+    carried = lookup._through_map(_t(query), torch.zeros(1, SIDE * SIDE, 1), *both)[0]
+    np.testing.assert_array_equal(carried.view(SIDE, SIDE)[:2, :3].numpy() - COLOUR_OFFSET, query)
+    # a tiling: the input above its mirror image, then the recolouring; read through both copies
+    tile = lambda g: np.concatenate([g, g[::-1]])  # noqa: E731
+    demos = [(g, recolour(tile(g))) for g in (A_IN, B_IN)]
+    query = np.array([[1, 0, 3], [1, 2, 0]])
+    d_in, d_out = _t(*[i for i, _ in demos]).unsqueeze(0), _t(*[o for _, o in demos]).unsqueeze(0)
+    cover = map_cover(d_in, d_out, torch.tensor([[True, True]]), SIDE)
+    with torch.no_grad():
+        lookup.vote_gain.fill_(1.0)
+        logits = lookup(_t(query), d_in, d_out, torch.tensor([[True, True]]), cover)[1][0].view(SIDE, SIDE, -1)
+    np.testing.assert_array_equal(logits[:4, :3, COLOUR_OFFSET:].argmax(-1).numpy(), recolour(tile(query)))
+    assert logits[4:].abs().max() == 0 and logits[:, 3:].abs().max() == 0
     plain = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True])
     identity = _read(lookup, A_IN, [(A_IN, A_OUT), (B_IN, B_OUT)], [True, True], chosen_map=0)
     for a, b in zip(plain[2:], identity[2:]):
@@ -170,7 +213,7 @@ def test_cell_lookup_map_reads_the_map_that_explains_the_demos():
         model.cell_lookup.vote_gain.fill_(1.0)
         model(model.initial_carry(batch), batch)
         want = model.cell_lookup(batch["inputs"], batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"],
-                                 torch.full((B,), FLIP_LR))[1]
+                                 (torch.full((B, 1), FLIP_LR), torch.ones(B, 1, dtype=torch.bool)))[1]
     torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
     answer = want[0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)[:3, :4].numpy()
     np.testing.assert_array_equal(answer, np.fliplr(grids[-1]))

@@ -24,7 +24,7 @@ from models.cell_lookup import CellLookup
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
 from models.grid_features import GridFeatureEmbedding, grid_features
-from models.grid_maps import MapMatch, MapRead, grid_sizes, map_sources, relabelled_agreement
+from models.grid_maps import MapMatch, MapRead, grid_sizes, map_cover, map_sources
 from models.layers import Attention, Block, CosSin, Embedding, Linear, LocalMix, grid_positions, rope_1d, rope_2d, trunc_normal_
 
 @dataclass
@@ -297,14 +297,12 @@ class TRMWithEncoder(nn.Module):
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
-                # cell_lookup_map: through the map (+ relabelling) that explains the demos best (ties: the
-                # identity, map 0; a discrete choice, no gradient)
-                chosen = None
+                # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient)
+                cover = None
                 if cfg.cell_lookup_map:
-                    chosen = relabelled_agreement(data["demo_inputs"], data["demo_labels"], data["demo_mask"],
-                                                  self.inner.side).argmax(-1)
+                    cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side)
                 lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],
-                                                data["demo_mask"], chosen)
+                                                data["demo_mask"], cover)
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
