@@ -18,8 +18,12 @@ is enclosed, how many neighbours it has, what it sees along a row), and the demo
 for cells of every kind; no rule is written down here, only "cells that look alike map alike",
 with the learned query/key projections deciding which parts of the description count. At step 0
 the projections compare descriptions as they are (identity), so the read starts as a nearest-
-neighbour vote over the demo cells; training reweights it. Rules that move cells (gravity) or
-change the size get nothing from it (their pairs are not aligned or the change is not per-cell).
+neighbour vote over the demo cells; training reweights it. With a cover of cell maps (`arch.
+cell_lookup_map`: models/grid_maps.py map_cover, the flip / rotation / shift / tiling that with a
+colour relabelling explains the demos) every grid is read through the maps first, so a cell "moved
+by the map, then changed by what it is" is read like a change in place. Rules that move cells by
+their content (gravity) or change the size otherwise get nothing from it (their pairs are not
+aligned, or the change is not per cell).
 
 Cost: one attention of the S query cells over the D x S demo cells per ACT step (not per block),
 at the lookup's own width (LOOKUP_WIDTH, whatever the model's: a description needs no more), and the

@@ -84,8 +84,8 @@ class ETRMConfig:
                                        # gets per-cell features computed from its grid (models/grid_features.py)
     cell_lookup: bool = False          # every query cell also reads what the demo cells that look like it (colour +
                                        # grid features) became (models/cell_lookup.py; output projection zero at init)
-    cell_lookup_map: bool = False      # cell_lookup reads every grid through the cell map (+ colour relabelling) that
-                                       # explains the demos best: a flip / rotation / shift, then a per-cell change
+    cell_lookup_map: bool = False      # cell_lookup reads every grid through the cell maps (+ colour relabelling) that
+                                       # explain the demos (a flip / rotation / shift / tiling), then a per-cell change
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
