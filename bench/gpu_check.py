@@ -55,7 +55,7 @@ SPEED_BATCH = 192          # per-GPU batch of TRM's runs (768 over 4 GPUs)
 EVAL_BATCH = 1024
 EVAL_TARGET_S = 15 * 60
 UTILISATION_TARGET = 0.40
-READER_COST_TARGET = 1.5  # issue 11: the demo-reading step at most 1.5x the packed standard step
+READER_COST_TARGET = 1.5  # issues 11, 18: the demo-reading step (the recipe's) at most 1.5x the packed standard step
 
 
 
@@ -595,20 +595,24 @@ def stage_tta(ctx: Ctx) -> None:
 
 def stage_reader(ctx: Ctx) -> None:
     """Cost of the inner model reading the demos (issue 11): bench.train_step, paper preset, bf16,
-    batch 192, the packed standard step side by side with arch.map_read and arch.demo_attention;
-    and each option's bf16 step against float32 on the same weights (batch 16)."""
+    batch 192, the packed standard step side by side with arch.map_read, arch.demo_attention and the
+    small-scale recipe's options (issue 18's bound; config/experiment/synthetic.yaml: colour_slots,
+    cell_lookup with its map cover and feature selection); and each row's bf16 step against float32
+    on the same weights (batch 16)."""
     from bench import train_step
+    from bench.common import recipe_arch
     dtype = "float32" if ctx.cpu else "bfloat16"
-    for option in ("map_read", "demo_attention"):
+    for option in ("map_read", "demo_attention", "recipe"):
+        variant = recipe_arch() if option == "recipe" else {option: True}
         with ctx.step(f"{option}_precision"):
-            prec = reader_precision(ctx.device, option, 2 if ctx.cpu else 16)
+            prec = reader_precision(ctx.device, variant, 2 if ctx.cpu else 16)
             ctx.record(**{f"{option}_bf16_vs_fp32": prec})
             for key, limit in TOL["reader_bf16_vs_fp32"].items():
                 ctx.check(f"{option}_bf16_vs_fp32_{key}", prec[key] <= limit, prec[key], limit)
         with ctx.step(option):
             r, batch = halving_on_oom(ctx, f"reader_{option}", 1 if ctx.cpu else SPEED_BATCH, 16, lambda b: train_step.run(
                 "tiny" if ctx.cpu else "paper", b, ctx.device, dtype, repeats=1 if ctx.cpu else 5,
-                variant={option: True}))
+                variant=variant))
             base, var = r["layouts"]["packed"], r["layouts"]["variant"]
             ratio = r["variant"]["train_ratio"]
             ctx.record(**{option: r, f"{option}_train_ratio": ratio})
@@ -679,7 +683,7 @@ STAGES: list[Stage] = [
     Stage("evaluator_full", stage_evaluator_full, gpu_s=60, cpu_s=120),
     Stage("ddp", stage_ddp, gpu_s=75, cpu_s=240),
     Stage("tta", stage_tta, gpu_s=75, cpu_s=240),
-    Stage("reader", stage_reader, gpu_s=60, cpu_s=240),
+    Stage("reader", stage_reader, gpu_s=90, cpu_s=300),
     Stage("compile_tiny", stage_compile_tiny, gpu_s=120, cpu_s=240, min_s=60),
     Stage("compile_speed_paper", stage_compile_speed_paper, gpu_s=240, cpu_s=240, min_s=90),
     Stage("compile_speed_hybrid", stage_compile_speed_hybrid, gpu_s=240, cpu_s=240, min_s=90),

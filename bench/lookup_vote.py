@@ -1,7 +1,7 @@
 """How good is `arch.cell_lookup`'s vote on its own, before any training?
 
     python -m bench.lookup_vote PUZZLES_DIR [--sharpness 8] [--colour-share 0.5] [--seed 0] [--side 8]
-        [--through-map]
+        [--through-map] [--select [--other-weight 0]] [--table]
 
 PUZZLES_DIR: ARC JSON puzzles, one sub-folder per family (bench.learning's
 <data>/puzzles/eval layout) or a flat folder (one row, "all"). For every test pair whose output
@@ -16,6 +16,10 @@ features) are the constants of models/cell_lookup.py. No model, no training: sec
 one colour relabelling, explain the demos (models/grid_maps.py map_cover: the best map, and the
 copies of a tiling); a test pair counts when its output has the shape of its input as the maps
 carry it, and "changed cells" are those the maps do not carry unchanged.
+
+--select (`arch.cell_lookup_select`): cells are compared by the grid features the demos' changes
+follow (models/feature_select.py), the other features weighted --other-weight. --table
+(`arch.cell_lookup_table`, implies --select): the demos' table for the best feature votes too.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 
 from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
-from models.cell_lookup import COLOUR_SHARE, CellLookup
+from models.cell_lookup import COLOUR_SHARE, OTHER_WEIGHT, CellLookup
 from models.grid_maps import map_cover
 
 
@@ -80,16 +84,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colour-share", type=float, default=COLOUR_SHARE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--side", type=int, default=8, help="canvas side (8: the learning benchmark's)")
+    ap.add_argument("--select", action="store_true",
+                    help="weigh the grid features the demos' changes follow most (arch.cell_lookup_select)")
+    ap.add_argument("--other-weight", type=float, default=OTHER_WEIGHT,
+                    help="--select: the weight of the other features")
+    ap.add_argument("--table", action="store_true",
+                    help="--select: the demos' table for the best feature votes too (arch.cell_lookup_table)")
     ap.add_argument("--through-map", action="store_true",
                     help="read every grid through the map the demos agree with most (arch.cell_lookup_map)")
     args = ap.parse_args(argv)
     if not args.puzzles.is_dir():
         raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON puzzles")
     torch.manual_seed(args.seed)
-    lookup = CellLookup(64, 12, args.side, sharpness=args.sharpness, colour_share=args.colour_share)
+    lookup = CellLookup(64, 12, args.side, sharpness=args.sharpness, colour_share=args.colour_share,
+                        select_features=args.select or args.table, other_weight=args.other_weight,
+                        table_vote=args.table)
     lookup.vote_gain.data.fill_(1.0)
+    if args.table:
+        lookup.table_gain.data.fill_(1.0)
     print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed}"
-          f"{', through the demos map' if args.through_map else ''})")
+          f"{', through the demos map' if args.through_map else ''}"
+          f"{f', features selected (others x {args.other_weight})' if args.select or args.table else ''}"
+          f"{', + the table vote' if args.table else ''})")
     print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")
     for family, files in _puzzles(args.puzzles).items():
         exact, right, n = vote_scores(lookup, files, args.side, args.through_map)

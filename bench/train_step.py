@@ -2,7 +2,7 @@
 
     python -m bench.train_step --preset tiny|paper|hybrid_standard|hybrid_variational
         [--batch B] [--device cpu|cuda] [--dtype float32|bfloat16] [--max-demos 10]
-        [--padded] [--compare] [--arch KEY=VALUE ...] [--repeats N] [--threads 2] [--compile]
+        [--padded] [--compare] [--arch KEY=VALUE ...|recipe] [--repeats N] [--threads 2] [--compile]
         [--utilisation] [--train-only]
 
 Presets (bench/common.py PRESETS: the model defaults of ETRMConfig with a few changes; 30x30
@@ -22,7 +22,8 @@ baseline); the default packs each real demo pair to its own tokens (same math). 
 both on the same model weights, side by side (packed first: the padded layout's large
 allocations slow down whatever runs after it in the process), and prints the speedups.
 --arch KEY=VALUE ... also times the preset with those model options (e.g. `--arch map_read=true`,
-`--arch demo_attention=true`) in the same process and layout, after the preset, on the same batch, and
+`--arch demo_attention=true`; `--arch recipe`: the small-scale recipe's options, read from
+config/experiment/synthetic.yaml, the preset's sizes kept) in the same process and layout, after the preset, on the same batch, and
 prints the cost ratio (CPU peak memory is the process's peak RSS, so the later row is the larger).
 --utilisation adds the step's model FLOP/s over a plain matmul's FLOP/s timed in this process
 (bench/common.py `utilisation`). Peak memory: torch's max allocated on CUDA (per layout), the
@@ -41,7 +42,8 @@ import torch
 import yaml
 
 from bench.common import (PRESETS, add_device_args, arc_batch, build_head, eval_step, fmt_table, model_config,
-                          peak_memory_mib, reset_peak_memory, sync, time_fn, train_step, use_device_args, utilisation)
+                          peak_memory_mib, recipe_arch, reset_peak_memory, sync, time_fn, train_step, use_device_args,
+                          utilisation)
 from models.recursive_reasoning.etrm import ETRMConfig
 
 
@@ -62,12 +64,15 @@ def measure(head, batch, device: str, dtype: str, repeats: int, packed: bool, tr
     return out
 
 
-def parse_arch_option(text: str) -> tuple[str, object]:
-    """'key=value' -> (key, value parsed as YAML: 'true' -> True, '16' -> 16)."""
+def parse_arch_option(text: str) -> list[tuple[str, object]]:
+    """'key=value' -> [(key, value parsed as YAML: 'true' -> True, '16' -> 16)]; 'recipe' -> the
+    small-scale recipe's model options (config/experiment/synthetic.yaml, bench/common.py recipe_arch)."""
+    if text == "recipe":
+        return list(recipe_arch().items())
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--arch expects KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+        raise argparse.ArgumentTypeError(f"--arch expects KEY=VALUE or recipe, got {text!r}")
+    return [(key, yaml.safe_load(value))]
 
 
 def run(preset: str, batch_size: int | None = None, device: str = "cpu", dtype: str = "float32", max_demos: int = 10,
@@ -121,8 +126,11 @@ def main(argv=None) -> int:
     ap.add_argument("--utilisation", action="store_true", help="model FLOP/s over a matmul's FLOP/s")
     ap.add_argument("--train-only", action="store_true", help="skip the eval step")
     ap.add_argument("--arch", nargs="+", type=parse_arch_option, metavar="KEY=VALUE", default=None,
-                    help="also time the preset with these model options (e.g. map_read=true)")
+                    help="also time the preset with these model options (e.g. map_read=true; recipe: the "
+                         "small-scale recipe's, config/experiment/synthetic.yaml)")
     args = ap.parse_args(argv)
+    if args.arch:
+        args.arch = [option for options in args.arch for option in options]
 
     use_device_args(args)
     layouts = ("packed", "padded") if args.compare else ("padded",) if args.padded else ("packed",)

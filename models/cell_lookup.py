@@ -37,6 +37,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
+from models.feature_select import feature_scores, feature_weights, table_vote
 from models.grid_maps import read_through
 from models.layers import Embedding, Linear, attend, rms_norm
 
@@ -55,6 +56,7 @@ CANVAS_POSITION = [FEATURE_INDEX[n] for n in ("row", "col", "row_from_bottom", "
 # 0.80 -> 0.82), at 1 1.00 / 1.00 but enclose 0.77 -> 0.48 (all 18 families' held-out puzzles, seed 0;
 # python -m bench.lookup_vote <data>/puzzles/eval --colour-share S, docs/BENCHMARKS.md)
 COLOUR_SHARE = 0.5
+OTHER_WEIGHT = 0.0   # cell_lookup_select: the weight of the features the demos' changes do not follow
 
 
 class CellLookup(nn.Module):
@@ -62,8 +64,15 @@ class CellLookup(nn.Module):
     (input embedding term [B, S, H], output logit term [B, S, vocab]), both zero at init."""
 
     def __init__(self, hidden_size: int, vocab_size: int, side: int, sharpness: float = 8.0,
-                 width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS, colour_share: float = COLOUR_SHARE):
+                 width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS, colour_share: float = COLOUR_SHARE,
+                 select_features: bool = False, other_weight: float = OTHER_WEIGHT, table_vote: bool = False):
         super().__init__()
+        # select_features (arch.cell_lookup_select): per puzzle, the features that predict the demos'
+        # changes keep weight 1 in the descriptions, the others `other_weight` (models/feature_select.py);
+        # table_vote (arch.cell_lookup_table, needs it): the demos' table for the best feature votes too
+        if table_vote and not select_features:
+            raise ValueError("cell_lookup: table_vote needs select_features (the table is the selection's)")
+        self.select_features, self.other_weight, self.use_table = select_features, other_weight, table_vote
         if width % num_heads:
             raise ValueError(f"cell_lookup: width {width} not divisible by num_heads {num_heads}")
         if vocab_size < COLOUR_OFFSET + NUM_COLOURS:
@@ -82,12 +91,19 @@ class CellLookup(nn.Module):
         self.o_proj = Linear(W, hidden_size, init_std=0.0)
         self.head_logits = nn.Parameter(torch.zeros(num_heads))   # how the heads' votes mix (uniform at init)
         self.vote_gain = nn.Parameter(torch.zeros(()))
+        if table_vote:
+            self.table_gain = nn.Parameter(torch.zeros(()))   # the table's vote: zero at init, like the lookup's
 
-    def describe(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, S] -> descriptions [N, S, H] (unit RMS)."""
+    def cell_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, S] -> grid feature ids [N, S, F], the canvas position left out."""
         feats = grid_features(tokens, self.side)
         feats[..., CANVAS_POSITION] = 0   # "not a grid cell": one constant for every cell
-        return rms_norm(self.colour(tokens) + self.features(feats))
+        return feats
+
+    def describe(self, tokens: torch.Tensor, feats: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [N, S], feature ids [N, S, F], per-grid feature weights [N, 1, F] or None (all 1)
+        -> descriptions [N, S, H] (unit RMS)."""
+        return rms_norm(self.colour(tokens) + self.features(feats, weights))
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, H] -> [B, heads, L, head_dim]
         B, L, H = t.shape
@@ -103,20 +119,27 @@ class CellLookup(nn.Module):
         followed by a per-cell change is read like a change in place. None: the identity."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
-        k, q = self.describe(d_in), self.describe(inputs)
+        k_feats, q_feats = self.cell_features(d_in), self.cell_features(inputs)
         shape = d_in >= COLOUR_OFFSET   # the cells of the answer, as the maps carry the input
         if cover is not None:
             maps, used = cover
-            d_in, k, shape = self._through_map(d_in, k, maps.repeat_interleave(D, 0), used.repeat_interleave(D, 0))
-            inputs, q, _ = self._through_map(inputs, q, maps, used)
+            d_in, k_feats, shape = self._through_map(d_in, k_feats, maps.repeat_interleave(D, 0),
+                                                     used.repeat_interleave(D, 0))
+            inputs, q_feats, _ = self._through_map(inputs, q_feats, maps, used)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
         # a pair's cells are aligned when its output has the shape of its (carried) input; cells a
         # shift leaves with no source are in the shape but are no keys (and get no vote)
         aligned = (shape == out_cell).all(-1, keepdim=True) & demo_mask.reshape(B * D, 1)
         key_mask = (in_cell & aligned).view(B, D * S)
         change = torch.where(d_out == d_in, UNCHANGED, 1 + (d_out - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1))
-        k = self.k_proj(k).view(B, D * S, -1)
-        q = self.q_proj(q)
+        k_weights = q_weights = None
+        if self.select_features:   # the features the demos' changes follow weigh most (no gradient)
+            scores, demo_table = feature_scores((d_in - COLOUR_OFFSET).view(B, D, S), k_feats.view(B, D, S, -1),
+                                           change.view(B, D, S), key_mask.view(B, D, S))
+            q_weights = feature_weights(scores, self.other_weight)[:, None]            # [B, 1, F]
+            k_weights = q_weights.repeat_interleave(D, 0)
+        k = self.k_proj(self.describe(d_in, k_feats, k_weights)).view(B, D * S, -1)
+        q = self.q_proj(self.describe(inputs, q_feats, q_weights))
         onehot = F.one_hot(change.view(B, 1, D * S), 1 + NUM_COLOURS).to(q.dtype)      # [B, 1, DS, 11]
         # values padded to the keys' head size: fused SDPA kernels want equal head sizes (else the
         # math kernel materialises [B, heads, S, D x S] scores)
@@ -136,18 +159,23 @@ class CellLookup(nn.Module):
         own = F.one_hot((inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1), NUM_COLOURS).to(p.dtype)
         colours = p[..., 1:] + p[..., :1] * own                                         # [B, S, 10]
         bias = GAIN_SCALE * self.vote_gain * torch.log(colours + VOTE_FLOOR) * use
+        if self.use_table:    # 3. the demos' table for the best feature, applied to the query (no gradient)
+            p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats)
+            table_colours = p_table[..., 1:] + p_table[..., :1] * own
+            bias = bias + (GAIN_SCALE * self.table_gain * torch.log(table_colours + VOTE_FLOOR)
+                           * use * seen.unsqueeze(-1).to(use.dtype))
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits
 
-    def _through_map(self, tokens: torch.Tensor, described: torch.Tensor, maps: torch.Tensor, used: torch.Tensor
+    def _through_map(self, tokens: torch.Tensor, feats: torch.Tensor, maps: torch.Tensor, used: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Grids [N, S] and their cells' descriptions [N, S, W] read through a cover (maps, used
-        [N, K]): cell q gets the token and the description of the cell its map points at (PAD and a
-        zero description where none does). A cell keeps the description of where it came from, so
-        descriptions compare alike across the demos and the query (all read through the same maps).
-        Also -> the carried grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
+        """Grids [N, S] and their cells' features [N, S, F] read through a cover (maps, used [N, K]):
+        cell q gets the token and the features of the cell its map points at (PAD and zeros where
+        none does). A cell keeps the features of where it came from, so descriptions compare alike
+        across the demos and the query (all read through the same maps). Also -> the carried
+        grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
         N, S = tokens.shape
         src, shape = read_through(tokens, maps, used, self.side)                      # [N, S], S = none
         tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
-        described = torch.cat([described, described.new_zeros(N, 1, described.shape[-1])], 1)
-        return tokens, described.gather(1, src[..., None].expand(-1, -1, described.shape[-1])), shape
+        feats = torch.cat([feats, feats.new_zeros(N, 1, feats.shape[-1])], 1)
+        return tokens, feats.gather(1, src[..., None].expand(-1, -1, feats.shape[-1])), shape

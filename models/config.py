@@ -86,6 +86,10 @@ class ETRMConfig:
                                        # grid features) became (models/cell_lookup.py; output projection zero at init)
     cell_lookup_map: bool = False      # cell_lookup reads every grid through the cell maps (+ colour relabelling) that
                                        # explain the demos (a flip / rotation / shift / tiling), then a per-cell change
+    cell_lookup_select: bool = False   # cell_lookup compares cells by the grid features the demos' changes follow (chosen
+                                       # per puzzle, leave-one-demo-out; models/feature_select.py)
+    cell_lookup_table: bool = False    # ... and the demos' table for the best feature ((colour, value) -> change) votes for
+                                       # the query's cells too, with its own gain (zero at init; needs cell_lookup_select)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -98,8 +102,12 @@ class ETRMConfig:
             raise ValueError(f"demo_num_layers must be >= 0, got {self.demo_num_layers}")
         if self.local_mix < 0 or (self.local_mix and self.local_mix % 2 == 0):
             raise ValueError(f"local_mix must be 0 (off) or an odd kernel size, got {self.local_mix}")
-        if self.cell_lookup_map and not self.cell_lookup:
-            raise ValueError("cell_lookup_map=true is an option of cell_lookup: it needs cell_lookup=true")
+        for option in ("cell_lookup_map", "cell_lookup_select"):
+            if getattr(self, option) and not self.cell_lookup:
+                raise ValueError(f"{option}=true is an option of cell_lookup: it needs cell_lookup=true")
+        if self.cell_lookup_table and not self.cell_lookup_select:
+            raise ValueError("cell_lookup_table=true votes with cell_lookup_select's table: it needs "
+                             "cell_lookup=true and cell_lookup_select=true")
         if self.demo_attention or self.map_read or self.grid_features or self.local_mix or self.cell_lookup:
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:

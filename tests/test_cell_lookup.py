@@ -147,8 +147,10 @@ def test_map_cover_takes_the_copies_of_a_tiling_and_nothing_else():
 def test_read_through_the_chosen_map():
     """cell_lookup_map: a flip or a rotation then a recolouring (1 -> 5) is read like a change in place
     once every grid is read through the map; without the map the vote is not the answer; the
-    identity map changes nothing."""
-    lookup = _lookup()
+    identity map changes nothing. (The rule recolours by colour alone: the lookup here weighs the colour
+    over the grid features, so that what is tested is the map, not which random features match.)"""
+    torch.manual_seed(0)
+    lookup = CellLookup(H, 12, SIDE, sharpness=40.0, colour_share=2.0)
     recolour = lambda g: np.where(g == 1, 5, g)  # noqa: E731
     for m, move in ((FLIP_LR, np.fliplr), (ROT90, np.rot90)):
         demos = [(g, recolour(move(g))) for g in (A_IN, B_IN)]
@@ -219,10 +221,13 @@ def test_cell_lookup_map_reads_the_map_that_explains_the_demos():
     np.testing.assert_array_equal(answer, np.fliplr(grids[-1]))
 
 
-def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
+@pytest.mark.parametrize("options", [{}, {"cell_lookup_select": True},
+                                     {"cell_lookup_select": True, "cell_lookup_table": True}],
+                         ids=["plain", "select", "table"])
+def test_step_zero_equals_the_model_without_it_and_gradient_every_step(options):
     batch = make_batch()
     torch.manual_seed(0)
-    with_l = TRMWithEncoder(tiny_config(cell_lookup=True, pos_encodings="rope_2d"))
+    with_l = TRMWithEncoder(tiny_config(cell_lookup=True, pos_encodings="rope_2d", **options))
     torch.manual_seed(0)
     without = TRMWithEncoder(tiny_config(pos_encodings="rope_2d"))
     missing, unexpected = without.load_state_dict(with_l.state_dict(), strict=False)
@@ -231,7 +236,7 @@ def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
     b = without(without.initial_carry(batch), batch)[1]["logits"]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     # once the output projection or the vote gain moves, the lookup changes the answer
-    for name in ("o_proj", "vote_gain"):
+    for name in ("o_proj", "vote_gain") + (("table_gain",) if options.get("cell_lookup_table") else ()):
         model = copy.deepcopy(with_l)
         with torch.no_grad():
             p = model.cell_lookup.get_parameter(name + (".weight" if name == "o_proj" else ""))
@@ -242,7 +247,7 @@ def test_step_zero_equals_the_model_without_it_and_gradient_every_step():
         torch.nn.init.normal_(with_l.cell_lookup.o_proj.weight, std=0.2)
         with_l.cell_lookup.vote_gain.fill_(0.2)
     params = [(n, p) for n, p in with_l.named_parameters() if n.startswith("cell_lookup.")]
-    assert len(params) == 8
+    assert len(params) == 8 + bool(options.get("cell_lookup_table"))   # + table_gain
     assert_gradient_every_act_step(with_l.train(), params, batch)
 
 

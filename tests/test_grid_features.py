@@ -16,7 +16,7 @@ from dataset.grids import encode_grid
 from dataset.synthetic_families import components
 from models.encoders.common import EncoderConfig
 from models.encoders.demo_reader import DemoReader
-from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, grid_features
+from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, TABLE_SIZE, GridFeatureEmbedding, grid_features
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import PADDING_SIDE as SIDE
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, ragged_batch, tiny_config
@@ -64,6 +64,9 @@ def test_hand_made_grid():
     assert f["ray_down_distance"][1, 2] == 2 and f["ray_left_distance"][2, 3] == 2
     # neighbourhood: ring corner (1, 1) has 2 same-colour neighbours; the hole has 4 fg 4-neighbours
     assert f["same_neighbours"][1, 1] == 2 + 1 and f["foreground_neighbours"][2, 2] == 4 + 1
+    # ... 8 fg 8-neighbours; (2, 4) between the ring and the 7: 3 ring cells + the 7; (0, 0): the corner
+    assert f["foreground_neighbours_8"][2, 2] == 8 + 1 and f["foreground_neighbours_8"][2, 4] == 4 + 1
+    assert f["foreground_neighbours_8"][0, 0] == 1 + 1 and f["foreground_neighbours"][0, 0] == 0 + 1
     assert f["colour_frequency"][1, 1] == 3 and f["colour_frequency"][2, 5] == 4 and f["colour_frequency"][0, 0] == 2
     # positions from the far edges
     assert f["row_from_bottom"][4, 0] == 1 and f["col_from_right"][0, 5] == 1 and f["col"][0, 5] == 6
@@ -163,3 +166,16 @@ def test_packed_and_padded_layouts_agree_with_features():
 def test_hydra_config_with_grid_features_builds_and_steps():
     model, _ = build_and_step("cfg_pretrain_etrm_synthetic", ["arch.grid_features=true", "data_paths=[x]"])
     assert model.config.grid_features
+
+
+def test_a_table_from_before_an_appended_feature_loads():
+    """A checkpoint's table without the last feature's rows (saved before it was added) loads: its
+    rows are kept, the appended feature's rows keep the module's init."""
+    torch.manual_seed(0)
+    emb = GridFeatureEmbedding(16, init_std=1.0)
+    fresh = emb.weight.detach().clone()
+    n_last = FEATURES[-1][1]
+    old = torch.randn(TABLE_SIZE - n_last, 16)
+    emb.load_state_dict({"weight": old})
+    torch.testing.assert_close(emb.weight.detach()[:-n_last], old)
+    torch.testing.assert_close(emb.weight.detach()[-n_last:], fresh[-n_last:])

