@@ -12,8 +12,13 @@ where it sits in it, and what it sees. Generic ARC vocabulary, not any one famil
 - rays: in each of the 4 directions, the first foreground colour met (or the grid's edge), how far
   it is, and how many foreground cells lie that way (things fall until they hit something, lines
   are drawn until a wall);
+- between: the colour the rays meet on both sides along the cell's row, its column, and either
+  (the row's first), when it is the same on both sides (lines are drawn between cells of a colour);
 - neighbourhood: how many of the 8 neighbours share the cell's colour, how many of the 4 and of
-  the 8 are foreground (appended last: see GridFeatureEmbedding's loading); and whether the cell's colour is the grid's most / least frequent foreground colour.
+  the 8 are foreground; and whether the cell's colour is the grid's most / least frequent foreground colour.
+
+The 8-neighbour count and the between features were appended last (2026-12-07): a checkpoint's
+table from before loads, the new rows at their init (GridFeatureEmbedding).
 
 `grid_features(tokens, side)` -> ids [N, S, NUM_FEATURES] (long; 0 = "not a grid cell" for every
 feature, so PAD/EOS cells all look alike), computed with torch ops on the batch's own device
@@ -52,7 +57,7 @@ FEATURES = (
     *((f"ray_{d}_{k}", n) for d in ("down", "up", "right", "left")
       for k, n in (("colour", 12), ("distance", MAX_POS + 1), ("count", MAX_POS + 1))),
     ("same_neighbours", 10), ("foreground_neighbours", 6), ("colour_frequency", 6),
-    ("foreground_neighbours_8", 10),
+    ("foreground_neighbours_8", 10), ("row_between", 12), ("col_between", 12), ("between", 12),
 )
 NUM_FEATURES = len(FEATURES)
 FEATURE_INDEX = {name: i for i, (name, _) in enumerate(FEATURES)}
@@ -195,6 +200,11 @@ def grid_features(tokens: torch.Tensor, side: int) -> torch.Tensor:
         feats[f"ray_{d}_distance"] = dist.clamp(1, MAX_POS).view(N, S)
         feats[f"ray_{d}_count"] = clamp(n).view(N, S)
 
+    # between: the colour the rays meet on both sides along the row / the column, when it is the same
+    for axis, (a, b) in (("row", ("left", "right")), ("col", ("up", "down"))):
+        ca, cb = feats[f"ray_{a}_colour"], feats[f"ray_{b}_colour"]
+        feats[f"{axis}_between"] = torch.where(ca == cb, ca, 1)   # the edge on both sides: 1 (the ray's "edge")
+    feats["between"] = torch.where(feats["row_between"] > 1, feats["row_between"], feats["col_between"])
     same = sum((_shifted(c2, dr, dc, -1) == c2).long() for dr, dc in _DIRS8).view(N, S)
     fg_nb = sum(_shifted(fg2, dr, dc, False).long() for dr, dc in _DIRS4).view(N, S)
     feats["same_neighbours"] = same + 1

@@ -67,6 +67,13 @@ def test_hand_made_grid():
     # ... 8 fg 8-neighbours; (2, 4) between the ring and the 7: 3 ring cells + the 7; (0, 0): the corner
     assert f["foreground_neighbours_8"][2, 2] == 8 + 1 and f["foreground_neighbours_8"][2, 4] == 4 + 1
     assert f["foreground_neighbours_8"][0, 0] == 1 + 1 and f["foreground_neighbours"][0, 0] == 0 + 1
+    # between: the hole sees the ring (colour 3) on both sides along its row and its column; (2, 4)
+    # sees the ring left and the 7 right (not the same) and the edge up and down (the edge is no colour)
+    for name in ("row_between", "col_between", "between"):
+        assert f[name][2, 2] == 3 + 2 and f[name][2, 4] == 1 and f[name][0, 2] == 1, name
+    assert f["row_between"][1, 2] == 3 + 2 and f["col_between"][1, 2] == 1 and f["between"][1, 2] == 3 + 2
+    # the ring's left side: the ring above and below; the edge left, the ring (past the hole) right
+    assert f["col_between"][2, 1] == 3 + 2 and f["row_between"][2, 1] == 1 and f["between"][2, 1] == 3 + 2
     assert f["colour_frequency"][1, 1] == 3 and f["colour_frequency"][2, 5] == 4 and f["colour_frequency"][0, 0] == 2
     # positions from the far edges
     assert f["row_from_bottom"][4, 0] == 1 and f["col_from_right"][0, 5] == 1 and f["col"][0, 5] == 6
