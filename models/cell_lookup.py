@@ -21,9 +21,12 @@ the projections compare descriptions as they are (identity), so the read starts 
 neighbour vote over the demo cells; training reweights it. With a cover of cell maps (`arch.
 cell_lookup_map`: models/grid_maps.py map_cover, the flip / rotation / shift / tiling that with a
 colour relabelling explains the demos) every grid is read through the maps first, so a cell "moved
-by the map, then changed by what it is" is read like a change in place. Rules that move cells by
-their content (gravity) or change the size otherwise get nothing from it (their pairs are not
-aligned, or the change is not per cell).
+by the map, then changed by what it is" is read like a change in place. With `arch.
+cell_lookup_select` (models/feature_select.py) cells are compared only by the grid features the
+puzzle's demo changes follow (chosen per puzzle, leave-one-demo-out), and with `arch.
+cell_lookup_table` that feature's demo table "(colour, value) -> change" votes on the answer
+too. Rules that move cells by their content (gravity) or change the size otherwise get nothing
+from it (their pairs are not aligned, or the change is not per cell).
 
 Cost: one attention of the S query cells over the D x S demo cells per ACT step (not per block),
 at the lookup's own width (LOOKUP_WIDTH, whatever the model's: a description needs no more), and the
@@ -135,7 +138,7 @@ class CellLookup(nn.Module):
         k_weights = q_weights = None
         if self.select_features:   # the features the demos' changes follow weigh most (no gradient)
             scores, demo_table = feature_scores((d_in - COLOUR_OFFSET).view(B, D, S), k_feats.view(B, D, S, -1),
-                                           change.view(B, D, S), key_mask.view(B, D, S))
+                                                change.view(B, D, S), key_mask.view(B, D, S))
             q_weights = feature_weights(scores, self.other_weight)[:, None]            # [B, 1, F]
             k_weights = q_weights.repeat_interleave(D, 0)
         k = self.k_proj(self.describe(d_in, k_feats, k_weights)).view(B, D * S, -1)

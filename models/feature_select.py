@@ -7,9 +7,9 @@ object's size, in `enclose` whether the region is open to the border, and each p
 which. This module asks them, without parameters: for every feature f, does "(colour, value of f)
 -> change" predict the demo cells, tested leave-one-demo-out (each demo is predicted from the
 others' table: a feature that only memorises, like a position that is unique to one cell, predicts
-nothing in a demo it has not seen, and a wrong prediction costs more than none)? The features that predict best are kept at full weight in the
-description and the others down-weighted, so "cells like this one" means "alike in what matters
-here". The colour alone is a candidate too (a feature with a single value): when it predicts as
+nothing in a demo it has not seen, and a wrong prediction costs more than none)? The features that
+predict best are kept at full weight in the description and the others left out (models/
+cell_lookup.py OTHER_WEIGHT), so "cells like this one" means "alike in what matters here". The colour alone is a candidate too (a feature with a single value): when it predicts as
 well as any feature (a recolouring), no feature is preferred.
 
 With `arch.cell_lookup_table` the table itself votes (`table_vote`): each query cell gets the
@@ -20,8 +20,7 @@ never trained on as well as one trained on.
 Why it should carry to real ARC: "find the property the demos' changes follow" is how a person
 reads many ARC tasks (recolour by size, by enclosure, by the neighbours, by what a row sees), and
 the property is chosen per puzzle from a generic vocabulary (models/grid_features.py), not
-written for one family. A rule that needs two features at once (a cell between two same-coloured
-cells) gets the best single one (the others weigh models/cell_lookup.py's OTHER_WEIGHT).
+written for one family. A rule that needs two features at once gets the best single one.
 """
 from __future__ import annotations
 
