@@ -31,6 +31,11 @@ RULES = (
 )
 
 
+def grid_tokens(grids, side: int) -> torch.Tensor:
+    """ARC grids (numpy) -> their canvases' tokens [len(grids), side * side] (dataset/grids.py)."""
+    return torch.stack([torch.from_numpy(encode_grid(g, side)).long() for g in grids])
+
+
 def tiny_config(**kw) -> dict:
     cfg = dict(
         batch_size=4, seq_len=25, vocab_size=12, max_demos=3, puzzle_emb_len=4, hidden_size=32, num_heads=4,

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.grids import encode_grid
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import UNCHANGED, CellLookup
 from models.grid_maps import map_cover, relabelled_agreement
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
+from tests.helpers import assert_gradient_every_act_step, build_and_step, grid_tokens, make_batch, tiny_config
 
 torch.set_num_threads(2)
 SIDE, H = 6, 64
@@ -38,7 +37,7 @@ B_OUT = np.array([[0, 5, 0],
 
 
 def _t(*grids: np.ndarray) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(encode_grid(g, SIDE)).long() for g in grids])
+    return grid_tokens(grids, SIDE)
 
 
 def _expected_change(grid_in: np.ndarray, grid_out: np.ndarray) -> np.ndarray:

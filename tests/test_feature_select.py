@@ -18,10 +18,14 @@ from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import CellLookup
 from models.feature_select import CONTRADICTION_COST, feature_scores, feature_weights, table_vote
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import make_batch, tiny_config
-from tests.test_cell_lookup import SIDE, H, _t
+from tests.helpers import grid_tokens, make_batch, tiny_config
 
 torch.set_num_threads(2)
+SIDE, H = 6, 64
+
+
+def _t(*grids: np.ndarray) -> torch.Tensor:
+    return grid_tokens(grids, SIDE)
 
 
 def _puzzle(decisive: list[list[int]], changes: list[list[int]]):
