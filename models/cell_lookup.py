@@ -160,13 +160,11 @@ class CellLookup(nn.Module):
         # 2. the answer path: "unchanged" votes for the cell's own colour
         p = torch.einsum("bshc,h->bsc", votes, self.head_logits.softmax(0))            # [B, S, 11]
         own = F.one_hot((inputs - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1), NUM_COLOURS).to(p.dtype)
-        colours = p[..., 1:] + p[..., :1] * own                                         # [B, S, 10]
-        bias = GAIN_SCALE * self.vote_gain * torch.log(colours + VOTE_FLOOR) * use
+        as_logits = lambda p: torch.log(p[..., 1:] + p[..., :1] * own + VOTE_FLOOR)  # noqa: E731  [B, S, 10]
+        bias = GAIN_SCALE * self.vote_gain * as_logits(p) * use
         if self.use_table:    # 3. the demos' table for the best feature, applied to the query (no gradient)
             p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats)
-            table_colours = p_table[..., 1:] + p_table[..., :1] * own
-            bias = bias + (GAIN_SCALE * self.table_gain * torch.log(table_colours + VOTE_FLOOR)
-                           * use * seen.unsqueeze(-1).to(use.dtype))
+            bias = bias + GAIN_SCALE * self.table_gain * as_logits(p_table) * use * seen.unsqueeze(-1).to(use.dtype)
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits
 

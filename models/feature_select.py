@@ -41,6 +41,18 @@ TIE = 1e-6                                 # scores this close to the best count
 CONTRADICTION_COST = 3.0
 
 
+def _keys(colour: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """colour [..., S] (0..9 on the grid), feature ids [..., S, F] -> table keys [..., S, F + 1]: (colour,
+    value) per feature, and (colour, 0) for the colour alone in the last column."""
+    feats = torch.cat([feats, feats.new_zeros(*feats.shape[:-1], 1)], -1)
+    return colour.clamp(0, NUM_COLOURS - 1)[..., None] * MAX_VALUES + feats
+
+
+def _best(scores: torch.Tensor) -> torch.Tensor:
+    """scores [B, F + 1] -> [B, F + 1] bool: the candidates tied for the best score."""
+    return scores >= scores.amax(-1, keepdim=True) - TIE
+
+
 @torch.no_grad()
 def feature_scores(colour: torch.Tensor, feats: torch.Tensor, change: torch.Tensor, keys: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,9 +64,7 @@ def feature_scores(colour: torch.Tensor, feats: torch.Tensor, change: torch.Tens
     the colour alone. All 0 for a puzzle with fewer than two demos with keys. Also -> the demos'
     table [B, F + 1, keys, changes]: how many key cells with each (colour, value) had each change."""
     B, D, S, F = feats.shape
-    feats = torch.cat([feats, feats.new_zeros(B, D, S, 1)], -1)               # + "no feature" (colour alone)
-    key = colour.clamp(0, NUM_COLOURS - 1)[..., None] * MAX_VALUES + feats     # [B, D, S, F + 1]
-    slot = key * NUM_CHANGES + change[..., None]
+    slot = _keys(colour, feats) * NUM_CHANGES + change[..., None]               # [B, D, S, F + 1]
     table = NUM_COLOURS * MAX_VALUES * NUM_CHANGES
     counts = torch.zeros(B * D, F + 1, table, device=feats.device)
     weight = keys.reshape(B * D, S, 1).expand(-1, -1, F + 1).to(counts.dtype)
@@ -81,10 +91,8 @@ def table_vote(table: torch.Tensor, scores: torch.Tensor, colour: torch.Tensor, 
     [B, F + 1] (feature_scores), colour [B, S] (0..9 on the grid), feats [B, S, F] ->
     (p [B, S, changes], seen [B, S] bool: a best feature saw the cell's key in the demos; p is 0 where
     not, and for a puzzle whose demos cannot tell)."""
-    B, S, F = feats.shape
-    best = scores.amax(-1, keepdim=True)
-    chosen = (scores >= best - TIE) & (best > 0)                                         # [B, F + 1]
-    key = colour.clamp(0, NUM_COLOURS - 1)[..., None] * MAX_VALUES + torch.cat([feats, feats.new_zeros(B, S, 1)], -1)
+    chosen = _best(scores) & (scores.amax(-1, keepdim=True) > 0)                          # [B, F + 1]
+    key = _keys(colour, feats)                                                           # [B, S, F + 1]
     rows = table.gather(2, key.transpose(1, 2)[..., None].expand(-1, -1, -1, NUM_CHANGES))  # [B, F + 1, S, changes]
     n = rows.sum(-1, keepdim=True)
     use = (chosen[:, :, None, None] & (n > 0)).to(rows.dtype)
@@ -96,9 +104,7 @@ def feature_weights(scores: torch.Tensor, others: float) -> torch.Tensor:
     """scores [B, F + 1] (feature_scores) -> per-puzzle weights of the F features [B, F]: 1 for the
     best-predicting ones, `others` for the rest; `others` for all when the colour alone predicts as
     well as the best feature; 1 for all (no selection) when the demos cannot tell (all scores 0)."""
-    best = scores.amax(-1, keepdim=True)
-    top = scores[:, :-1] >= best - TIE
-    colour_alone = scores[:, -1:] >= best - TIE
-    weights = torch.where(top & ~colour_alone, 1.0, others)
-    return torch.where(best > 0, weights, 1.0).to(scores.dtype)
+    best = _best(scores)
+    weights = torch.where(best[:, :-1] & ~best[:, -1:], 1.0, others)   # the last column: the colour alone
+    return torch.where(scores.amax(-1, keepdim=True) > 0, weights, 1.0).to(scores.dtype)
 
