@@ -9,8 +9,9 @@ which. This module asks them, without parameters: for every feature f, does "(co
 others' table: a feature that only memorises, like a position that is unique to one cell, predicts
 nothing in a demo it has not seen, and a wrong prediction costs more than none)? The features that
 predict best are kept at full weight in the description and the others left out (models/
-cell_lookup.py OTHER_WEIGHT), so "cells like this one" means "alike in what matters here". The colour alone is a candidate too (a feature with a single value): when it predicts as
-well as any feature (a recolouring), no feature is preferred.
+cell_lookup.py OTHER_WEIGHT), so "cells like this one" means "alike in what matters here". The
+colour alone is a candidate too (a feature with a single value): when it predicts as well as any
+feature (a recolouring), no feature is preferred.
 
 With `arch.cell_lookup_table` the table itself votes (`table_vote`): each query cell gets the
 changes the demo cells with its colour and its value of the best feature had, a rule read off the
