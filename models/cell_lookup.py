@@ -40,7 +40,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
-from models.feature_select import feature_scores, feature_weights, table_vote
+from models.feature_select import IS_ORDINAL, feature_scores, feature_weights, table_vote
 from models.grid_maps import read_through
 from models.layers import Embedding, Linear, attend, rms_norm
 
@@ -163,7 +163,7 @@ class CellLookup(nn.Module):
         as_logits = lambda p: torch.log(p[..., 1:] + p[..., :1] * own + VOTE_FLOOR)  # noqa: E731  [B, S, 10]
         bias = GAIN_SCALE * self.vote_gain * as_logits(p) * use
         if self.use_table:    # 3. the demos' table for the best feature, applied to the query (no gradient)
-            p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats)
+            p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats, IS_ORDINAL)
             bias = bias + GAIN_SCALE * self.table_gain * as_logits(p_table) * use * seen.unsqueeze(-1).to(use.dtype)
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits

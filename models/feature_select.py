@@ -16,7 +16,8 @@ feature (a recolouring), no feature is preferred.
 With `arch.cell_lookup_table` the table itself votes (`table_vote`): each query cell gets the
 changes the demo cells with its colour and its value of the best feature had, a rule read off the
 demos with no learned part but its gain in the logits (models/cell_lookup.py), so it reads a family
-never trained on as well as one trained on.
+never trained on as well as one trained on. A count, size or distance the demos never showed reads
+the nearest one they did (`nearest_seen`): "at least 3 neighbours" reaches the query's cell with 7.
 
 Why it should carry to real ARC: "find the property the demos' changes follow" is how a person
 reads many ARC tasks (recolour by size, by enclosure, by the neighbours, by what a row sees), and
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from dataset.tokens import NUM_COLOURS
-from models.grid_features import FEATURES
+from models.grid_features import FEATURES, ORDINAL
 
 MAX_VALUES = max(n for _, n in FEATURES)   # feature ids are 0..MAX_VALUES - 1
 NUM_CHANGES = 1 + NUM_COLOURS              # "unchanged" or "became colour c" (models/cell_lookup.py)
@@ -40,6 +41,8 @@ TIE = 1e-6                                 # scores this close to the best count
 # puzzles) with 0 instead (an unseen key as wrong as a contradicted one): crowd exact 0.40 vs 0.73,
 # size_recolour 0.69 vs 1.00, outline 0.55 vs 0.64, the others equal; 10: outline 0.64, 100: 0.55.
 CONTRADICTION_COST = 3.0
+# [F + 1]: the ordered features of models/grid_features.py (the last column, the colour alone, is none)
+IS_ORDINAL = torch.tensor([name in ORDINAL for name, _ in FEATURES] + [False])
 
 
 def _keys(colour: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -83,16 +86,39 @@ def feature_scores(colour: torch.Tensor, feats: torch.Tensor, change: torch.Tens
     return (right - CONTRADICTION_COST * wrong) / cells.clamp_min(1), counts.sum(1)
 
 
+def nearest_seen(table: torch.Tensor, ordinal: torch.Tensor) -> torch.Tensor:
+    """A demos' table [..., F + 1, keys, changes] in which, for the ordered features (ordinal [F + 1]
+    bool, e.g. IS_ORDINAL), a (colour, value)
+    key the demos never showed takes the row of the nearest value they showed with that colour (ties:
+    the lower value; value 0, "not a grid cell", neither borrows nor lends). A rule "at least k
+    neighbours" or "objects larger than 3" then reaches the counts and sizes only the query has; a
+    category (a colour, a region kind) borrows nothing."""
+    *lead, F1, _, C = table.shape
+    t = table.view(*lead, F1, NUM_COLOURS, MAX_VALUES, C)
+    v = torch.arange(MAX_VALUES, device=table.device)
+    lender = (t.sum(-1) > 0) & (v > 0)                                               # [..., F + 1, 10, V]
+    # cost of value u borrowing from value v: |u - v| (+ a tie-break to the lower), never from a non-lender
+    cost = (v[:, None] - v[None, :]).abs() + v[None, :] * 1e-3                        # [V, V]
+    cost = torch.where(lender[..., None, :], cost.to(t.dtype), float("inf"))           # [..., F + 1, 10, V, V]
+    best_cost, nearest = cost.min(-1)
+    borrow = ordinal.to(table.device).view(-1, 1, 1) & ~lender & (v > 0) & best_cost.isfinite()
+    rows = t.gather(-2, nearest[..., None].expand(*nearest.shape, C))
+    return torch.where(borrow[..., None], rows, t).view(table.shape)
+
+
 @torch.no_grad()
-def table_vote(table: torch.Tensor, scores: torch.Tensor, colour: torch.Tensor, feats: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def table_vote(table: torch.Tensor, scores: torch.Tensor, colour: torch.Tensor, feats: torch.Tensor,
+               ordinal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule the demos' table states, applied to the query: each query cell gets the changes the
     demo cells with its colour and its value of the best-scoring feature had (their shares; features
     tied for best, the colour alone among them, averaged). table [B, F + 1, keys, changes], scores
-    [B, F + 1] (feature_scores), colour [B, S] (0..9 on the grid), feats [B, S, F] ->
+    [B, F + 1] (feature_scores), colour [B, S] (0..9 on the grid), feats [B, S, F], ordinal [F + 1] bool
+    or None (`nearest_seen`: an ordered feature's value the demos never showed reads the nearest) ->
     (p [B, S, changes], seen [B, S] bool: a best feature saw the cell's key in the demos; p is 0 where
     not, and for a puzzle whose demos cannot tell)."""
     chosen = _best(scores) & (scores.amax(-1, keepdim=True) > 0)                          # [B, F + 1]
+    if ordinal is not None:   # an ordered feature's unseen value reads the nearest seen one
+        table = nearest_seen(table, ordinal)
     key = _keys(colour, feats)                                                           # [B, S, F + 1]
     rows = table.gather(2, key.transpose(1, 2)[..., None].expand(-1, -1, -1, NUM_CHANGES))  # [B, F + 1, S, changes]
     n = rows.sum(-1, keepdim=True)

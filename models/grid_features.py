@@ -11,14 +11,15 @@ where it sits in it, and what it sees. Generic ARC vocabulary, not any one famil
   height and width, the cell's offset inside the box and whether it is on the box's edges;
 - rays: in each of the 4 directions, the first foreground colour met (or the grid's edge), how far
   it is, and how many foreground cells lie that way (things fall until they hit something, lines
-  are drawn until a wall);
+  are drawn until a wall); and along each of the 4 diagonals, the colour first met (or the edge);
 - between: the colour the rays meet on both sides along the cell's row, its column, and either
   (the row's first), when it is the same on both sides (lines are drawn between cells of a colour);
 - neighbourhood: how many of the 8 neighbours share the cell's colour, how many of the 4 and of
   the 8 are foreground; and whether the cell's colour is the grid's most / least frequent foreground colour.
 
-The 8-neighbour count and the between features were appended last (2026-12-07): a checkpoint's
-table from before loads, the new rows at their init (GridFeatureEmbedding).
+The 8-neighbour count and the between features (2026-12-07), then the diagonal rays (2026-12-08),
+were appended last: a checkpoint's table from before loads, the new rows at their init
+(GridFeatureEmbedding).
 
 `grid_features(tokens, side)` -> ids [N, S, NUM_FEATURES] (long; 0 = "not a grid cell" for every
 feature, so PAD/EOS cells all look alike), computed with torch ops on the batch's own device
@@ -58,8 +59,16 @@ FEATURES = (
       for k, n in (("colour", 12), ("distance", MAX_POS + 1), ("count", MAX_POS + 1))),
     ("same_neighbours", 10), ("foreground_neighbours", 6), ("colour_frequency", 6),
     ("foreground_neighbours_8", 10), ("row_between", 12), ("col_between", 12), ("between", 12),
+    *((f"ray_{d}_colour", 12) for d in ("down_right", "down_left", "up_right", "up_left")),
 )
+DIAGONALS = {"down_right": (1, 1), "down_left": (1, -1), "up_right": (-1, 1), "up_left": (-1, -1)}
 NUM_FEATURES = len(FEATURES)
+# the features whose values are ordered (counts, sizes, distances, positions): a value the demos never
+# showed is read like the nearest one they did (models/feature_select.py); the others are categories
+ORDINAL = ("row", "col", "row_from_bottom", "col_from_right", "region_size", "object_size", "object_height",
+           "object_width", "object_row", "object_col",
+           *(f"ray_{d}_{k}" for d in ("down", "up", "right", "left") for k in ("distance", "count")),
+           "same_neighbours", "foreground_neighbours", "foreground_neighbours_8")
 FEATURE_INDEX = {name: i for i, (name, _) in enumerate(FEATURES)}
 _CARD = torch.tensor([n for _, n in FEATURES])
 _OFFSETS = torch.cat([torch.zeros(1, dtype=torch.long), _CARD.cumsum(0)[:-1]])
@@ -199,6 +208,15 @@ def grid_features(tokens: torch.Tensor, side: int) -> torch.Tensor:
         feats[f"ray_{d}_colour"] = torch.where(found, hit_colour + 2, 1).view(N, S)
         feats[f"ray_{d}_distance"] = dist.clamp(1, MAX_POS).view(N, S)
         feats[f"ray_{d}_count"] = clamp(n).view(N, S)
+
+    # diagonal rays: the colour first met along each diagonal (lines are drawn at 45 degrees too)
+    beyond = F.pad(torch.where(fg2, c2, -1), (side, side, side, side), value=-1)
+    for d, (dr, dc) in DIAGONALS.items():
+        hit = torch.full_like(c2, -1)
+        for k in range(1, side):
+            seen = beyond[:, side + k * dr:2 * side + k * dr, side + k * dc:2 * side + k * dc]
+            hit = torch.where(hit < 0, seen, hit)
+        feats[f"ray_{d}_colour"] = torch.where(hit >= 0, hit + 2, 1).view(N, S)
 
     # between: the colour the rays meet on both sides along the row / the column, when it is the same
     for axis, (a, b) in (("row", ("left", "right")), ("col", ("up", "down"))):

@@ -213,6 +213,12 @@ def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, d
 # transpose), the cells a shift vacates included; the others (one grid back) place one copy of a tiling
 ONE_CELL_TRANSLATIONS = 9
 COVER_CANDIDATES = 4   # map_cover: the best maps tried as pieces of a cover (a 2 x 2 tiling needs 4)
+# map_cover keeps the identity first unless another map explains the demos (near-)exactly or clearly
+# better: when a per-cell rule changes many cells, no map explains them and one of the 95 others fits
+# by chance a little better (outline: a one-cell shift at 0.70 vs the identity's 0.68), which moved
+# every cell the rule then reads. A real map with its relabelling scores 1.0.
+MAP_CONSISTENT = 0.98
+IDENTITY_MARGIN = 0.1
 
 
 def map_footprints(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,14 +246,19 @@ def map_footprints(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.T
 def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
               candidates: int = COVER_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps a puzzle's answers are read through: the `candidates` best by `relabelled_agreement`
-    (ties to the lower map number: the identity first), the best always, each next one only when, on
+    (ties to the lower map number; the identity first unless another map scores MAP_CONSISTENT or
+    beats it by IDENTITY_MARGIN), the best always, each next one only when, on
     every real demo, it reaches output cells the ones before did not and none outside the output
     grid (a copy of a tiling, not a second reading of the same cells). -> maps [B, K] long, used
     [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two."""
     B, D, S = demo_inputs.shape
     agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side)
     ties = torch.arange(NUM_MAPS, device=agreement.device) * 1e-6   # exact ties: the lower map number
-    maps = (agreement - ties).topk(candidates, dim=-1).indices                          # [B, K]
+    best = agreement.amax(-1)
+    by_chance = (best < MAP_CONSISTENT) & (best - agreement[:, 0] < IDENTITY_MARGIN)   # [B]
+    rank = agreement - ties
+    rank[:, 0] = torch.where(by_chance, 2.0, rank[:, 0])   # above any agreement (<= 1): the identity first
+    maps = rank.topk(candidates, dim=-1).indices                                        # [B, K]
     inputs = demo_inputs.reshape(B * D, S)
     _, footprint = map_footprints(*grid_sizes(inputs, side), side)                       # [BD, M, S]
     chosen = footprint.gather(1, maps.repeat_interleave(D, 0)[..., None].expand(-1, -1, S))  # [BD, K, S]

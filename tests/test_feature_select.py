@@ -143,3 +143,51 @@ def test_table_vote_applies_the_best_features_table_to_the_query():
     keys1[0, 1:] = False
     scores1, table1 = feature_scores(colour, feats, change, keys1)
     assert not table_vote(table1, scores1, torch.full((1, 3), 3), q_feats)[1].any()
+
+
+def test_an_ordered_features_unseen_value_reads_the_nearest_seen_one():
+    """"At least 3" in the demos (values 1-4: 1, 2 unchanged, 3, 4 became 5): a query value the demos
+    never showed (6, above them all) reads the nearest seen one (4) when the feature is ordered; a
+    category's unseen value, or the same table without `ordinal`, gives no vote. Value 0 (not a grid
+    cell) borrows nothing."""
+    colour, feats, change, keys = _puzzle([[1, 2, 3, 4], [4, 3, 2, 1], [1, 3, 4, 2]],
+                                          [[0, 0, 6, 6], [6, 6, 0, 0], [0, 6, 6, 0]])
+    scores, table = feature_scores(colour, feats, change, keys)
+    q_feats = torch.tensor([[[6, 1], [2, 1], [0, 1]]])
+    ordinal = torch.tensor([True, False, False])
+    p, seen = table_vote(table, scores, torch.full((1, 3), 3), q_feats, ordinal)
+    assert seen.tolist() == [[True, True, False]]
+    torch.testing.assert_close(p[0, :2], torch.eye(11)[[6, 0]])   # 6 reads 4 (became 5); 2 as seen
+    for categories in (torch.tensor([False, False, False]), None):
+        assert table_vote(table, scores, torch.full((1, 3), 3), q_feats, categories)[1].tolist() == [[False, True, False]]
+    # between two seen values: the nearer one (1, 4 and 7 seen: 5 -> 4, 6 -> 7, 2 -> 1)
+    colour, feats, change, keys = _puzzle([[1, 4, 7, 1], [4, 7, 1, 4], [7, 1, 4, 7]],
+                                          [[0, 6, 2, 0], [6, 2, 0, 6], [2, 0, 6, 2]])
+    scores, table = feature_scores(colour, feats, change, keys)
+    p, _ = table_vote(table, scores, torch.full((1, 3), 3), torch.tensor([[[5, 1], [6, 1], [2, 1]]]), ordinal)
+    torch.testing.assert_close(p[0], torch.eye(11)[[6, 2, 0]])
+
+
+def _crowd(g: np.ndarray) -> np.ndarray:
+    """Coloured cells with at least 2 coloured 4-neighbours become 5."""
+    p = np.pad(g != 0, 1)
+    n = p[:-2, 1:-1].astype(int) + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
+    return np.where((g != 0) & (n >= 2), 5, g)
+
+
+def test_the_lookups_table_vote_reads_a_count_the_demos_never_showed():
+    """Demos with 0-2 coloured neighbours per cell, a query cell with 4 (a plus's centre): the table
+    vote alone (the lookup's own vote off) answers the whole query, the centre by the nearest count
+    the demos showed."""
+    demos = [np.array([[3, 3, 3, 0], [0, 0, 0, 0], [3, 0, 3, 3]]),
+             np.array([[0, 3, 0], [0, 3, 0], [0, 3, 0], [0, 0, 3]]),
+             np.array([[3, 3, 0, 3], [0, 0, 0, 3], [3, 0, 0, 3]])]
+    query = np.array([[0, 3, 0, 0], [3, 3, 3, 0], [0, 3, 0, 3]])
+    torch.manual_seed(0)
+    lookup = CellLookup(H, 12, SIDE, select_features=True, table_vote=True)
+    with torch.no_grad():
+        lookup.table_gain.fill_(1.0)
+        logits = lookup(_t(query), _t(*demos)[None], _t(*[_crowd(g) for g in demos])[None],
+                        torch.ones(1, 3, dtype=torch.bool))[1]
+    answer = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(SIDE, SIDE)[:3, :4].numpy()
+    np.testing.assert_array_equal(answer, _crowd(query))

@@ -74,6 +74,14 @@ def test_hand_made_grid():
     assert f["row_between"][1, 2] == 3 + 2 and f["col_between"][1, 2] == 1 and f["between"][1, 2] == 3 + 2
     # the ring's left side: the ring above and below; the edge left, the ring (past the hole) right
     assert f["col_between"][2, 1] == 3 + 2 and f["row_between"][2, 1] == 1 and f["between"][2, 1] == 3 + 2
+    # diagonal rays: the hole sees the ring's corners; (3, 4) sees the 7 up-right and the ring up-left;
+    # the 7 does not see itself (up-left: two background cells, then the edge); (4, 5) down-left: the
+    # grid's edge, not the canvas beyond it
+    for d in ("down_right", "down_left", "up_right", "up_left"):
+        assert f[f"ray_{d}_colour"][2, 2] == 3 + 2, d
+    assert f["ray_up_right_colour"][3, 4] == 7 + 2 and f["ray_up_left_colour"][3, 4] == 3 + 2
+    assert f["ray_down_left_colour"][1, 4] == 3 + 2 and f["ray_down_right_colour"][1, 4] == 7 + 2
+    assert f["ray_up_left_colour"][2, 5] == 1 and f["ray_down_left_colour"][4, 5] == 1
     assert f["colour_frequency"][1, 1] == 3 and f["colour_frequency"][2, 5] == 4 and f["colour_frequency"][0, 0] == 2
     # positions from the far edges
     assert f["row_from_bottom"][4, 0] == 1 and f["col_from_right"][0, 5] == 1 and f["col"][0, 5] == 6
