@@ -40,7 +40,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
-from models.feature_select import IS_ORDINAL, feature_scores, feature_weights, table_vote
+from models.feature_select import IS_ORDINAL, RELATIVE, feature_scores, feature_weights, table_vote
 from models.grid_maps import read_through
 from models.layers import Embedding, Linear, attend, rms_norm
 
@@ -138,8 +138,8 @@ class CellLookup(nn.Module):
         k_weights = q_weights = None
         if self.select_features:   # the features the demos' changes follow weigh most (no gradient)
             scores, demo_table = feature_scores((d_in - COLOUR_OFFSET).view(B, D, S), k_feats.view(B, D, S, -1),
-                                                change.view(B, D, S), key_mask.view(B, D, S))
-            q_weights = feature_weights(scores, self.other_weight)[:, None]            # [B, 1, F]
+                                                change.view(B, D, S), key_mask.view(B, D, S), RELATIVE)
+            q_weights = feature_weights(scores, self.other_weight, RELATIVE)[:, None]  # [B, 1, F]
             k_weights = q_weights.repeat_interleave(D, 0)
         k = self.k_proj(self.describe(d_in, k_feats, k_weights)).view(B, D * S, -1)
         q = self.q_proj(self.describe(inputs, q_feats, q_weights))
@@ -163,7 +163,7 @@ class CellLookup(nn.Module):
         as_logits = lambda p: torch.log(p[..., 1:] + p[..., :1] * own + VOTE_FLOOR)  # noqa: E731  [B, S, 10]
         bias = GAIN_SCALE * self.vote_gain * as_logits(p) * use
         if self.use_table:    # 3. the demos' table for the best feature, applied to the query (no gradient)
-            p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats, IS_ORDINAL)
+            p_table, seen = table_vote(demo_table, scores, inputs - COLOUR_OFFSET, q_feats, IS_ORDINAL, RELATIVE)
             bias = bias + GAIN_SCALE * self.table_gain * as_logits(p_table) * use * seen.unsqueeze(-1).to(use.dtype)
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits

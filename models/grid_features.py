@@ -63,6 +63,10 @@ FEATURES = (
 )
 DIAGONALS = {"down_right": (1, 1), "down_left": (1, -1), "up_right": (-1, 1), "up_left": (-1, -1)}
 NUM_FEATURES = len(FEATURES)
+# the features whose value is a colour the cell sees (2 + colour; 1: the grid's edge): a rule "becomes
+# the colour it sees" is read as such too, whatever the colour (models/feature_select.py)
+COLOUR_VALUED = (*(f"ray_{d}_colour" for d in ("down", "up", "right", "left", "down_right", "down_left", "up_right",
+                                                  "up_left")), "row_between", "col_between", "between")
 # the features whose values are ordered (counts, sizes, distances, positions): a value the demos never
 # showed is read like the nearest one they did (models/feature_select.py); the others are categories
 ORDINAL = ("row", "col", "row_from_bottom", "col_from_right", "region_size", "object_size", "object_height",

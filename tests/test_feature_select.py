@@ -5,8 +5,10 @@ grid features the demos' changes follow, judged leave-one-demo-out.
   and a puzzle with one demo cannot tell (all 0);
 - feature_weights: the best features 1, the rest `others`, no preference when the colour alone
   predicts as well, no selection when the demos cannot tell;
+- table_vote: an ordered feature's unseen value reads the nearest seen one, a relative column
+  "became the colour it sees" reaches colours the demos never used;
 - on hand-made grids (downward rays) the lookup's vote at init answers with the selection and not
-  without it; the model refuses the option without cell_lookup and equals the model without it at
+  without it, and its table vote alone answers a count and a colour the demos never showed; the model refuses the option without cell_lookup and equals the model without it at
   step 0 (tests/test_cell_lookup.py runs the gradient test with it)."""
 from __future__ import annotations
 
@@ -168,6 +170,18 @@ def test_an_ordered_features_unseen_value_reads_the_nearest_seen_one():
     torch.testing.assert_close(p[0], torch.eye(11)[[6, 2, 0]])
 
 
+def _table_answer(query: np.ndarray, demos: list[np.ndarray], rule) -> np.ndarray:
+    """The answer of a fresh lookup's table vote alone (its own vote's gain stays 0) to `query`, the
+    demos being `rule` applied to `demos`."""
+    torch.manual_seed(0)
+    lookup = CellLookup(H, 12, SIDE, select_features=True, table_vote=True)
+    with torch.no_grad():
+        lookup.table_gain.fill_(1.0)
+        logits = lookup(_t(query), _t(*demos)[None], _t(*[rule(g) for g in demos])[None],
+                        torch.ones(1, len(demos), dtype=torch.bool))[1]
+    return logits[0, :, COLOUR_OFFSET:].argmax(-1).view(SIDE, SIDE)[:query.shape[0], :query.shape[1]].numpy()
+
+
 def _crowd(g: np.ndarray) -> np.ndarray:
     """Coloured cells with at least 2 coloured 4-neighbours become 5."""
     p = np.pad(g != 0, 1)
@@ -183,11 +197,40 @@ def test_the_lookups_table_vote_reads_a_count_the_demos_never_showed():
              np.array([[0, 3, 0], [0, 3, 0], [0, 3, 0], [0, 0, 3]]),
              np.array([[3, 3, 0, 3], [0, 0, 0, 3], [3, 0, 0, 3]])]
     query = np.array([[0, 3, 0, 0], [3, 3, 3, 0], [0, 3, 0, 3]])
-    torch.manual_seed(0)
-    lookup = CellLookup(H, 12, SIDE, select_features=True, table_vote=True)
-    with torch.no_grad():
-        lookup.table_gain.fill_(1.0)
-        logits = lookup(_t(query), _t(*demos)[None], _t(*[_crowd(g) for g in demos])[None],
-                        torch.ones(1, 3, dtype=torch.bool))[1]
-    answer = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(SIDE, SIDE)[:3, :4].numpy()
-    np.testing.assert_array_equal(answer, _crowd(query))
+    np.testing.assert_array_equal(_table_answer(query, demos, _crowd), _crowd(query))
+
+
+def test_a_relative_column_reads_became_the_colour_it_sees_whatever_the_colour():
+    """Feature 0 is the colour a background cell sees (2 + c; 1: the edge). In the demos cells that see
+    colour 3 become 3, and cells that see colour 6 become 6 (the rule: "become what you see"); the
+    relative column states it once, so a query cell seeing colour 4, never in the demos, becomes 4.
+    Without the relative column that key is unseen. A best relative column weighs its feature 1."""
+    seen = [[5, 5, 1, 1], [8, 1, 8, 1], [5, 8, 1, 5]]                   # 2 + 3, 2 + 6, the edge
+    feats = torch.stack([torch.tensor(seen), (torch.arange(12) % 16 + 1).view(3, 4)], -1)[None]
+    change = torch.tensor([[4 if v == 5 else 7 if v == 8 else 0 for v in row] for row in seen])[None]
+    colour, keys = torch.zeros(1, 3, 4, dtype=torch.long), torch.ones(1, 3, 4, dtype=torch.bool)
+    relative = torch.tensor([0])
+    scores, table = feature_scores(colour, feats, change, keys, relative)
+    assert scores.shape == (1, 4) and scores[0, 2] == 1.0                 # [feature 0, 1, relative 0, colour]
+    q_feats, q_colour = torch.tensor([[[6, 1], [1, 1], [5, 1]]]), torch.zeros(1, 3, dtype=torch.long)
+    p, hit = table_vote(table, scores, q_colour, q_feats, relative=relative)
+    assert hit.tolist() == [[True, True, True]]
+    torch.testing.assert_close(p[0], torch.eye(11)[[5, 0, 4]])          # became 4; unchanged; became 3
+    scores0, table0 = feature_scores(colour, feats, change, keys)
+    assert not table_vote(table0, scores0, q_colour, q_feats)[1][0, 0]
+    # the relative column alone the best: its feature is the one weighed
+    assert feature_weights(torch.tensor([[0.5, 0.0, 1.0, 0.2]]), 0.0, relative).tolist() == [[1.0, 0.0]]
+
+
+def test_the_lookups_table_vote_copies_a_colour_the_demos_never_used():
+    """Rays down in colours 3 and 6 in the demos (so "become 3" is not the rule), colour 4 in the
+    query: the table vote alone answers the query's background cells (the 4s themselves are a colour
+    no demo cell had: no key)."""
+    demos = [np.zeros((4, 4), int), np.zeros((5, 5), int), np.zeros((6, 3), int)]
+    demos[0][0, 1] = demos[1][1, 0] = 3
+    demos[1][2, 3] = demos[2][0, 2] = demos[0][1, 3] = 6
+    query = np.zeros((6, 6), int)
+    query[1, 2] = query[4, 4] = 4
+    answer = _table_answer(query, demos, _rays_down)
+    background = query == 0
+    np.testing.assert_array_equal(answer[background], _rays_down(query)[background])
