@@ -90,6 +90,9 @@ class ETRMConfig:
                                        # per puzzle, leave-one-demo-out; models/feature_select.py)
     cell_lookup_table: bool = False    # ... and the demos' table for the best feature ((colour, value) -> change) votes for
                                        # the query's cells too, with its own gain (zero at init; needs cell_lookup_select)
+    answer_size: bool = False          # the answer's frame (its size: the first rule of a vocabulary of grid quantities that
+                                       # gives every demo its output's size) votes on the output tokens (models/answer_size.py;
+                                       # gain zero at init)
 
     def __post_init__(self):
         if self.pos_encodings not in POS_ENCODINGS:
@@ -108,10 +111,11 @@ class ETRMConfig:
         if self.cell_lookup_table and not self.cell_lookup_select:
             raise ValueError("cell_lookup_table=true votes with cell_lookup_select's table: it needs "
                              "cell_lookup=true and cell_lookup_select=true")
-        if self.demo_attention or self.map_read or self.grid_features or self.local_mix or self.cell_lookup:
+        grid_options = ("demo_attention", "map_read", "grid_features", "local_mix", "cell_lookup", "answer_size")
+        if any(getattr(self, o) for o in grid_options):
             side = math.isqrt(self.seq_len)
             if side * side != self.seq_len:
-                raise ValueError(f"demo_attention / map_read / grid_features / local_mix / cell_lookup need a square canvas, "
+                raise ValueError(f"{' / '.join(grid_options)} need a square canvas, "
                                  f"seq_len {self.seq_len}")
 
     @classmethod

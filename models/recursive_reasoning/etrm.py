@@ -20,6 +20,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import ETRMConfig  # noqa: F401 (the model's config and defaults; re-exported)
+from models.answer_size import AnswerSize
 from models.cell_lookup import CellLookup
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
@@ -232,6 +233,8 @@ class TRMWithEncoder(nn.Module):
         if cfg.cell_lookup:
             self.cell_lookup = CellLookup(cfg.hidden_size, cfg.vocab_size, math.isqrt(cfg.seq_len),
                                           select_features=cfg.cell_lookup_select, table_vote=cfg.cell_lookup_table)
+        if cfg.answer_size:
+            self.answer_size = AnswerSize(cfg.vocab_size, math.isqrt(cfg.seq_len))
 
     def set_encoder_packing(self, packed: bool) -> None:
         """Switch the encoder between the packed (default) and the padded layout (same math;
@@ -304,13 +307,16 @@ class TRMWithEncoder(nn.Module):
                     cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side)
                 lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],
                                                 data["demo_mask"], cover)
+            if cfg.answer_size:     # the answer's size, read from the demos by a vocabulary of size rules
+                frame = self.answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"], data["inputs"])
+                vote = frame if vote is None else vote + frame
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
         # 3. recursion
         x = self.inner.input_embeddings(data["inputs"], context, lookup)
         z_H, z_L, logits, q = self.inner(z_H, z_L, x, inputs=data["inputs"], demo=demo, agreement=agreement)
-        if vote is not None:  # cell_lookup's direct path: what similar demo cells became
+        if vote is not None:  # cell_lookup's direct path (what similar demo cells became), answer_size's frame
             logits = logits + vote.to(logits.dtype)
         q_halt, q_continue = q[:, 0], q[:, 1]
 
