@@ -117,7 +117,7 @@ def reader_precision(device: str, option: str | dict, batch_size: int) -> dict:
         new_path = name.startswith(("inner.demo_attn.", "inner.map_read.", "cell_lookup."))  # every layer's
         if new_path and name.endswith(("o_proj.weight", "choice.weight", "choice.bias")):
             torch.nn.init.normal_(p, std=0.02)
-        elif name in ("cell_lookup.vote_gain", "cell_lookup.table_gain"):
+        elif name in ("cell_lookup.vote_gain", "cell_lookup.table_gain", "answer_size.gain"):
             torch.nn.init.constant_(p, 0.1)
     runs = {}
     for dtype in ("float32", "bfloat16"):
