@@ -19,35 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.grids import encode_grid
-from models.answer_size import SIZE_RULES, answer_size, candidate_sizes
-from models.grid_maps import grid_sizes
-
-
-def _tasks(root: Path) -> dict[str, list[Path]]:
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if subdirs:
-        return {d.name: sorted(d.glob("*.json")) for d in subdirs}
-    return {"all": sorted(root.glob("*.json"))}
+from bench.common import grid_canvas, task_files
+from models.answer_size import SIZE_RULES, answer_size, size_rule
 
 
 def _fits(grid, side: int) -> bool:
     return len(grid) <= side and len(grid[0]) <= side
 
 
-def _picked_rule(d_in, d_out, mask, side: int) -> str | None:
-    """The name of the rule answer_size picks for one puzzle (None: none fits)."""
-    B, D, S = d_in.shape
-    out = torch.stack(grid_sizes(d_out.reshape(B * D, S), side), -1).view(B, D, 2)
-    sizes = candidate_sizes(d_in.reshape(B * D, S), side, out[:, 0].repeat_interleave(D, 0)).view(B, D, -1, 2)
-    fits = (sizes == out[:, :, None]).all(-1).all(1)[0]
-    return SIZE_RULES[int(fits.long().argmax())] if fits.any() else None
-
-
 def size_scores(files: list[Path], side: int) -> tuple[int, float, float, float, Counter]:
     """-> (test pairs scored, share whose size the rule gives, share unknown, share with the input's
     size, the rules picked per puzzle)."""
-    enc = lambda g: torch.from_numpy(encode_grid(np.asarray(g), side)).long()  # noqa: E731
+    enc = lambda g: grid_canvas(g, side)  # noqa: E731
     n = right = unknown = same = 0
     picked: Counter = Counter()
     for f in files:
@@ -59,7 +42,8 @@ def size_scores(files: list[Path], side: int) -> tuple[int, float, float, float,
         d_in = torch.stack([enc(p["input"]) for p in pairs])[None]
         d_out = torch.stack([enc(p["output"]) for p in pairs])[None]
         mask = torch.ones(1, len(pairs), dtype=torch.bool)
-        picked[_picked_rule(d_in, d_out, mask, side)] += 1
+        rule, fits, _ = size_rule(d_in, d_out, mask, side)
+        picked[SIZE_RULES[int(rule[0])] if fits[0] else None] += 1
         for t in tests:
             size, known = answer_size(d_in, d_out, mask, enc(t["input"])[None], side)
             want = np.asarray(t["output"]).shape
@@ -78,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.puzzles.is_dir():
         raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON tasks")
     print(f"{'family':18s} {'tests':>5s} {'size right':>10s} {'unknown':>8s} {'input size':>10s}  rules picked")
-    for family, files in _tasks(args.puzzles).items():
+    for family, files in task_files(args.puzzles).items():
         n, right, unknown, same, picked = size_scores(files, args.side)
         if n:
             top = ", ".join(f"{k} {v}" for k, v in picked.most_common(4))

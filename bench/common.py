@@ -14,9 +14,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from dataset.grids import encode_grid
 from dataset.tokens import VOCAB_SIZE
 from models.config import ETRMConfig
 from dataset.random_batch import batch_from_pairs
@@ -61,6 +63,20 @@ def use_device_args(args) -> None:
     """Apply add_device_args' --threads on CPU."""
     if args.device == "cpu":
         set_threads(args.threads)
+
+
+def task_files(root: Path) -> dict[str, list[Path]]:
+    """A folder of ARC JSON tasks: one sub-folder per family (bench.learning's <data>/puzzles/eval
+    layout) -> {family: files}, or a flat folder -> {"all": files}."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if subdirs:
+        return {d.name: sorted(d.glob("*.json")) for d in subdirs}
+    return {"all": sorted(root.glob("*.json"))}
+
+
+def grid_canvas(grid, side: int) -> torch.Tensor:
+    """An ARC grid (nested lists or an array) -> its flat side x side token canvas [S] long."""
+    return torch.from_numpy(encode_grid(np.asarray(grid), side)).long()
 
 
 def load_arc_tasks(split: str = "train") -> list:

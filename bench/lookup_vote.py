@@ -30,17 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.grids import encode_grid
+from bench.common import grid_canvas, task_files
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import COLOUR_SHARE, OTHER_WEIGHT, CellLookup
 from models.grid_maps import map_cover
-
-
-def _puzzles(root: Path) -> dict[str, list[Path]]:
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if subdirs:
-        return {d.name: sorted(d.glob("*.json")) for d in subdirs}
-    return {"all": sorted(root.glob("*.json"))}
 
 
 @torch.no_grad()
@@ -49,7 +42,7 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: b
     """-> (exact share, changed cells right, number of test pairs scored). through_map: read every
     grid through the map that explains the demos best (--through-map)."""
     exact = right = changed_total = n = 0
-    enc = lambda g: torch.from_numpy(encode_grid(np.asarray(g), side)).long()  # noqa: E731
+    enc = lambda g: grid_canvas(g, side)  # noqa: E731
     for f in files:
         puzzle = json.loads(f.read_text())
         d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
@@ -107,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{f', features selected (others x {args.other_weight})' if args.select or args.table else ''}"
           f"{', + the table vote' if args.table else ''})")
     print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")
-    for family, files in _puzzles(args.puzzles).items():
+    for family, files in task_files(args.puzzles).items():
         exact, right, n = vote_scores(lookup, files, args.side, args.through_map)
         if n:
             print(f"{family:18s} {n:5d} {exact:6.2f} {right:13.2f}")

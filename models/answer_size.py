@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, EOS_ID, NUM_COLOURS
-from models.cell_lookup import GAIN_SCALE
+from models.cell_lookup import GAIN_SCALE, VOTE_FLOOR
 from models.grid_features import _DIRS8, component_labels
 from models.grid_maps import grid_sizes
 
@@ -41,7 +41,6 @@ def _rule_names() -> list[str]:
 
 
 SIZE_RULES = tuple(_rule_names())
-VOTE_FLOOR = 1e-3   # log(p + floor), as cell_lookup's vote
 
 
 def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
@@ -86,23 +85,32 @@ def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def answer_size(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                query: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], query inputs [B, S]) -> (the answer's
-    (height, width) [B, 2], known [B] bool): the first rule of SIZE_RULES that gives every real demo
-    its output's size, applied to the query; unknown when no rule does, when the puzzle has no real
-    demo, or when the size does not fit the canvas."""
+def size_rule(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> (the index in SIZE_RULES of the first
+    rule that gives every real demo its output's size [B] long, whether one does [B] bool (not for a
+    puzzle with no real demo), the puzzle's constant size candidate: its first real demo output's [B, 2])."""
     B, D, S = demo_inputs.shape
     out_h, out_w = grid_sizes(demo_labels.reshape(B * D, S), side)
     out_size = torch.stack([out_h, out_w], -1).view(B, D, 2)
     first_real = demo_mask.long().argmax(1)                                          # [B]
-    constant = out_size[torch.arange(B, device=query.device), first_real]             # [B, 2]
+    constant = out_size[torch.arange(B, device=demo_inputs.device), first_real]       # [B, 2]
     demo_sizes = candidate_sizes(demo_inputs.reshape(B * D, S), side, constant.repeat_interleave(D, 0))
     fits = (demo_sizes.view(B, D, -1, 2) == out_size[:, :, None]).all(-1) | ~demo_mask[..., None]   # [B, D, K]
     fits = fits.all(1) & demo_mask.any(1, keepdim=True)                              # [B, K]
-    rule = fits.long().argmax(-1)                                                    # the first that fits
+    return fits.long().argmax(-1), fits.any(-1), constant
+
+
+@torch.no_grad()
+def answer_size(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
+                query: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], query inputs [B, S]) -> (the answer's
+    (height, width) [B, 2], known [B] bool): `size_rule`'s rule applied to the query; unknown when no
+    rule fits, when the puzzle has no real demo, or when the size does not fit the canvas."""
+    rule, fits, constant = size_rule(demo_inputs, demo_labels, demo_mask, side)
+    B = rule.shape[0]
     size = candidate_sizes(query, side, constant).gather(1, rule.view(B, 1, 1).expand(-1, 1, 2)).squeeze(1)
-    known = fits.any(-1) & (size > 0).all(-1) & (size <= side).all(-1)
+    known = fits & (size > 0).all(-1) & (size <= side).all(-1)
     return size, known
 
 

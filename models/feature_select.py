@@ -121,9 +121,8 @@ def nearest_seen(table: torch.Tensor, ordinal: torch.Tensor) -> torch.Tensor:
     """A demos' table [..., F + 1, keys, changes] in which, for the ordered features (ordinal [F + 1]
     bool, e.g. IS_ORDINAL), a (colour, value) key the demos never showed takes the row of the nearest
     value they showed with that colour (ties: the lower value; value 0, "not a grid cell", neither
-    borrows nor lends). A rule "at least k
-    neighbours" or "objects larger than 3" then reaches the counts and sizes only the query has; a
-    category (a colour, a region kind) borrows nothing."""
+    borrows nor lends). A rule "at least k neighbours" or "objects larger than 3" then reaches the
+    counts and sizes only the query has; a category (a colour, a region kind) borrows nothing."""
     *lead, F1, _, C = table.shape
     t = table.view(*lead, F1, NUM_COLOURS, MAX_VALUES, C)
     v = torch.arange(MAX_VALUES, device=table.device)
