@@ -33,14 +33,16 @@ import torch
 from bench.common import grid_canvas, task_files
 from dataset.tokens import COLOUR_OFFSET
 from models.cell_lookup import COLOUR_SHARE, OTHER_WEIGHT, CellLookup
+from models.answer_size import answer_size
 from models.grid_maps import map_cover
 
 
 @torch.no_grad()
-def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: bool = False
+def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: bool = False, frames: bool = False
                 ) -> tuple[float, float, int]:
     """-> (exact share, changed cells right, number of test pairs scored). through_map: read every
-    grid through the map that explains the demos best (--through-map)."""
+    grid through the map that explains the demos best (--through-map); frames: the frame maps too,
+    the query's frame from models/answer_size.py (--frame)."""
     exact = right = changed_total = n = 0
     enc = lambda g: grid_canvas(g, side)  # noqa: E731
     for f in files:
@@ -48,19 +50,21 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: b
         d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
         d_out = torch.stack([enc(p["output"]) for p in puzzle["train"]])[None]
         mask = torch.ones(1, d_in.shape[1], dtype=torch.bool)
-        cover = map_cover(d_in, d_out, mask, side) if through_map else None
+        cover = map_cover(d_in, d_out, mask, side, frames=frames) if through_map else None
         for test in puzzle["test"]:
             q, a = np.asarray(test["input"]), np.asarray(test["output"])
             query = enc(q)[None]
+            size, known = answer_size(d_in, d_out, mask, query, side)
+            frame = size * known[:, None] if frames else None
             # the query as the map carries it (itself without a map): what "unchanged" answers
             carried, shape = query, query >= COLOUR_OFFSET
             if cover is not None:
-                carried, _, shape = lookup._through_map(query, query[..., None], *cover)
+                carried, _, shape = lookup._through_map(query, query[..., None], *cover, frame)
             carried = carried[0].view(side, side).numpy().astype(np.int64) - COLOUR_OFFSET
             h, w = a.shape
             if (shape[0].view(side, side).numpy() != (np.arange(side)[:, None] < h) & (np.arange(side) < w)).any():
                 continue   # the answer has another shape than the carried query: not a per-cell rule
-            _, logits = lookup(query, d_in, d_out, mask, cover)
+            _, logits = lookup(query, d_in, d_out, mask, cover, frame)
             pred = logits[0, :, COLOUR_OFFSET:].argmax(-1).view(side, side)[:h, :w].numpy()
             changed = carried[:h, :w] != a
             n += 1
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="--select: the demos' table for the best feature votes too (arch.cell_lookup_table)")
     ap.add_argument("--through-map", action="store_true",
                     help="read every grid through the map the demos agree with most (arch.cell_lookup_map)")
+    ap.add_argument("--frame", action="store_true",
+                    help="--through-map: the input tiled / stretched into the answer's frame is a candidate map too "
+                         "(arch.cell_lookup_frame)")
     args = ap.parse_args(argv)
     if not args.puzzles.is_dir():
         raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON puzzles")
@@ -96,12 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         lookup.table_gain.data.fill_(1.0)
     print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed}"
-          f"{', through the demos map' if args.through_map else ''}"
+          f"{', through the demos map' if args.through_map else ''}{' (+ frame maps)' if args.frame else ''}"
           f"{f', features selected (others x {args.other_weight})' if args.select or args.table else ''}"
           f"{', + the table vote' if args.table else ''})")
     print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")
     for family, files in task_files(args.puzzles).items():
-        exact, right, n = vote_scores(lookup, files, args.side, args.through_map)
+        exact, right, n = vote_scores(lookup, files, args.side, args.through_map, args.frame)
         if n:
             print(f"{family:18s} {n:5d} {exact:6.2f} {right:13.2f}")
 

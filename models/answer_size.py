@@ -147,5 +147,8 @@ class AnswerSize(nn.Module):
 
     def forward(self, demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
                 inputs: torch.Tensor) -> torch.Tensor:
-        size, known = answer_size(demo_inputs, demo_labels, demo_mask, inputs, self.side)
+        return self.vote(*answer_size(demo_inputs, demo_labels, demo_mask, inputs, self.side))
+
+    def vote(self, size: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """`answer_size`'s (size [B, 2], known [B]) -> the frame's output logit term [B, S, vocab]."""
         return GAIN_SCALE * self.gain * frame_logits(size, known, self.side, self.vocab_size)

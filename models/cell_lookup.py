@@ -41,7 +41,7 @@ from torch import nn
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS, PAD_ID
 from models.grid_features import FEATURE_INDEX, GridFeatureEmbedding, grid_features
 from models.feature_select import IS_ORDINAL, RELATIVE, feature_scores, feature_weights, table_vote
-from models.grid_maps import read_through
+from models.grid_maps import grid_sizes, read_through
 from models.layers import Embedding, Linear, attend, rms_norm
 
 UNCHANGED = 0  # value index; 1 + c: the cell became colour c
@@ -113,22 +113,25 @@ class CellLookup(nn.Module):
         return t.view(B, L, self.num_heads, H // self.num_heads).transpose(1, 2)
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
-                demo_mask: torch.Tensor, cover: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                demo_mask: torch.Tensor, cover: tuple[torch.Tensor, torch.Tensor] | None = None,
+                frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cover: (maps [B, K], used [B, K]) from models/grid_maps.py `map_cover`: the cell maps that,
         with one colour relabelling, explain the demos; every grid, the demos' inputs and the query,
         is read through them first (cell q of the answer is the cell its map points at), so
         "unchanged" means "as the maps carry it" and a flip, a rotation, a shift or a tiling
-        followed by a per-cell change is read like a change in place. None: the identity."""
+        followed by a per-cell change is read like a change in place. None: the identity.
+        frame [B, 2]: the query answer's size (models/answer_size.py; 0 x 0 = not known), which a
+        cover's frame maps read the query into (a demo's frame is its output's size)."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         k_feats, q_feats = self.cell_features(d_in), self.cell_features(inputs)
         shape = d_in >= COLOUR_OFFSET   # the cells of the answer, as the maps carry the input
         if cover is not None:
             maps, used = cover
+            demo_frame = torch.stack(grid_sizes(d_out, self.side), -1)
             d_in, k_feats, shape = self._through_map(d_in, k_feats, maps.repeat_interleave(D, 0),
-                                                     used.repeat_interleave(D, 0))
-            inputs, q_feats, _ = self._through_map(inputs, q_feats, maps, used)
+                                                     used.repeat_interleave(D, 0), demo_frame)
+            inputs, q_feats, _ = self._through_map(inputs, q_feats, maps, used, frame)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
         # a pair's cells are aligned when its output has the shape of its (carried) input; cells a
         # shift leaves with no source are in the shape but are no keys (and get no vote)
@@ -168,15 +171,16 @@ class CellLookup(nn.Module):
         logits = F.pad(bias, (COLOUR_OFFSET, self.vocab_size - COLOUR_OFFSET - NUM_COLOURS))
         return embedding, logits
 
-    def _through_map(self, tokens: torch.Tensor, feats: torch.Tensor, maps: torch.Tensor, used: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Grids [N, S] and their cells' features [N, S, F] read through a cover (maps, used [N, K]):
+    def _through_map(self, tokens: torch.Tensor, feats: torch.Tensor, maps: torch.Tensor, used: torch.Tensor,
+                     frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Grids [N, S] and their cells' features [N, S, F] read through a cover (maps, used [N, K];
+        frame [N, 2]: what its frame maps read into, models/grid_maps.py `read_through`):
         cell q gets the token and the features of the cell its map points at (PAD and zeros where
         none does). A cell keeps the features of where it came from, so descriptions compare alike
         across the demos and the query (all read through the same maps). Also -> the carried
         grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
         N, S = tokens.shape
-        src, shape = read_through(tokens, maps, used, self.side)                      # [N, S], S = none
+        src, shape = read_through(tokens, maps, used, self.side, frame)                    # [N, S], S = none
         tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
         feats = torch.cat([feats, feats.new_zeros(N, 1, feats.shape[-1])], 1)
         return tokens, feats.gather(1, src[..., None].expand(-1, -1, feats.shape[-1])), shape

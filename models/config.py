@@ -90,6 +90,8 @@ class ETRMConfig:
                                        # per puzzle, leave-one-demo-out; models/feature_select.py)
     cell_lookup_table: bool = False    # ... and the demos' table for the best feature ((colour, value) -> change) votes for
                                        # the query's cells too, with its own gain (zero at init; needs cell_lookup_select)
+    cell_lookup_frame: bool = False    # ... and the cover may read the input tiled or stretched into the answer's frame
+                                       # (its size: models/answer_size.py's rule; models/grid_maps.py FRAME_MAPS)
     answer_size: bool = False          # the answer's frame (its size: the first rule of a vocabulary of grid quantities that
                                        # gives every demo its output's size) votes on the output tokens (models/answer_size.py;
                                        # gain zero at init)
@@ -108,6 +110,9 @@ class ETRMConfig:
         for option in ("cell_lookup_map", "cell_lookup_select"):
             if getattr(self, option) and not self.cell_lookup:
                 raise ValueError(f"{option}=true is an option of cell_lookup: it needs cell_lookup=true")
+        if self.cell_lookup_frame and not self.cell_lookup_map:
+            raise ValueError("cell_lookup_frame=true adds frame maps to cell_lookup_map's cover: it needs "
+                             "cell_lookup=true and cell_lookup_map=true")
         if self.cell_lookup_table and not self.cell_lookup_select:
             raise ValueError("cell_lookup_table=true votes with cell_lookup_select's table: it needs "
                              "cell_lookup=true and cell_lookup_select=true")

@@ -186,26 +186,30 @@ class MapMatch(nn.Module):
 
 
 def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                         side: int) -> torch.Tensor:
+                         side: int, frames: bool = False) -> torch.Tensor:
     """How well each map, followed by one colour relabelling shared by all of a puzzle's demos,
     explains its demo outputs: the share of the demo output cells whose colour is the one most often
     found with their source's colour (a cell the map points off the input grid for has source colour
     "none"). 1.0 for the map of a flip / rotation / shift + recolouring, and for the identity of a
     pure recolouring, which MapMatch's "equal tokens" does not see; no parameters, no gradient.
-    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS] in [0, 1]."""
+    frames: the FRAME_MAPS too (each demo's frame: its output's size).
+    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS (+ NUM_FRAME_MAPS)] in [0, 1]."""
     B, D, S = demo_inputs.shape
     inputs, labels = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
     sources = map_sources(*grid_sizes(inputs, side), side)                          # [BD, M, S]
+    if frames:
+        sources = torch.cat([sources, frame_footprints(inputs, torch.stack(grid_sizes(labels, side), -1), side)[0]], 1)
+    M = sources.shape[1]
     colour_in = torch.where(inputs >= COLOUR_OFFSET, inputs - COLOUR_OFFSET, NUM_COLOURS)   # none = 10
     colour_in = torch.cat([colour_in, colour_in.new_full((B * D, 1), NUM_COLOURS)], 1)
-    read = colour_in.gather(1, sources.reshape(B * D, -1)).view(B * D, NUM_MAPS, S)  # source colour per map
+    read = colour_in.gather(1, sources.reshape(B * D, -1)).view(B * D, M, S)         # source colour per map
     voter = (labels >= COLOUR_OFFSET) & demo_mask.reshape(B * D, 1)                 # real demo output cells
     pair = read * NUM_COLOURS + (labels - COLOUR_OFFSET).clamp(0, NUM_COLOURS - 1).unsqueeze(1)
-    counts = torch.zeros(B, NUM_MAPS, (NUM_COLOURS + 1) * NUM_COLOURS, device=inputs.device)
-    weight = voter.unsqueeze(1).expand(-1, NUM_MAPS, -1).to(counts.dtype)
-    counts = counts.scatter_add_(2, pair.view(B, D, NUM_MAPS, S).transpose(1, 2).reshape(B, NUM_MAPS, D * S),
-                                 weight.view(B, D, NUM_MAPS, S).transpose(1, 2).reshape(B, NUM_MAPS, D * S))
-    counts = counts.view(B, NUM_MAPS, NUM_COLOURS + 1, NUM_COLOURS)
+    counts = torch.zeros(B, M, (NUM_COLOURS + 1) * NUM_COLOURS, device=inputs.device)
+    weight = voter.unsqueeze(1).expand(-1, M, -1).to(counts.dtype)
+    counts = counts.scatter_add_(2, pair.view(B, D, M, S).transpose(1, 2).reshape(B, M, D * S),
+                                 weight.view(B, D, M, S).transpose(1, 2).reshape(B, M, D * S))
+    counts = counts.view(B, M, NUM_COLOURS + 1, NUM_COLOURS)
     return counts.amax(-1).sum(-1) / counts.sum((-1, -2)).clamp_min(1.0)
 
 
@@ -243,27 +247,80 @@ def map_footprints(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.T
     return torch.where(footprint & covered, src, S), footprint
 
 
+# The frame maps (`arch.cell_lookup_frame`): the input read into a frame of another size (the answer's:
+# a demo's output size, the query's from models/answer_size.py), tiled (cell (r, c) reads (r mod h,
+# c mod w)) or stretched (reads (r h // H, c w // W): an integer upscaling, or the nearest cell of any
+# resize). They are map_cover's candidates NUM_MAPS and NUM_MAPS + 1: tilings and scalings by any
+# factor, which the 96 fixed maps reach only for one extra copy.
+FRAME_MAPS = ("tile_to_frame", "stretch_to_frame")
+NUM_FRAME_MAPS = len(FRAME_MAPS)
+# map_cover with frame maps: a map that explains the demos (MAP_CONSISTENT) and whose footprint is
+# every demo output's shape outranks one as good that is not (ranks are agreements, <= 1; this is
+# below IDENTITY_MARGIN). When every demo output is one colour every map "explains" it, and only a map
+# that fills the output's frame lets the lookup read the pairs as aligned. (Not for a map that only
+# nearly explains: a mirrored tiling is the copies of 96 maps, not the frame's plain tiling.)
+SHAPE_FIT_BONUS = 0.01
+
+
+def frame_footprints(tokens: torch.Tensor, frame: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids [N, S] read into frames [N, 2] (height, width; 0 = none) by the FRAME_MAPS -> (each
+    frame map's source per cell [N, NUM_FRAME_MAPS, S] (S = none), its footprint (the frame's cells)
+    [N, NUM_FRAME_MAPS, S] bool); nothing for an empty grid or frame."""
+    S = side * side
+    h, w = (x.view(-1, 1) for x in grid_sizes(tokens, side))
+    fh, fw = frame[:, :1], frame[:, 1:]
+    cell = torch.arange(S, device=tokens.device)
+    r, c = (cell // side)[None], (cell % side)[None]                                   # [1, S]
+    inside = (r < fh) & (c < fw) & (h > 0) & (w > 0)                                   # [N, S]
+    h1, w1 = h.clamp_min(1), w.clamp_min(1)
+    tile = (r % h1) * side + c % w1
+    stretch = (r * h1 // fh.clamp_min(1)) * side + c * w1 // fw.clamp_min(1)
+    src = torch.where(inside[:, None], torch.stack([tile, stretch], 1), S)
+    return src, inside[:, None].expand(-1, NUM_FRAME_MAPS, -1)
+
+
+def cover_footprints(tokens: torch.Tensor, side: int, frame: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`map_footprints` of grids [N, S], and with frames [N, 2] the FRAME_MAPS' after them:
+    -> sources, footprints [N, NUM_MAPS (+ NUM_FRAME_MAPS), S]."""
+    src, footprint = map_footprints(*grid_sizes(tokens, side), side)
+    if frame is None:
+        return src, footprint
+    f_src, f_foot = frame_footprints(tokens, frame, side)
+    return torch.cat([src, f_src], 1), torch.cat([footprint, f_foot], 1)
+
+
 def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
-              candidates: int = COVER_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+              candidates: int = COVER_CANDIDATES, frames: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps a puzzle's answers are read through: the `candidates` best by `relabelled_agreement`
     (ties to the lower map number; the identity first unless another map scores MAP_CONSISTENT or
     beats it by IDENTITY_MARGIN), the best always, each next one only when, on
     every real demo, it reaches output cells the ones before did not and none outside the output
     grid (a copy of a tiling, not a second reading of the same cells). -> maps [B, K] long, used
-    [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two."""
+    [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two.
+    frames (`arch.cell_lookup_frame`): the FRAME_MAPS are candidates too, and a map whose footprint
+    is every demo output's shape gets SHAPE_FIT_BONUS (read them with `read_through`'s frame)."""
     B, D, S = demo_inputs.shape
-    agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side)
-    ties = torch.arange(NUM_MAPS, device=agreement.device) * 1e-6   # exact ties: the lower map number
+    agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames)
+    M = agreement.shape[-1]
+    ties = torch.arange(M, device=agreement.device) * 1e-6   # exact ties: the lower map number
     best = agreement.amax(-1)
     by_chance = (best < MAP_CONSISTENT) & (best - agreement[:, 0] < IDENTITY_MARGIN)   # [B]
-    rank = agreement - ties
-    rank[:, 0] = torch.where(by_chance, 2.0, rank[:, 0])   # above any agreement (<= 1): the identity first
-    maps = rank.topk(candidates, dim=-1).indices                                        # [B, K]
     inputs = demo_inputs.reshape(B * D, S)
-    _, footprint = map_footprints(*grid_sizes(inputs, side), side)                       # [BD, M, S]
-    chosen = footprint.gather(1, maps.repeat_interleave(D, 0)[..., None].expand(-1, -1, S))  # [BD, K, S]
     output = (demo_labels.reshape(B * D, S) >= COLOUR_OFFSET)
     real = demo_mask.reshape(B * D)
+    frame = torch.stack(grid_sizes(demo_labels.reshape(B * D, S), side), -1) if frames else None
+    _, footprint = cover_footprints(inputs, side, frame)                                 # [BD, M, S]
+    rank = agreement - ties
+    if frames:
+        fits = ((footprint == output[:, None]).all(-1) | ~real[:, None]).view(B, D, M).all(1)   # [B, M]
+        rank = rank + SHAPE_FIT_BONUS * (fits & (agreement >= MAP_CONSISTENT))
+    rank[:, 0] = torch.where(by_chance, 2.0, rank[:, 0])   # above any agreement (<= 1): the identity first
+    first = rank.argmax(-1, keepdim=True)                                               # [B, 1]
+    # the next pieces are copies (the 96 maps): a frame map fills the whole frame, it is no copy
+    rest = rank[:, :NUM_MAPS].scatter(1, first.clamp_max(NUM_MAPS - 1), -1.0)
+    maps = torch.cat([first, rest.topk(candidates - 1, dim=-1).indices], 1)            # [B, K]
+    chosen = footprint.gather(1, maps.repeat_interleave(D, 0)[..., None].expand(-1, -1, S))  # [BD, K, S]
     shape, used = chosen[:, 0], [torch.ones(B, dtype=torch.bool, device=maps.device)]
     for k in range(1, candidates):
         new = chosen[:, k] & ~shape
@@ -274,13 +331,15 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     return maps, torch.stack(used, dim=1)
 
 
-def read_through(tokens: torch.Tensor, maps: torch.Tensor, used: torch.Tensor, side: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def read_through(tokens: torch.Tensor, maps: torch.Tensor, used: torch.Tensor, side: int,
+                 frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grids [N, S] read through a cover (`map_cover`'s maps [N, K] and used [N, K]): each cell's
     source (the first used map that reads a grid cell for it; S = none) [N, S] and the answer's shape
-    (the used maps' footprints) [N, S] bool."""
+    (the used maps' footprints) [N, S] bool. frame [N, 2]: the frame the FRAME_MAPS read into (a
+    cover with frame maps needs it; None or 0 x 0 where the answer's size is not known: they read nothing)."""
     N, S = tokens.shape
-    src_all, footprint = map_footprints(*grid_sizes(tokens, side), side)
+    frame = tokens.new_zeros(N, 2) if frame is None else frame
+    src_all, footprint = cover_footprints(tokens, side, frame)
     index = maps[..., None].expand(-1, -1, S)
     src_k, foot_k = src_all.gather(1, index), footprint.gather(1, index) & used[..., None]   # [N, K, S]
     src = torch.full_like(tokens, S)

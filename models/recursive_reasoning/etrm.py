@@ -20,7 +20,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS  # the token layout: colour c is token c + 2
 from models.config import ETRMConfig  # noqa: F401 (the model's config and defaults; re-exported)
-from models.answer_size import AnswerSize
+from models.answer_size import AnswerSize, answer_size
 from models.cell_lookup import CellLookup
 from models.encoders import ENCODERS, EncoderConfig, build_encoder
 from models.encoders.demo_reader import DemoReader, DemoTokens
@@ -300,16 +300,24 @@ class TRMWithEncoder(nn.Module):
                 demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
+            size = None             # the answer's size, read from the demos by a vocabulary of size rules
+            if cfg.answer_size or cfg.cell_lookup_frame:
+                size = answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"], data["inputs"],
+                                   self.inner.side)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
-                # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient)
-                cover = None
+                # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient);
+                # cell_lookup_frame: the input tiled / stretched into the answer's frame is a candidate too
+                cover, frame = None, None
                 if cfg.cell_lookup_map:
-                    cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side)
+                    cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side,
+                                      frames=cfg.cell_lookup_frame)
+                if cfg.cell_lookup_frame:
+                    frame = size[0] * size[1][:, None]   # 0 x 0 where the size is not known
                 lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],
-                                                data["demo_mask"], cover)
-            if cfg.answer_size:     # the answer's size, read from the demos by a vocabulary of size rules
-                frame = self.answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"], data["inputs"])
-                vote = frame if vote is None else vote + frame
+                                                data["demo_mask"], cover, frame)
+            if cfg.answer_size:     # the answer's frame votes on the output tokens
+                frame_vote = self.answer_size.vote(*size)
+                vote = frame_vote if vote is None else vote + frame_vote
         if "context_offset" in data:  # optional per-sample correction (test-time adaptation, training/tta.py)
             context = context + data["context_offset"].to(context.dtype)
 
