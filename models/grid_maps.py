@@ -298,7 +298,8 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     every real demo, it reaches output cells the ones before did not and none outside the output
     grid (a copy of a tiling, not a second reading of the same cells). -> maps [B, K] long, used
     [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two.
-    frames (`arch.cell_lookup_frame`): the FRAME_MAPS are candidates too, and a map whose footprint
+    frames (`arch.cell_lookup_frame`): the FRAME_MAPS are candidates too (only as the first map: the
+    later pieces are copies), and a map that explains the demos (MAP_CONSISTENT) and whose footprint
     is every demo output's shape gets SHAPE_FIT_BONUS (read them with `read_through`'s frame)."""
     B, D, S = demo_inputs.shape
     agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames)
