@@ -319,7 +319,8 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     rank[:, 0] = torch.where(by_chance, 2.0, rank[:, 0])   # above any agreement (<= 1): the identity first
     first = rank.argmax(-1, keepdim=True)                                               # [B, 1]
     # the next pieces are copies (the 96 maps): a frame map fills the whole frame, it is no copy
-    rest = rank[:, :NUM_MAPS].scatter(1, first.clamp_max(NUM_MAPS - 1), -1.0)
+    fixed = rank[:, :NUM_MAPS]
+    rest = torch.where(first < NUM_MAPS, fixed.scatter(1, first.clamp_max(NUM_MAPS - 1), -1.0), fixed)
     maps = torch.cat([first, rest.topk(candidates - 1, dim=-1).indices], 1)            # [B, K]
     chosen = footprint.gather(1, maps.repeat_interleave(D, 0)[..., None].expand(-1, -1, S))  # [BD, K, S]
     shape, used = chosen[:, 0], [torch.ones(B, dtype=torch.bool, device=maps.device)]
