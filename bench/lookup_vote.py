@@ -32,8 +32,8 @@ import torch
 
 from bench.common import grid_canvas, task_files
 from dataset.tokens import COLOUR_OFFSET
-from models.cell_lookup import COLOUR_SHARE, OTHER_WEIGHT, CellLookup
 from models.answer_size import answer_size
+from models.cell_lookup import COLOUR_SHARE, OTHER_WEIGHT, CellLookup
 from models.grid_maps import map_cover
 
 
@@ -54,8 +54,10 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: b
         for test in puzzle["test"]:
             q, a = np.asarray(test["input"]), np.asarray(test["output"])
             query = enc(q)[None]
-            size, known = answer_size(d_in, d_out, mask, query, side)
-            frame = size * known[:, None] if frames else None
+            frame = None   # the frame maps' query frame: the answer's size (0 x 0 when not known)
+            if frames:
+                size, known = answer_size(d_in, d_out, mask, query, side)
+                frame = size * known[:, None]
             # the query as the map carries it (itself without a map): what "unchanged" answers
             carried, shape = query, query >= COLOUR_OFFSET
             if cover is not None:
