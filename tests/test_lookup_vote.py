@@ -1,6 +1,6 @@
 """bench/lookup_vote.py: the cell_lookup vote at init answers a colour-recolouring puzzle exactly
 (cells like the query's became that colour in the demos; with --select at the default colour share
-too), is scored per family folder, and a path
+too), is scored per family folder, reads an upscaling through the frame maps with --frame, and a path
 that is not a folder is refused with its name."""
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def test_vote_solves_a_recolouring_family_and_reports_it(tmp_path, capsys):
     lookup_vote.main([str(tmp_path), "--select"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recolour")]
     assert row and row[0].split()[1:] == ["3", "1.00", "1.00"]
+
+
+def test_frame_scores_the_pairs_read_into_the_answers_frame(tmp_path, capsys):
+    """--frame (arch.cell_lookup_frame): an x2 upscaling + recolouring has no pair of the input's shape,
+    so without frame maps nothing is scored; with them the query stretched into its frame is exact."""
+    rng = np.random.default_rng(0)
+    fam = tmp_path / "upscale"
+    fam.mkdir()
+    def pair(h, w):
+        g = rng.choice([0, 1, 2], size=(h, w))
+        return {"input": g.tolist(), "output": np.where(g == 1, 3, g).repeat(2, 0).repeat(2, 1).tolist()}
+    for i in range(2):
+        puzzle = {"train": [pair(2, 3), pair(3, 2), pair(3, 3)], "test": [pair(2, 2)]}
+        (fam / f"p{i}.json").write_text(json.dumps(puzzle))
+    lookup_vote.main([str(tmp_path), "--through-map", "--select", "--table"])
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("upscale")]
+    lookup_vote.main([str(tmp_path), "--through-map", "--select", "--table", "--frame"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("upscale")]
+    assert row and row[0].split()[1:3] == ["2", "1.00"]
 
 
 def test_not_a_folder_is_refused(tmp_path):
