@@ -204,6 +204,27 @@ def test_unsolved_focus_adapts_only_the_puzzles_whose_demos_the_model_gets_wrong
     assert stats["tta/adapted_puzzles"] == int((~solved).sum())
 
 
+def test_keep_solved_predicts_solved_puzzles_with_the_checkpoint_and_the_others_adapted(fill_data, monkeypatch):
+    split = load_split(str(fill_data), "eval")
+    cfg, head = small_model(fill_data)
+    solved = np.arange(split.num_puzzles) % 2 == 0  # pretend the checkpoint answers the even puzzles' demos
+    monkeypatch.setattr(tta, "solved_puzzles", lambda *a, **k: solved)
+    settings = tta_settings(cfg, mode="full", steps=6, global_batch_size=8, lr=3e-2, keep_solved=True)
+    batches = list(EvalLoader(split, 16, max_variants=4))
+    rows = torch.from_numpy(solved)[torch.cat([b["puzzle_index"] for b in batches])]
+    assert any(0 < solved[b["puzzle_index"].numpy()].sum() < len(b["puzzle_index"]) for b in batches)  # mixed batches
+    collect = Collect()
+    metrics = tta.evaluate_with_tta(head, split, EvalLoader(split, 16, max_variants=4), [collect], CPU, "float32",
+                                    None, 0, settings, max_eval_variants=4)
+    routed = torch.cat(collect.preds)
+    adapted, _ = adapt(head, split, settings, CPU, "float32", eval_variants=4)  # seeded: the same adapted weights
+    original, adapted_preds = predict(head, split), predict(adapted, split)
+    assert not torch.equal(original[~rows], adapted_preds[~rows])  # adaptation changed the predictions
+    assert not torch.equal(original[rows], adapted_preds[rows])
+    assert torch.equal(routed[rows], original[rows]) and torch.equal(routed[~rows], adapted_preds[~rows])
+    assert metrics["tta/kept_puzzles"] == solved.sum() and metrics["tta/keep_solved"] is True
+
+
 def test_training_time_evaluation_adapts_and_logs_the_settings_and_the_cost(fill_data, tmp_path):
     from training import trainer
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -147,15 +148,34 @@ def run_until_halted(head: nn.Module, batch: dict, forward_dtype: str, loss_fn=N
 # the eval loop
 
 
+def _predict(head: nn.Module, batch: dict, forward_dtype: str, other: nn.Module | None,
+             other_rows: np.ndarray | None) -> dict[str, torch.Tensor]:
+    """`run_until_halted(head)`, with the rows `other_rows` marks taken from `other`'s run."""
+    if other is None or not other_rows.any():
+        return run_until_halted(head, batch, forward_dtype)
+    kept = run_until_halted(other, batch, forward_dtype)
+    if other_rows.all():
+        return kept
+    out = run_until_halted(head, batch, forward_dtype)
+    rows = torch.from_numpy(other_rows).to(batch["inputs"].device)
+    return {k: torch.where(rows.view(-1, *[1] * (v.dim() - 1)), kept[k], v) for k, v in out.items()}
+
+
 @torch.no_grad()
 def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
                    out_dir: Path | None, step: int, settings: dict | None = None,
-                   show_progress: bool = True, extra_metrics: dict | None = None) -> dict[str, float]:
+                   show_progress: bool = True, extra_metrics: dict | None = None,
+                   keep: tuple[nn.Module, np.ndarray] | None = None) -> dict[str, float]:
     """Run every eval batch to halting (`run_until_halted`), feed the halting step's predictions to
     the evaluators, and return their metrics (rank 0). Rank 0 writes the evaluators' outputs and
     `settings.json` into `out_dir` as one folder, made whole beside it and then renamed into place:
-    an evaluation replaces an older run of the same folder entirely, never in part."""
+    an evaluation replaces an older run of the same folder entirely, never in part.
+    `keep` = (another head, [num puzzles] bool): the marked puzzles' samples are predicted by that
+    head instead (test-time adaptation's tta.keep_solved); a batch runs both heads only when it
+    holds samples of both kinds."""
     head.eval()
+    if keep is not None:
+        keep[0].eval()
     device = dist_info.device
     for evaluator in evaluators:
         evaluator.begin()
@@ -163,9 +183,10 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
     valid_count = torch.zeros((), device=device)
     progress = Progress(len(loader), f"eval step {step}", enabled=show_progress and dist_info.is_main, unit="batch")
     for batch in loader:
+        kept_rows = keep[1][batch["puzzle_index"].numpy()] if keep is not None else None  # host arrays: no sync
         batch = to_device(batch, device)
         valid = batch["valid"]
-        out = run_until_halted(head, batch, forward_dtype)
+        out = _predict(head, batch, forward_dtype, keep[0] if keep is not None else None, kept_rows)
         exact_sum += (out["exact"] & valid).sum()
         valid_count += valid.sum()
         for evaluator in evaluators:

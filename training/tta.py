@@ -51,7 +51,7 @@ TTA_MODES = ("none", "context", "full")
 OFFSET_SCOPES = ("puzzle", "variant")
 PUZZLE_CHOICES = ("all", "unsolved")
 MAX_VARIANT_SLOTS = 64  # per-(puzzle, variant) corrections: a table of N x V x P x H floats
-SELECT_VARIANTS = 8     # tta.puzzles=unsolved judges a puzzle on (at most) its first 8 variants;
+SELECT_VARIANTS = 8     # tta.puzzles=unsolved / tta.keep_solved judge a puzzle on (at most) its first 8 variants;
 SOLVED_FRACTION = 0.5   # solved when more than half of its leave-one-out samples are answered exactly
 READ_EVERY = 50         # adaptation steps between host reads of their metrics (progress, non-finite warnings)
 
@@ -76,6 +76,7 @@ class TTASettings:
     seed: int
     save_weights: bool
     fit_variants: int
+    keep_solved: bool
 
     def __post_init__(self):
         if self.mode not in TTA_MODES:
@@ -92,6 +93,8 @@ class TTASettings:
                 raise ValueError(f"tta.{key} must be >= 0, got {getattr(self, key)!r}")
         if not 0 < float(self.lr_min_ratio) <= 1:
             raise ValueError(f"tta.lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
+        if not isinstance(self.keep_solved, bool):
+            raise ValueError(f"tta.keep_solved must be true or false, got {self.keep_solved!r}")
         if not isinstance(self.fit_variants, int) or self.fit_variants < 0:
             raise ValueError(f"tta.fit_variants must be an integer >= 0, got {self.fit_variants!r}")
         if self.num_variants is not None and (not isinstance(self.num_variants, int) or self.num_variants < 1):
@@ -259,12 +262,29 @@ def read_adaptation_metrics(pending: list, first_step: int, global_batch_size: i
     return out
 
 
+def solved_puzzles(head: nn.Module, eval_split: ARCSplit, dist_info: DistInfo, forward_dtype: str,
+                   num_variants: int | None = None, max_demos: int | None = None) -> np.ndarray:
+    """[num puzzles] bool: the puzzles whose leave-one-out demos `head` answers exactly in more than
+    SOLVED_FRACTION of their first (at most SELECT_VARIANTS) variants. A puzzle with a single demo
+    has nothing to judge it on and is never solved. The same on every rank (an all-reduced fit)."""
+    ada = adaptation_split(eval_split)
+    if ada.num_queries == 0:
+        return np.zeros(eval_split.num_puzzles, dtype=bool)
+    fit = adaptation_fit(head, ada, dist_info, forward_dtype, min(num_variants or SELECT_VARIANTS, SELECT_VARIANTS),
+                         max_demos=max_demos)
+    with np.errstate(invalid="ignore"):
+        return fit["puzzle_exact"] > SOLVED_FRACTION  # NaN (no leave-one-out sample) -> False
+
+
 def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_info: DistInfo, forward_dtype: str,
-          eval_variants: int | None = None, max_demos: int | None = None) -> tuple["AdaptedHead", dict]:
+          eval_variants: int | None = None, max_demos: int | None = None,
+          solved: np.ndarray | None = None) -> tuple["AdaptedHead", dict]:
     """Adapt a copy of `head` to the demos of `eval_split` (see the module docstring). Returns
     (the adapted head, for run_evaluation; metrics under tta/: the settings, the cost, the loss
     over the run, and with fit_variants the leave-one-out fit before/after adaptation and with
-    every puzzle given another puzzle's correction, which says how puzzle-specific they are)."""
+    every puzzle given another puzzle's correction, which says how puzzle-specific they are).
+    tta.puzzles=unsolved adapts on the puzzles `solved` (`solved_puzzles` of `head`, computed
+    here when not given) does not mark."""
     device, world = dist_info.device, dist_info.world_size
     ada = adaptation_split(eval_split)  # demos only: the test pairs are not in it
     num_variants = settings.num_variants or eval_variants
@@ -296,12 +316,12 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     if settings.puzzles == "unsolved" and ada.num_queries:
         # spend the steps where they are needed: leave out puzzles whose leave-one-out demos the
         # model already answers exactly in most variants (the vote over variants would get them)
-        select = adaptation_fit(adapted, ada, dist_info, forward_dtype, min(num_variants or SELECT_VARIANTS,
-                                                                             SELECT_VARIANTS), max_demos=max_demos)
-        ada = adaptation_split(eval_split, puzzles=~(select["puzzle_exact"] > SOLVED_FRACTION))
+        if solved is None:
+            solved = solved_puzzles(adapted, eval_split, dist_info, forward_dtype, num_variants, max_demos)
+        ada = adaptation_split(eval_split, puzzles=~solved)
         adapted_puzzles = int((np.diff(ada.puzzle_query_offsets) > 0).sum())
         stats.update({"tta/adapted_puzzles": adapted_puzzles, "tta/demo_queries": ada.num_queries,
-                      "tta/fit_select_exact": select["exact"]})
+                      "tta/solved_puzzles": int(solved.sum())})
     if ada.num_queries == 0:
         log.warning("tta: no eval puzzle to adapt on (none has two demos, or every one is already solved)")
         stats.update({"tta/steps_done": 0, "tta/wall_s": 0.0, "tta/samples_per_s": 0.0})
@@ -397,20 +417,30 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     """`run_evaluation`, after adapting a copy of `head` to the eval puzzles' demos when `tta` is
     active. The metrics (and out_dir/settings.json) then hold tta/<setting> and the cost
     (tta/wall_s, tta/steps_done, tta/samples_per_s, ...); with tta.save_weights the adapted model
-    and context corrections go to out_dir/tta_adapted.pt."""
+    and context corrections go to out_dir/tta_adapted.pt. With tta.keep_solved the puzzles that
+    `head` already answers leave-one-out (`solved_puzzles`) are predicted by `head` itself, the
+    others by the adapted copy (tta/kept_puzzles counts the first)."""
     if tta is None or not tta.active:
         return run_evaluation(head, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings)
     # adapting re-seeds the global RNG (halting exploration): the training run that called this
     # evaluation must continue its own random streams afterwards, not replay the adaptation's seed
     saved_rng = rng_state()
     compiled = getattr(head, "_orig_mod", None)  # a torch.compile'd head: adapt the module, predict compiled
+    solved = None
     try:
+        if tta.keep_solved or tta.puzzles == "unsolved":  # one judgement serves both
+            num_variants = tta.num_variants or max_eval_variants
+            solved = solved_puzzles(compiled or head, eval_split, dist_info, forward_dtype, num_variants, max_demos)
         adapted, stats = adapt(compiled or head, eval_split, tta, dist_info, forward_dtype,
-                               eval_variants=max_eval_variants, max_demos=max_demos)
+                               eval_variants=max_eval_variants, max_demos=max_demos, solved=solved)
     finally:
         set_rng_state(saved_rng)
+    keep = None
+    if tta.keep_solved:
+        keep = (head, solved)
+        stats["tta/kept_puzzles"] = int(solved.sum())
     results = run_evaluation(torch.compile(adapted) if compiled is not None else adapted, loader, evaluators, dist_info,
-                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats)
+                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats, keep=keep)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
         state = {"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
                  "tta": dataclasses.asdict(tta)}
