@@ -209,7 +209,7 @@ def test_keep_solved_predicts_solved_puzzles_with_the_checkpoint_and_the_others_
     cfg, head = small_model(fill_data)
     solved = np.arange(split.num_puzzles) % 2 == 0  # pretend the checkpoint answers the even puzzles' demos
     monkeypatch.setattr(tta, "solved_puzzles", lambda *a, **k: solved)
-    settings = tta_settings(cfg, mode="full", steps=6, global_batch_size=8, lr=3e-2, keep_solved=True)
+    settings = tta_settings(cfg, mode="full", steps=6, global_batch_size=8, lr=3e-2, predict="keep_solved")
     batches = list(EvalLoader(split, 16, max_variants=4))
     rows = torch.from_numpy(solved)[torch.cat([b["puzzle_index"] for b in batches])]
     assert any(0 < solved[b["puzzle_index"].numpy()].sum() < len(b["puzzle_index"]) for b in batches)  # mixed batches
@@ -222,7 +222,22 @@ def test_keep_solved_predicts_solved_puzzles_with_the_checkpoint_and_the_others_
     assert not torch.equal(original[~rows], adapted_preds[~rows])  # adaptation changed the predictions
     assert not torch.equal(original[rows], adapted_preds[rows])
     assert torch.equal(routed[rows], original[rows]) and torch.equal(routed[~rows], adapted_preds[~rows])
-    assert metrics["tta/kept_puzzles"] == solved.sum() and metrics["tta/keep_solved"] is True
+    assert metrics["tta/kept_puzzles"] == solved.sum() and metrics["tta/predict"] == "keep_solved"
+
+
+def test_pooled_prediction_votes_the_checkpoints_and_the_adapted_predictions_of_every_sample(fill_data):
+    split = load_split(str(fill_data), "eval")
+    cfg, head = small_model(fill_data)
+    settings = tta_settings(cfg, mode="full", steps=6, global_batch_size=8, lr=3e-2, predict="pooled")
+    collect = Collect()
+    tta.evaluate_with_tta(head, split, EvalLoader(split, 16, max_variants=4), [collect], CPU, "float32", None, 0,
+                          settings, max_eval_variants=4)
+    adapted, _ = adapt(head, split, settings, CPU, "float32", eval_variants=4)
+    original, adapted_preds = predict(head, split), predict(adapted, split)
+    assert not torch.equal(original, adapted_preds)
+    # per batch: the adapted weights' predictions, then the checkpoint's, of the same samples
+    assert torch.equal(torch.cat(collect.preds[0::2]), adapted_preds)
+    assert torch.equal(torch.cat(collect.preds[1::2]), original)
 
 
 def test_training_time_evaluation_adapts_and_logs_the_settings_and_the_cost(fill_data, tmp_path):
@@ -246,6 +261,7 @@ def test_training_time_evaluation_adapts_and_logs_the_settings_and_the_cost(fill
 @pytest.mark.parametrize("override, message", [
     ("tta.mode=sometimes", "tta.mode='sometimes' is not one of ['none', 'context', 'full']"),
     ("tta.offsets=task", "tta.offsets='task' is not one of ['puzzle', 'variant']"),
+    ("tta.predict=both", "tta.predict='both' is not one of ['adapted', 'keep_solved', 'pooled']"),
     ("tta.steps=0", "tta.steps must be an integer >= 1"),
     ("tta.lr=-1", "tta.lr must be >= 0"),
     ("+tta.learning_rate=1", "unknown key(s) ['learning_rate']"),

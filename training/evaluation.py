@@ -165,17 +165,20 @@ def _predict(head: nn.Module, batch: dict, forward_dtype: str, other: nn.Module 
 def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInfo, forward_dtype: str,
                    out_dir: Path | None, step: int, settings: dict | None = None,
                    show_progress: bool = True, extra_metrics: dict | None = None,
-                   keep: tuple[nn.Module, np.ndarray] | None = None) -> dict[str, float]:
+                   keep: tuple[nn.Module, np.ndarray] | None = None, pool: nn.Module | None = None
+                   ) -> dict[str, float]:
     """Run every eval batch to halting (`run_until_halted`), feed the halting step's predictions to
     the evaluators, and return their metrics (rank 0). Rank 0 writes the evaluators' outputs and
     `settings.json` into `out_dir` as one folder, made whole beside it and then renamed into place:
     an evaluation replaces an older run of the same folder entirely, never in part.
     `keep` = (another head, [num puzzles] bool): the marked puzzles' samples are predicted by that
-    head instead (test-time adaptation's tta.keep_solved); a batch runs both heads only when it
-    holds samples of both kinds."""
-    head.eval()
-    if keep is not None:
-        keep[0].eval()
+    head instead (test-time adaptation's tta.predict=keep_solved); a batch runs both heads only
+    when it holds samples of both kinds. `pool`: every sample is also predicted by this head and
+    both predictions go to the evaluators, which vote over them together (tta.predict=pooled;
+    eval/exact_accuracy then counts both)."""
+    for h in (head, keep[0] if keep is not None else None, pool):
+        if h is not None:
+            h.eval()
     device = dist_info.device
     for evaluator in evaluators:
         evaluator.begin()
@@ -186,11 +189,14 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
         kept_rows = keep[1][batch["puzzle_index"].numpy()] if keep is not None else None  # host arrays: no sync
         batch = to_device(batch, device)
         valid = batch["valid"]
-        out = _predict(head, batch, forward_dtype, keep[0] if keep is not None else None, kept_rows)
-        exact_sum += (out["exact"] & valid).sum()
-        valid_count += valid.sum()
-        for evaluator in evaluators:
-            evaluator.update(batch, {k: out[k] for k in ("preds", "q_halt_logits", "steps")})
+        outs = [_predict(head, batch, forward_dtype, keep[0] if keep is not None else None, kept_rows)]
+        if pool is not None:
+            outs.append(run_until_halted(pool, batch, forward_dtype))
+        for out in outs:
+            exact_sum += (out["exact"] & valid).sum()
+            valid_count += valid.sum()
+            for evaluator in evaluators:
+                evaluator.update(batch, {k: out[k] for k in ("preds", "q_halt_logits", "steps")})
         progress.update(1)
     progress.close()
     # exact accuracy of single augmented samples, before any voting

@@ -50,8 +50,9 @@ log = logging.getLogger("etrm")
 TTA_MODES = ("none", "context", "full")
 OFFSET_SCOPES = ("puzzle", "variant")
 PUZZLE_CHOICES = ("all", "unsolved")
+PREDICT_CHOICES = ("adapted", "keep_solved", "pooled")
 MAX_VARIANT_SLOTS = 64  # per-(puzzle, variant) corrections: a table of N x V x P x H floats
-SELECT_VARIANTS = 8     # tta.puzzles=unsolved / tta.keep_solved judge a puzzle on (at most) its first 8 variants;
+SELECT_VARIANTS = 8     # tta.puzzles=unsolved / tta.predict=keep_solved judge a puzzle on (at most) its first 8 variants;
 SOLVED_FRACTION = 0.5   # solved when more than half of its leave-one-out samples are answered exactly
 READ_EVERY = 50         # adaptation steps between host reads of their metrics (progress, non-finite warnings)
 
@@ -76,7 +77,7 @@ class TTASettings:
     seed: int
     save_weights: bool
     fit_variants: int
-    keep_solved: bool
+    predict: str
 
     def __post_init__(self):
         if self.mode not in TTA_MODES:
@@ -93,8 +94,8 @@ class TTASettings:
                 raise ValueError(f"tta.{key} must be >= 0, got {getattr(self, key)!r}")
         if not 0 < float(self.lr_min_ratio) <= 1:
             raise ValueError(f"tta.lr_min_ratio must be in (0, 1], got {self.lr_min_ratio!r}")
-        if not isinstance(self.keep_solved, bool):
-            raise ValueError(f"tta.keep_solved must be true or false, got {self.keep_solved!r}")
+        if self.predict not in PREDICT_CHOICES:
+            raise ValueError(f"tta.predict={self.predict!r} is not one of {list(PREDICT_CHOICES)}")
         if not isinstance(self.fit_variants, int) or self.fit_variants < 0:
             raise ValueError(f"tta.fit_variants must be an integer >= 0, got {self.fit_variants!r}")
         if self.num_variants is not None and (not isinstance(self.num_variants, int) or self.num_variants < 1):
@@ -417,9 +418,10 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     """`run_evaluation`, after adapting a copy of `head` to the eval puzzles' demos when `tta` is
     active. The metrics (and out_dir/settings.json) then hold tta/<setting> and the cost
     (tta/wall_s, tta/steps_done, tta/samples_per_s, ...); with tta.save_weights the adapted model
-    and context corrections go to out_dir/tta_adapted.pt. With tta.keep_solved the puzzles that
+    and context corrections go to out_dir/tta_adapted.pt. tta.predict=keep_solved: the puzzles that
     `head` already answers leave-one-out (`solved_puzzles`) are predicted by `head` itself, the
-    others by the adapted copy (tta/kept_puzzles counts the first)."""
+    others by the adapted copy (tta/kept_puzzles counts the first); pooled: `head`'s predictions of
+    every sample vote beside the adapted copy's."""
     if tta is None or not tta.active:
         return run_evaluation(head, loader, evaluators, dist_info, forward_dtype, out_dir, step, settings=settings)
     # adapting re-seeds the global RNG (halting exploration): the training run that called this
@@ -428,19 +430,19 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     compiled = getattr(head, "_orig_mod", None)  # a torch.compile'd head: adapt the module, predict compiled
     solved = None
     try:
-        if tta.keep_solved or tta.puzzles == "unsolved":  # one judgement serves both
+        if tta.predict == "keep_solved" or tta.puzzles == "unsolved":  # one judgement serves both
             num_variants = tta.num_variants or max_eval_variants
             solved = solved_puzzles(compiled or head, eval_split, dist_info, forward_dtype, num_variants, max_demos)
         adapted, stats = adapt(compiled or head, eval_split, tta, dist_info, forward_dtype,
                                eval_variants=max_eval_variants, max_demos=max_demos, solved=solved)
     finally:
         set_rng_state(saved_rng)
-    keep = None
-    if tta.keep_solved:
-        keep = (head, solved)
+    keep = (head, solved) if tta.predict == "keep_solved" else None
+    if keep is not None:
         stats["tta/kept_puzzles"] = int(solved.sum())
     results = run_evaluation(torch.compile(adapted) if compiled is not None else adapted, loader, evaluators, dist_info,
-                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats, keep=keep)
+                             forward_dtype, out_dir, step, settings=settings, extra_metrics=stats, keep=keep,
+                             pool=head if tta.predict == "pooled" else None)
     if tta.save_weights and out_dir is not None and dist_info.is_main:
         state = {"model": adapted.head.model.state_dict(), "context_offsets": adapted.offsets.table.detach().cpu(),
                  "tta": dataclasses.asdict(tta)}
