@@ -274,7 +274,7 @@ def test_tta_adaptation_leaves_the_global_rng_as_it_found_it(monkeypatch):
 
     monkeypatch.setattr(tta, "adapt", adapt_that_reseeds)
     monkeypatch.setattr(tta, "run_evaluation", lambda *a, **k: {})
-    settings = types.SimpleNamespace(active=True, save_weights=False)
+    settings = types.SimpleNamespace(active=True, save_weights=False, predict="adapted", puzzles="all")
     torch.manual_seed(7)
     torch.rand(5)
     expected_state = torch.get_rng_state()
