@@ -13,12 +13,13 @@ against the seconds of the whole step.
 
     python -m bench.host_syncs                      # tiny model on a 6x6 ARC-AGI-1 build (built if absent)
     python -m bench.host_syncs --preset paper --data /path/to/arc1-dataset --steps 4 --batch 16
-    python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta, curriculum)
+    python -m bench.host_syncs --rows standard      # one row only (rows: standard, demo_attention, map_read, tta, curriculum, recipe)
     python -m bench.host_syncs --preset paper --data DIR --rows standard --host-plan-only --no-eval --steps 5 --batch 4
 
 Rows: the standard model, with `arch.demo_attention`, with `arch.map_read`, with test-time
-adaptation (`tta=context`: syncs per adaptation step), and with `curriculum.mode=progress` (its
-weights updated every 5 steps). Each row runs twice in the same process:
+adaptation (`tta=context`: syncs per adaptation step), with `curriculum.mode=progress` (its
+weights updated every 5 steps), and with the small-scale recipe's options (`recipe`: the cell lookup,
+the answer's size and their grid features). Each row runs twice in the same process:
 with the host's packing plan (the batches' `demo_lengths`) and without it (the key dropped from
 every batch, so the model reads the device for its plans: the code before the plan moved to the host).
 Prints one table and the call sites of what remains; with --json, writes it all as JSON.
@@ -37,6 +38,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from bench.common import recipe_arch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +97,9 @@ class SyncCounter:
             self._wrap(torch.Tensor, m)
         self._wrap(torch, "nonzero")
         self._wrap(torch, "masked_select")
+        for name in ("equal", "allclose", "unique"):  # each returns a host value or a data-sized tensor
+            self._wrap(torch, name)
+        self._wrap(torch.Tensor, "unique")
         self._wrap(torch.cuda, "synchronize")
         from training.host_copy import HostCopy  # a wait on a copy queued a step earlier: counted apart
         original_get, counter = HostCopy.get, self
@@ -135,7 +141,13 @@ def build_tiny_data(out: Path) -> Path:
 ROWS = {"standard": {}, "demo_attention": {"arch.demo_attention": "true"}, "map_read": {"arch.map_read": "true"},
         "tta": {"tta": "context", "tta.steps": 6, "tta.fit_variants": 0},
         # sampling by learning progress: one read of the groups' sums per curriculum.interval steps
-        "curriculum": {"curriculum.mode": "progress", "curriculum.interval": 5}}
+        "curriculum": {"curriculum.mode": "progress", "curriculum.interval": 5},
+        # the small-scale recipe's model options (config/experiment/synthetic.yaml): its grid reads
+        "recipe": {f"arch.{k}": v for k, v in recipe_arch(sizes=True).items()}}
+# device reads a row adds per forward by design: the recipe's two component labellings (the cell
+# lookup's features, the answer's size; models/grid_features.py component_labels) each test
+# convergence once
+LABELLING_READS_PER_FORWARD = {"recipe": 2}
 
 
 def measure(data: Path, run_dir: Path, arch: dict, steps: int, batch: int, log_interval: int, eval_batches: int,

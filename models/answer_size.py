@@ -24,7 +24,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, EOS_ID, NUM_COLOURS
 from models.cell_lookup import GAIN_SCALE, VOTE_FLOOR
-from models.grid_features import _DIRS8, component_labels
+from models.grid_features import component_labels
 from models.grid_maps import grid_sizes
 
 MULTIPLES = [(a, b) for a in range(1, 5) for b in range(1, 5) if (a, b) != (1, 1)]
@@ -55,8 +55,10 @@ def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
     idx = torch.arange(S, device=tokens.device)
     roots = lambda labels: ((labels == idx) & fg).sum(-1)  # noqa: E731  one root cell per component
     fg2 = fg.view(N, side, side)
-    objects = roots(component_labels(torch.where(fg2, 0, -1), _DIRS8))
-    regions = roots(component_labels(torch.where(fg2, colour.view(N, side, side), -1)))
+    # 8-connected objects of any colours and 4-connected same-colour regions: one labelling call
+    keys = torch.cat([torch.where(fg2, 0, -1), torch.where(fg2, colour.view(N, side, side), -1)])
+    labels = component_labels(keys, torch.arange(2 * N, device=tokens.device) < N).view(2, N, S)
+    objects, regions = roots(labels).unbind(0)
     colours = (torch.nn.functional.one_hot(colour.clamp_min(0), 10).bool() & fg[..., None]).any(1).sum(-1)
     r, c = idx // side, idx % side
     box_h = torch.where(fg, r, -1).amax(-1) - torch.where(fg, r, S).amin(-1) + 1
@@ -85,20 +87,26 @@ def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def size_rule(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> (the index in SIZE_RULES of the first
-    rule that gives every real demo its output's size [B] long, whether one does [B] bool (not for a
-    puzzle with no real demo), the puzzle's constant size candidate: its first real demo output's [B, 2])."""
+def size_rule(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
+              query: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], optionally the query inputs [B, S]) ->
+    (the index in SIZE_RULES of the first rule that gives every real demo its output's size [B] long,
+    whether one does [B] bool (not for a puzzle with no real demo), the puzzle's constant size
+    candidate: its first real demo output's [B, 2], the query's candidate sizes [B, K, 2] or None)."""
     B, D, S = demo_inputs.shape
     out_h, out_w = grid_sizes(demo_labels.reshape(B * D, S), side)
     out_size = torch.stack([out_h, out_w], -1).view(B, D, 2)
     first_real = demo_mask.long().argmax(1)                                          # [B]
     constant = out_size[torch.arange(B, device=demo_inputs.device), first_real]       # [B, 2]
-    demo_sizes = candidate_sizes(demo_inputs.reshape(B * D, S), side, constant.repeat_interleave(D, 0))
+    grids, constants = demo_inputs.reshape(B * D, S), constant.repeat_interleave(D, 0)
+    if query is not None:  # the query's candidates in the same call (one labelling of every grid)
+        grids, constants = torch.cat([grids, query]), torch.cat([constants, constant])
+    sizes = candidate_sizes(grids, side, constants)
+    demo_sizes, query_sizes = sizes[:B * D], (sizes[B * D:] if query is not None else None)
     fits = (demo_sizes.view(B, D, -1, 2) == out_size[:, :, None]).all(-1) | ~demo_mask[..., None]   # [B, D, K]
     fits = fits.all(1) & demo_mask.any(1, keepdim=True)                              # [B, K]
-    return fits.long().argmax(-1), fits.any(-1), constant
+    return fits.long().argmax(-1), fits.any(-1), constant, query_sizes
 
 
 @torch.no_grad()
@@ -107,9 +115,9 @@ def answer_size(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask:
     """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], query inputs [B, S]) -> (the answer's
     (height, width) [B, 2], known [B] bool): `size_rule`'s rule applied to the query; unknown when no
     rule fits, when the puzzle has no real demo, or when the size does not fit the canvas."""
-    rule, fits, constant = size_rule(demo_inputs, demo_labels, demo_mask, side)
+    rule, fits, _, candidates = size_rule(demo_inputs, demo_labels, demo_mask, side, query)
     B = rule.shape[0]
-    size = candidate_sizes(query, side, constant).gather(1, rule.view(B, 1, 1).expand(-1, 1, 2)).squeeze(1)
+    size = candidates.gather(1, rule.view(B, 1, 1).expand(-1, 1, 2)).squeeze(1)
     known = fits & (size > 0).all(-1) & (size <= side).all(-1)
     return size, known
 

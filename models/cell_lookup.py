@@ -124,7 +124,7 @@ class CellLookup(nn.Module):
         cover's frame maps read the query into (a demo's frame is its output's size)."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
-        k_feats, q_feats = self.cell_features(d_in), self.cell_features(inputs)
+        k_feats, q_feats = self.cell_features(torch.cat([d_in, inputs])).split([B * D, B])  # one call: one labelling
         shape = d_in >= COLOUR_OFFSET   # the cells of the answer, as the maps carry the input
         if cover is not None:
             maps, used = cover

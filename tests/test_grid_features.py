@@ -3,6 +3,8 @@
   objects, rays, neighbours, colour frequency, positions from the far edges), and the components
   agree with dataset/synthetic_families.py's own object finder on random grids;
 - cells off the grid all get 0, whatever the canvas size;
+- component labelling gives every cell its component's smallest index (4- and 8-connected, both
+  kinds in one call) on random grids and on a serpentine, and reads the device once per call;
 - a model with grid_features equals the model without them at step 0, the feature tables get
   gradient on every ACT step, the packed and padded encoder layouts still agree, and the Hydra
   config builds and steps."""
@@ -17,6 +19,7 @@ from dataset.synthetic_families import components
 from models.encoders.common import EncoderConfig
 from models.encoders.demo_reader import DemoReader
 from models.grid_features import FEATURE_INDEX, FEATURES, NUM_FEATURES, TABLE_SIZE, GridFeatureEmbedding, grid_features
+from models.grid_features import component_labels
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import PADDING_SIDE as SIDE
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, ragged_batch, tiny_config
@@ -116,6 +119,66 @@ def test_regions_match_the_generators_components():
         bucket = np.where(want > 8, log, want)                                   # exact sizes up to 8
         fg = g > 0
         np.testing.assert_array_equal(f["region_size"][fg], bucket[fg])
+
+
+def _smallest_index_labels(key: np.ndarray, diagonal: bool) -> np.ndarray:
+    """Flood fill: each cell with key >= 0 -> the smallest flat index of its component, S elsewhere."""
+    side = key.shape[0]
+    S = side * side
+    out = np.full(S, S)
+    steps = [(1, 0), (-1, 0), (0, 1), (0, -1)] + ([(1, 1), (1, -1), (-1, 1), (-1, -1)] if diagonal else [])
+    for start in range(S):  # row-major: a component is first reached at its smallest index
+        if key.flat[start] < 0 or out[start] < S:
+            continue
+        out[start], stack = start, [start]
+        while stack:
+            r, c = divmod(stack.pop(), side)
+            for dr, dc in steps:
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < side and 0 <= cc < side and out[rr * side + cc] == S and key[rr, cc] == key[r, c]:
+                    out[rr * side + cc] = start
+                    stack.append(rr * side + cc)
+    return out
+
+
+def _serpentine(side: int) -> np.ndarray:
+    """One path of background winding through walls, row after row: its last cells are ~side^2 / 2
+    steps from its first (a neighbour-to-neighbour labelling needs that many rounds)."""
+    g = np.zeros((side, side), dtype=np.int64)
+    for r in range(1, side, 2):
+        g[r] = 1
+        g[r, -1 if r % 4 == 1 else 0] = 0
+    return g
+
+
+def test_component_labels_are_each_components_smallest_index():
+    rng = np.random.default_rng(0)
+    keys = [rng.integers(0, 3, (12, 12)) * (rng.random((12, 12)) < p) - (rng.random((12, 12)) < 0.1)
+            for p in (0.3, 0.6, 0.9) for _ in range(4)]
+    keys += [np.pad(_serpentine(9), ((0, 3), (0, 3)), constant_values=-1), _serpentine(12)]
+    key = torch.from_numpy(np.stack(keys)).long()
+    diagonal = torch.arange(len(keys)) % 2 == 1          # both kinds in one call
+    got = component_labels(key, diagonal).numpy()
+    for i, k in enumerate(keys):
+        np.testing.assert_array_equal(got[i], _smallest_index_labels(k, bool(diagonal[i])), err_msg=f"grid {i}")
+    big = _serpentine(30)
+    np.testing.assert_array_equal(component_labels(torch.from_numpy(big)[None])[0].numpy(),
+                                  _smallest_index_labels(big, False))
+
+
+def test_component_labels_reads_the_device_once_per_call():
+    """The convergence test is the labelling's only device read (a host sync on a GPU): it runs after
+    UNCHECKED_ITERATIONS rounds, by which hooking each root and jumping pointers has converged on
+    real grids, so one call reads once (with one read per round the recipe read ~30 times a step)."""
+    from bench.host_syncs import SyncCounter
+    rng = np.random.default_rng(1)
+    grids = [rng.integers(0, 4, (10, 10)) * (rng.random((10, 10)) < 0.7) for _ in range(16)]
+    grids.append(np.pad(_serpentine(9), ((0, 1), (0, 1))))
+    tokens = torch.from_numpy(np.stack([encode_grid(g, 10) for g in grids]))
+    with SyncCounter() as counter:
+        counter.phase = "train"
+        grid_features(tokens, 10)
+    assert counter.total("train") == 1, dict(counter.counts["train"])
 
 
 def _with_features(model):

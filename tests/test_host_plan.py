@@ -28,7 +28,9 @@ def head_for(split, encoder_type: str, **options) -> ACTLossHead:
 
 
 def run_steps(head, batches, host: bool) -> tuple[list[torch.Tensor], int]:
-    """ACT training steps over `batches` (forward only); host=False drops `demo_lengths` (the device plan)."""
+    """ACT training steps over `batches` (forward only); host=False drops `demo_lengths` (the device plan).
+    -> (outputs, device reads of the packing plans: all but the component labelling's convergence
+    tests, which test_the_recipe_reads_the_device_once_per_labelling_per_step counts)."""
     torch.manual_seed(1)
     outs, carry = [], None
     with SyncCounter() as counter:
@@ -42,7 +44,7 @@ def run_steps(head, batches, host: bool) -> tuple[list[torch.Tensor], int]:
                 carry = dataclasses.replace(carry, host_halted=carry.halted.clone() if host else None)
             carry, loss, _, outputs, _ = head(carry, batch)
             outs += [outputs["context"].detach(), outputs["logits"].detach(), loss.detach()]
-    return outs, counter.total("train")
+    return outs, sum(n for site, n in counter.counts["train"].items() if "models/grid_features.py" not in site)
 
 
 @pytest.mark.parametrize("encoder_type,options", [("standard", {}), ("hybrid_variational", {}),
@@ -116,3 +118,16 @@ def test_the_trainer_reads_the_device_once_per_log_interval(tiny_data, tmp_path,
     assert r["steps"] == 8 and r["log_steps"] == 2
     assert r["train_syncs"] == 2, r["train_sites"]
     assert r["eval_syncs_per_batch"] <= 1.0, r["eval_sites"]
+
+
+def test_the_recipe_reads_the_device_once_per_labelling_per_step(tiny_data, tmp_path):
+    """The small-scale recipe's grid reads (the cell lookup's features, the answer's size) label
+    connected components, whose convergence test is a device read: one per call, one call per
+    module per step (its demos and query labelled together, 4- and 8-connected together), on top
+    of the one read per log step."""
+    from bench.host_syncs import LABELLING_READS_PER_FORWARD, ROWS, TINY_ARCH, measure
+    r = measure(tiny_data, tmp_path / "run", TINY_ARCH, 8, 8, 4, 1, "cpu", ROWS["recipe"])
+    assert r["steps"] == 8 and r["log_steps"] == 2
+    labelling = sum(n for site, n in r["train_sites"].items() if "models/grid_features.py" in site)
+    assert r["train_syncs"] - labelling == 2, r["train_sites"]
+    assert labelling == LABELLING_READS_PER_FORWARD["recipe"] * 8 == 2 * 8, r["train_sites"]

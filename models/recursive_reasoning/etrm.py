@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -56,7 +57,7 @@ def merged_demo_lengths(carry: ETRMCarry, batch: dict[str, torch.Tensor]) -> tor
         return None
     if carry.host_halted is not None:
         return torch.where(carry.host_halted[:, None], new, old)
-    if torch.equal(new, old):  # the same rows whatever halted (an eval batch, run step after step)
+    if np.array_equal(new.numpy(), old.numpy()):  # the same rows whatever halted (an eval batch, run step after step)
         return new
     return None
 
