@@ -85,19 +85,44 @@ def dihedral_positions(rows: torch.Tensor, cols: torch.Tensor, h: torch.Tensor, 
     return a * (r - t_r) + f * (c - t_c), b * (r - t_r) + g * (c - t_c)
 
 
+def _map_axes(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.Tensor, ...]:
+    """map_sources per axis: the inverse of a dihedral map is a signed permutation, so a source's row
+    and column each depend on the cell's row alone or its column alone; each is the sum of a row
+    part and a column part (one of them 0), and so is its flat index. -> (row part, column part of
+    the flat source index, whether each part is on the canvas, whether each is on the h x w grid),
+    each [N, 12, 8, side] (translation, dihedral, the cell's row or column)."""
+    axis = torch.arange(side, device=h.device).view(1, 1, 1, side)
+    T = torch.tensor(_TRANSLATIONS, dtype=torch.long, device=h.device)              # [12, 4]
+    A = torch.tensor(_DIHEDRAL_AFFINE, dtype=torch.long, device=h.device)           # [8, 2, 4]
+    hm, wm = (h - 1).view(-1, 1), (w - 1).view(-1, 1)
+    tr = T[:, 0] + T[:, 2] * h.view(-1, 1)                                          # [N, 12]
+    tc = T[:, 1] + T[:, 3] * w.view(-1, 1)
+    t_r = A[:, 0, 2] * hm + A[:, 0, 3] * wm                                         # [N, 8]: the dihedral's offsets
+    t_c = A[:, 1, 2] * hm + A[:, 1, 3] * wm
+    R = axis + (tr[:, :, None] - t_r[:, None, :])[..., None]                        # [N, 12, 8, side] per row
+    C = axis + (tc[:, :, None] - t_c[:, None, :])[..., None]                        # ... per column
+    a, b, f, g = (x.view(1, 1, -1, 1) for x in (A[:, 0, 0], A[:, 0, 1], A[:, 1, 0], A[:, 1, 1]))
+    # the inverse map (the linear part transposed): source row = a R + f C, source column = b R + g C
+    rows_r, cols_r, rows_c, cols_c = a * R, b * R, f * C, g * C
+    on = lambda r, c: (r >= 0) & (r < side) & (c >= 0) & (c < side)  # noqa: E731  (a zero part is always in)
+    hh, ww = h.view(-1, 1, 1, 1), w.view(-1, 1, 1, 1)
+    on_grid = lambda r, c: (r >= 0) & (r < hh) & (c >= 0) & (c < ww)  # noqa: E731  (and in it when h, w > 0)
+    return (rows_r * side + cols_r, rows_c * side + cols_c, on(rows_r, cols_r), on(rows_c, cols_c),
+            on_grid(rows_r, cols_r), on_grid(rows_c, cols_c))
+
+
+def _outer(row: torch.Tensor, col: torch.Tensor, op) -> torch.Tensor:
+    """[N, 12, 8, side] per row and per column -> [N, NUM_MAPS, side * side]."""
+    N, side = row.shape[0], row.shape[-1]
+    return op(row[..., :, None], col[..., None, :]).reshape(N, NUM_MAPS, side * side)
+
+
 def map_sources(h: torch.Tensor, w: torch.Tensor, side: int) -> torch.Tensor:
     """For grids h x w [N] on a side x side canvas: the flat canvas index each map reads for each
     cell, [N, NUM_MAPS, side*side], or side*side (a zero row) where it points off the canvas.
-    Map m = translation m // 8 followed by the inverse of dihedral m % 8."""
-    S = side * side
-    idx = torch.arange(S, device=h.device)
-    rows, cols = idx // side, idx % side
-    T = torch.tensor(_TRANSLATIONS, dtype=torch.long, device=h.device)  # [12, 4]
-    tr = T[:, 0].view(1, -1, 1) + T[:, 2].view(1, -1, 1) * h.view(-1, 1, 1)   # [N, 12, 1]
-    tc = T[:, 1].view(1, -1, 1) + T[:, 3].view(1, -1, 1) * w.view(-1, 1, 1)
-    r, c = dihedral_positions(rows + tr, cols + tc, h[:, None], w[:, None], inverse=True)  # [N, 12, 8, S]
-    inside = (r >= 0) & (r < side) & (c >= 0) & (c < side)
-    return torch.where(inside, r * side + c, S).reshape(h.shape[0], NUM_MAPS, S)
+    Map m = translation m // 8 followed by the inverse of dihedral m % 8 (computed per axis, `_map_axes`)."""
+    row, col, row_on, col_on, _, _ = _map_axes(h, w, side)
+    return torch.where(_outer(row_on, col_on, torch.logical_and), _outer(row, col, torch.add), side * side)
 
 
 class MapRead(nn.Module):
@@ -233,9 +258,9 @@ def map_footprints(h: torch.Tensor, w: torch.Tensor, side: int) -> tuple[torch.T
     but have no source, the cells it pushes past the edge do not); of the others (one copy of a
     tiling) the cells it reads a grid cell for."""
     S = side * side
-    src = map_sources(h, w, side)
-    r, c = src // side, src % side
-    covered = (src < S) & (r < h.view(-1, 1, 1)) & (c < w.view(-1, 1, 1))
+    row, col, _, _, row_in, col_in = _map_axes(h, w, side)
+    src = _outer(row, col, torch.add)
+    covered = _outer(row_in, col_in, torch.logical_and)   # the source is a cell of the h x w grid
     m = torch.arange(NUM_MAPS, device=h.device)
     transposed = TRANSPOSES.to(h.device)[m % NUM_DIHEDRAL]                              # [M]
     rows = torch.where(transposed, w[:, None], h[:, None])                              # [N, M]

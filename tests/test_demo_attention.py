@@ -23,7 +23,8 @@ from dataset.grids import encode_grid
 from dataset.synthetic import SHIFTS, TILES
 from models.encoders.common import EncoderConfig
 from models.encoders.demo_reader import DemoReader
-from models.grid_maps import NUM_MAPS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_sources
+from models.grid_maps import _TRANSLATIONS, NUM_MAPS, ONE_CELL_TRANSLATIONS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_footprints
+from models.grid_maps import map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
@@ -46,6 +47,32 @@ def test_dihedral_positions_are_the_dataset_maps(h, w):
         r2, c2 = torch.arange(mh * mw) // mw, torch.arange(mh * mw) % mw
         ir, ic = dihedral_positions(r2, c2, torch.tensor(h), torch.tensor(w), inverse=True)
         np.testing.assert_array_equal(ids[ir[d].numpy(), ic[d].numpy()], moved.reshape(-1))
+
+
+def test_map_sources_per_axis_are_the_affine_maps_at_every_cell():
+    """map_sources computes each map per row and per column and adds them up: it must equal the
+    translation then the inverse dihedral map applied to every cell (dihedral_positions), with
+    side * side where the source is off the canvas; map_footprints' sources must lie on the h x w
+    grid. Every size up to the canvas, empty grids included."""
+    side = 7
+    h, w = (x.reshape(-1) for x in torch.meshgrid(torch.arange(side + 1), torch.arange(side + 1), indexing="ij"))
+    S = side * side
+    cell = torch.arange(S)
+    want = []
+    for tr_u, tc_u, tr_h, tc_w in _TRANSLATIONS:
+        r = cell // side + tr_u + tr_h * h[:, None]
+        c = cell % side + tc_u + tc_w * w[:, None]
+        rr, cc = dihedral_positions(r, c, h, w, inverse=True)                      # [N, 8, S]
+        on = (rr >= 0) & (rr < side) & (cc >= 0) & (cc < side)
+        want.append(torch.where(on, rr * side + cc, S))
+    want = torch.cat(want, 1)                                                        # [N, 96, S]
+    assert torch.equal(map_sources(h, w, side), want)
+    src, footprint = map_footprints(h, w, side)
+    on_grid = (want < S) & (want // side < h.view(-1, 1, 1)) & (want % side < w.view(-1, 1, 1))
+    assert torch.equal(src, torch.where(footprint & on_grid, want, S))   # read only from the h x w grid
+    copies = torch.arange(NUM_MAPS) // 8 >= ONE_CELL_TRANSLATIONS           # a copy's footprint: what it reads
+    assert torch.equal(footprint[:, copies], on_grid[:, copies])
+    assert not (src < S)[(h == 0) | (w == 0)].any()
 
 
 def _read_through(grid: np.ndarray, m: int, side: int = 8) -> np.ndarray:
