@@ -13,7 +13,8 @@ backward, clipping, AdamATan2 step) and one eval ACT step (no grad) at batch B, 
 FLOPs of each (torch.utils.flop_counter). EXTRAPOLATED: the plan's time, as
   adaptation: tta_steps x step time at batch tta_batch (scaled linearly from B),
   scoring:    eval samples (400 puzzles' 419 test inputs x eval_variants) x halt_max_steps ACT
-              steps / B x eval step time,
+              steps / B x eval step time (twice with tta=full's tta.predict=pooled: the
+              checkpoint scores every sample too),
 on this device, and a GPU estimate = the plan's FLOPs / (gpu_tflops x utilisation) (defaults: an
 H100's dense bf16 peak, 989 TFLOP/s, at 30% -- bench.throughput --device cuda measures the real
 utilisation). Ends with a JSON line.
@@ -91,7 +92,11 @@ def main(argv=None) -> int:
     sync(args.device)
 
     test_inputs = round(ARC1_EVAL_TEST_INPUTS * args.num_puzzles / 400)
-    eval_act_steps = test_inputs * args.eval_variants * cfg["halt_max_steps"]
+    # tta=full's tta.predict: pooled scores the checkpoint too (the eval runs twice)
+    predict = OmegaConf.load(Path(__file__).resolve().parents[1] / "config" / "tta" / "full.yaml").get(
+        "predict", none_yaml.predict)
+    eval_runs = 2 if predict == "pooled" else 1
+    eval_act_steps = eval_runs * test_inputs * args.eval_variants * cfg["halt_max_steps"]
     plan_adapt_s = args.tta_steps * step_s * args.tta_batch / B
     plan_eval_s = eval_act_steps / B * eval_s
     plan_flops = args.tta_steps * args.tta_batch * adapt_flops / B + eval_act_steps * eval_flops / B
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
         "adapt_step_ms": 1000 * step_s, "adapt_samples_per_s": B / step_s, "eval_act_step_ms": 1000 * eval_s,
         "adapt_gflop_per_sample": adapt_flops / B / 1e9, "eval_gflop_per_act_step_sample": eval_flops / B / 1e9,
         "plan": {"tta_steps": args.tta_steps, "tta_batch": args.tta_batch, "adapt_samples": args.tta_steps * args.tta_batch,
-                 "eval_samples": test_inputs * args.eval_variants, "eval_act_steps": eval_act_steps,
+                 "eval_samples": test_inputs * args.eval_variants, "eval_runs": eval_runs, "eval_act_steps": eval_act_steps,
                  "num_puzzles": args.num_puzzles},
         "plan_adapt_min_here": plan_adapt_s / 60, "plan_eval_min_here": plan_eval_s / 60,
         "plan_pflop": plan_flops / 1e15,
@@ -118,7 +123,9 @@ def main(argv=None) -> int:
     ]))
     print(f"plan: {args.tta_steps} steps x {args.tta_batch} samples over {args.num_puzzles} puzzles "
           f"({args.tta_steps * args.tta_batch / args.num_puzzles:.0f} samples per puzzle), then {test_inputs} test inputs x "
-          f"{args.eval_variants} variants x {cfg['halt_max_steps']} ACT steps: {plan_flops / 1e15:.2f} PFLOP")
+          f"{args.eval_variants} variants x {cfg['halt_max_steps']} ACT steps"
+          f"{f' x {eval_runs} (tta.predict={predict}: the checkpoint scores too)' if eval_runs > 1 else ''}: "
+          f"{plan_flops / 1e15:.2f} PFLOP")
     print(f"  here ({where}): adaptation {plan_adapt_s / 60:.1f} min + scoring {plan_eval_s / 60:.1f} min (extrapolated)")
     print(f"  GPU estimate: {gpu_s / 60:.1f} min at {args.gpu_tflops:.0f} TFLOP/s x {args.utilisation:.0%} utilisation")
     print(json.dumps(out))
