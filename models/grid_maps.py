@@ -72,7 +72,8 @@ def dihedral_positions(rows: torch.Tensor, cols: torch.Tensor, h: torch.Tensor, 
     """The 8 dihedral maps of h x w grids as affine maps of cell coordinates (cells outside the
     grid are mapped by the same affine map). inverse=False: where each cell lands in the
     transformed grid; inverse=True: for each cell of the transformed grid, the cell it comes from.
-    rows, cols: [..., L] (or a shared [L]); h, w: [...]. -> (rows, cols) [..., 8, L]."""
+    rows, cols: [..., L] (or a shared [L]); h, w: [...]. -> (rows, cols) [..., 8, L].
+    The per-cell definition; map_sources computes the same per axis (`_map_axes`; a test holds them equal)."""
     A = torch.tensor(_DIHEDRAL_AFFINE, dtype=torch.long, device=rows.device)  # [8, 2, 4]
     r, c = rows.unsqueeze(-2), cols.unsqueeze(-2)                      # [..., 1, L]
     hm, wm = (h - 1)[..., None, None], (w - 1)[..., None, None]        # [..., 1, 1]

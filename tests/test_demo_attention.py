@@ -23,8 +23,8 @@ from dataset.grids import encode_grid
 from dataset.synthetic import SHIFTS, TILES
 from models.encoders.common import EncoderConfig
 from models.encoders.demo_reader import DemoReader
-from models.grid_maps import _TRANSLATIONS, NUM_MAPS, ONE_CELL_TRANSLATIONS, MapMatch, MapRead, dihedral_positions, grid_sizes, map_footprints
-from models.grid_maps import map_sources
+from models.grid_maps import _TRANSLATIONS, NUM_MAPS, ONE_CELL_TRANSLATIONS, MapMatch, MapRead, dihedral_positions
+from models.grid_maps import grid_sizes, map_footprints, map_sources
 from models.pretrained import load_pretrained_decoder
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, build_and_step, make_batch, tiny_config
