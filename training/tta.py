@@ -101,6 +101,11 @@ class TTASettings:
         if self.num_variants is not None and (not isinstance(self.num_variants, int) or self.num_variants < 1):
             raise ValueError(f"tta.num_variants must be an integer >= 1 or null, got {self.num_variants!r}")
 
+    def variants(self, eval_variants: int | None) -> int | None:
+        """How many augmented variants of each puzzle adaptation (and the solved judgement) use:
+        tta.num_variants, else the evaluation's max_eval_variants (None: all)."""
+        return self.num_variants or eval_variants
+
     @classmethod
     def from_config(cls, node: DictConfig | dict | None, world_size: int = 1) -> "TTASettings | None":
         """Settings from the `tta` config node, checked (also that the adaptation batch divides over
@@ -288,7 +293,7 @@ def adapt(head: nn.Module, eval_split: ARCSplit, settings: TTASettings, dist_inf
     here when not given) does not mark."""
     device, world = dist_info.device, dist_info.world_size
     ada = adaptation_split(eval_split)  # demos only: the test pairs are not in it
-    num_variants = settings.num_variants or eval_variants
+    num_variants = settings.variants(eval_variants)
     if settings.offsets == "puzzle":
         slots = 1
     elif num_variants is None or num_variants > MAX_VARIANT_SLOTS:
@@ -431,8 +436,8 @@ def evaluate_with_tta(head: nn.Module, eval_split: ARCSplit, loader, evaluators:
     solved = None
     try:
         if tta.predict == "keep_solved" or tta.puzzles == "unsolved":  # one judgement serves both
-            num_variants = tta.num_variants or max_eval_variants
-            solved = solved_puzzles(compiled or head, eval_split, dist_info, forward_dtype, num_variants, max_demos)
+            solved = solved_puzzles(compiled or head, eval_split, dist_info, forward_dtype,
+                                    tta.variants(max_eval_variants), max_demos)
         adapted, stats = adapt(compiled or head, eval_split, tta, dist_info, forward_dtype,
                                eval_variants=max_eval_variants, max_demos=max_demos, solved=solved)
     finally:
