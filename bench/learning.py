@@ -321,9 +321,18 @@ def run_tta_row(start: dict, mode: str, runs: Path, args, truths: dict, log=prin
            "families": family_scores(folders[-1].parent / "submission.json", truths), "wall_s": wall,
            "submission": str(folders[-1].parent / "submission.json"),
            "eval_dir": str(folders[-1].parent), **{k: v for k, v in metrics.items() if k.startswith("tta/")}}
-    log(f"[{name}] pass@2 {res['pass@2']:.3f} (start {start['pass@2']:.3f}), adaptation "
+    if "alone/ARC/pass@2" in metrics:  # tta.predict=pooled: the adapted weights alone, scored in the same run
+        res["alone_pass@2"] = metrics["alone/ARC/pass@2"]
+        res["alone_families"] = family_scores(folders[-1].parent / "alone" / "submission.json", truths)
+    alone = f", the adapted weights alone {res['alone_pass@2']:.3f}" if "alone_pass@2" in res else ""
+    log(f"[{name}] pass@2 {res['pass@2']:.3f} (start {start['pass@2']:.3f}{alone}), adaptation "
         f"{res.get('tta/wall_s', 0.0) / 60:.1f} min, wall {wall / 60:.1f} min")
     return res
+
+
+def alone_rows(tta_rows: list[dict]) -> list[dict]:
+    """The adapted weights alone of the pooled TTA rows, as rows of the per-family table."""
+    return [{"name": f"{r['name']}:alone", "families": r["alone_families"]} for r in tta_rows if "alone_families" in r]
 
 
 # ------------------------------------------------------------------------------------- table
@@ -437,6 +446,8 @@ def per_family_data(kind: str, fam: str, args, out: Path) -> tuple[Path, Path, s
 
 def format_per_family_table(results: list[dict], modes: list[str], header: str, kind: str = "lofo") -> str:
     first = "left out" if kind == "lofo" else "family"
+    # a pooled mode's adapted weights alone (`<mode>:alone`) beside it, where measured
+    modes = [c for m in modes for c in (m, f"{m}:alone") if c == m or any(c in r for r in results)]
     lines = [header, "", PER_FAMILY[kind] + "; changed / copied: the first attempts' anatomy without adaptation",
              f"{first:<18} {'puzzles':>7} {'blind':>6} {'none':>6} " + " ".join(f"{m:>6}" for m in modes)
              + f" {'changed':>7} {'copied':>6} {'train_exact':>11} {'steps':>6} {'wall_min':>8}"]
@@ -445,7 +456,7 @@ def format_per_family_table(results: list[dict], modes: list[str], header: str, 
     for r in results:
         anat = r.get("anatomy", {})
         lines.append(f"{r['family']:<18} {r['puzzles']:>7d} {r['blind']:>6.2f} {r['none']:>6.2f} "
-                     + " ".join(f"{r.get(m, float('nan')):>6.2f}" for m in modes)
+                     + " ".join(f"{r.get(m, float('nan')):>{max(6, len(m))}.2f}" for m in modes)
                      + f" {fmt(anat.get('changed'), 7)} {fmt(anat.get('copied'), 6)}"
                      + f" {r['train_exact']:>11.3f} {r['steps']:>6d} {r['wall_s'] / 60:>8.1f}")
     return "\n".join(lines)
@@ -486,6 +497,8 @@ def run_per_family(args, tta_modes: list[str], out: Path, tag: str, kind: str = 
         for mode in modes:
             tta = run_tta_row(trained, mode, runs, args, truths)
             res[mode] = tta["pass@2"]
+            if "alone_pass@2" in tta:
+                res[f"{mode}:alone"] = tta["alone_pass@2"]
             res["wall_s"] += tta["wall_s"]
             res["rows"].append(tta)
         results.append(res)
@@ -593,7 +606,7 @@ def main(argv=None) -> int:
         header = (f"ETRM learning benchmark '{tag}': {args.num_train} train / {args.num_eval} held-out generated puzzles "
                   f"(seed {args.seed}), config {args.config_name}, {run_settings(args)}")
         table = (format_table(results, blind, families, header) + format_tta_table(tta_results, families)
-                 + format_family_table(results + tta_results, blind, families)
+                 + format_family_table(results + tta_results + alone_rows(tta_results), blind, families)
                  + format_anatomy_table(results + tta_results, families))
         out.mkdir(parents=True, exist_ok=True)
         (out / f"learning-{tag}.txt").write_text(table + "\n")

@@ -89,6 +89,24 @@ def test_each_family_alone_trains_and_scores_that_family_only(tmp_path):
         learning.main(["--alone", "gravity", "--lofo", "gravity", "--out", str(tmp_path)])
 
 
+def test_a_pooled_rows_adapted_weights_alone_get_their_own_column():
+    """tta=full votes the checkpoint's and the adapted weights' predictions; the evaluation also
+    scores the adapted weights alone (`alone/ARC/pass@2`), which the tables show beside the vote:
+    a `full:alone` column per family left out, a `<row>:alone` column per family."""
+    row = {"family": "count_bar", "puzzles": 10, "blind": 0.16, "none": 0.2, "full": 0.95, "full:alone": 0.4,
+           "train_exact": 0.6, "steps": 300, "wall_s": 60.0, "anatomy": {}}
+    table = learning.format_per_family_table([row], ["full"], "header", "lofo")
+    header, last = table.splitlines()[3], table.splitlines()[-1]
+    assert header.split()[5:7] == ["full", "full:alone"], header
+    assert last.split()[3:6] == ["0.20", "0.95", "0.40"], last
+    plain = learning.format_per_family_table([{k: v for k, v in row.items() if k != "full:alone"}], ["full"],
+                                             "header", "lofo")
+    assert "full:alone" not in plain          # no column where nothing was pooled
+    tta_rows = [{"name": "enc+tta-full", "families": {"all": {"pass@2": 0.77}},
+                 "alone_families": {"all": {"pass@2": 0.74}}}, {"name": "enc+tta-context", "families": {}}]
+    assert learning.alone_rows(tta_rows) == [{"name": "enc+tta-full:alone", "families": {"all": {"pass@2": 0.74}}}]
+
+
 def test_answer_anatomy_tells_copying_from_a_wrong_size_and_a_near_miss(tmp_path):
     import json
 

@@ -74,7 +74,13 @@ class Collect:
         return {}
 
     def result(self, run_dir, step, parts=None):
-        return {}
+        return {"samples": sum(len(p) for p in self.preds), "checksum": checksum(self.preds)}
+
+
+def checksum(preds: list[torch.Tensor]) -> float:
+    """A number that changes with any prediction and with their order."""
+    flat = torch.cat(preds).flatten().double() if preds else torch.zeros(0, dtype=torch.float64)
+    return float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).sqrt()).sum())
 
 
 def predict(head, split: ARCSplit) -> torch.Tensor:
@@ -230,14 +236,17 @@ def test_pooled_prediction_votes_the_checkpoints_and_the_adapted_predictions_of_
     cfg, head = small_model(fill_data)
     settings = tta_settings(cfg, mode="full", steps=6, global_batch_size=8, lr=3e-2, predict="pooled")
     collect = Collect()
-    tta.evaluate_with_tta(head, split, EvalLoader(split, 16, max_variants=4), [collect], CPU, "float32", None, 0,
-                          settings, max_eval_variants=4)
+    results = tta.evaluate_with_tta(head, split, EvalLoader(split, 16, max_variants=4), [collect], CPU, "float32",
+                                    None, 0, settings, max_eval_variants=4)
     adapted, _ = adapt(head, split, settings, CPU, "float32", eval_variants=4)
     original, adapted_preds = predict(head, split), predict(adapted, split)
     assert not torch.equal(original, adapted_preds)
     # per batch: the adapted weights' predictions, then the checkpoint's, of the same samples
     assert torch.equal(torch.cat(collect.preds[0::2]), adapted_preds)
     assert torch.equal(torch.cat(collect.preds[1::2]), original)
+    # and the adapted weights' predictions alone, scored from the same run by a copy of the evaluator
+    assert results["samples"] == 2 * len(adapted_preds) and results["alone/samples"] == len(adapted_preds)
+    assert results["alone/checksum"] == pytest.approx(checksum([adapted_preds]), rel=1e-12)
 
 
 def test_training_time_evaluation_adapts_and_logs_the_settings_and_the_cost(fill_data, tmp_path):

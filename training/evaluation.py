@@ -13,6 +13,7 @@ Imports nothing from the trainer or TTA (they import this module)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -175,12 +176,18 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
     head instead (test-time adaptation's tta.predict=keep_solved); a batch runs both heads only
     when it holds samples of both kinds. `pool`: every sample is also predicted by this head and
     both predictions go to the evaluators, which vote over them together (tta.predict=pooled;
-    eval/exact_accuracy then counts both)."""
+    eval/exact_accuracy then counts both); `head`'s predictions alone are scored too, by a fresh copy
+    of each evaluator (metrics `alone/<name>`, outputs in `<out_dir>/alone/`): the vote and the
+    adapted weights alone from one run."""
     for h in (head, keep[0] if keep is not None else None, pool):
         if h is not None:
             h.eval()
     device = dist_info.device
-    for evaluator in evaluators:
+    alone = [copy.copy(e) for e in evaluators] if pool is not None else []  # begin() gives each its own state
+    for evaluator in alone:
+        if hasattr(evaluator, "wandb_log"):
+            evaluator.wandb_log = False  # the dashboard's report is the vote's
+    for evaluator in evaluators + alone:
         evaluator.begin()
     exact_sum = torch.zeros((), device=device)
     valid_count = torch.zeros((), device=device)
@@ -192,10 +199,10 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
         outs = [_predict(head, batch, forward_dtype, keep[0] if keep is not None else None, kept_rows)]
         if pool is not None:
             outs.append(run_until_halted(pool, batch, forward_dtype))
-        for out in outs:
+        for i, out in enumerate(outs):
             exact_sum += (out["exact"] & valid).sum()
             valid_count += valid.sum()
-            for evaluator in evaluators:
+            for evaluator in evaluators + (alone if i == 0 else []):
                 evaluator.update(batch, {k: out[k] for k in ("preds", "q_halt_logits", "steps")})
         progress.update(1)
     progress.close()
@@ -211,6 +218,15 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
             out = evaluator.result(folder, step, parts) if parts is not None else None
             if out:
                 results.update(out)
+        for evaluator in alone:  # with pool: the first head's predictions alone
+            parts = gather_to_main(evaluator.local_data())
+            sub = None
+            if folder is not None and parts is not None:
+                sub = folder / "alone"
+                sub.mkdir(exist_ok=True)
+            out = evaluator.result(sub, step, parts) if parts is not None else None
+            if out:
+                results.update({f"alone/{k}": v for k, v in out.items()})
 
     if out_dir is not None and dist_info.is_main:
         with atomic_directory(out_dir, overwrite=True) as tmp:
