@@ -68,9 +68,10 @@ def main(argv=None) -> int:
     B = args.batch or spec["batch"]
     cfg = model_config(spec, B, MAX_DEMOS, halt_exploration_prob=0.1)
     head = build_head(cfg, args.device)
-    none_yaml = OmegaConf.load(Path(__file__).resolve().parents[1] / "config" / "tta" / "none.yaml")
-    settings = TTASettings.from_config({**OmegaConf.to_container(none_yaml), "mode": "full", "steps": 10**6,
-                                        "global_batch_size": B})
+    tta_dir = Path(__file__).resolve().parents[1] / "config" / "tta"
+    full_yaml = OmegaConf.merge(OmegaConf.load(tta_dir / "none.yaml"), OmegaConf.load(tta_dir / "full.yaml"))
+    full_yaml.pop("defaults", None)  # tta=full's settings (full.yaml on top of none.yaml, as Hydra composes it)
+    settings = TTASettings.from_config({**OmegaConf.to_container(full_yaml), "steps": 10**6, "global_batch_size": B})
     offsets = ContextOffsets(B, 1, cfg["puzzle_emb_len"], cfg["hidden_size"], np.zeros(B, dtype=np.int64))
     adapted = AdaptedHead(head, offsets).to(args.device)
     optimizer = adaptation_optimizer(adapted, settings)
@@ -92,10 +93,8 @@ def main(argv=None) -> int:
     sync(args.device)
 
     test_inputs = round(ARC1_EVAL_TEST_INPUTS * args.num_puzzles / 400)
-    # tta=full's tta.predict: pooled scores the checkpoint too (the eval runs twice)
-    predict = OmegaConf.load(Path(__file__).resolve().parents[1] / "config" / "tta" / "full.yaml").get(
-        "predict", none_yaml.predict)
-    eval_runs = 2 if predict == "pooled" else 1
+    predict = settings.predict
+    eval_runs = 2 if predict == "pooled" else 1   # pooled scores the checkpoint too: the eval runs twice
     eval_act_steps = eval_runs * test_inputs * args.eval_variants * cfg["halt_max_steps"]
     plan_adapt_s = args.tta_steps * step_s * args.tta_batch / B
     plan_eval_s = eval_act_steps / B * eval_s

@@ -213,20 +213,15 @@ def run_evaluation(head: nn.Module, loader, evaluators: list, dist_info: DistInf
 
     def collect(folder: Path | None) -> None:
         # evaluators never see ranks: each rank's samples are gathered here, rank 0 scores them all
-        for evaluator in evaluators:
+        # with pool, the first head's predictions alone: metrics alone/<name>, outputs in <folder>/alone
+        for evaluator, prefix in [(e, "") for e in evaluators] + [(e, "alone/") for e in alone]:
             parts = gather_to_main(evaluator.local_data())
-            out = evaluator.result(folder, step, parts) if parts is not None else None
-            if out:
-                results.update(out)
-        for evaluator in alone:  # with pool: the first head's predictions alone
-            parts = gather_to_main(evaluator.local_data())
-            sub = None
-            if folder is not None and parts is not None:
-                sub = folder / "alone"
-                sub.mkdir(exist_ok=True)
-            out = evaluator.result(sub, step, parts) if parts is not None else None
-            if out:
-                results.update({f"alone/{k}": v for k, v in out.items()})
+            if parts is None:
+                continue
+            sub = folder / prefix if folder is not None and prefix else folder
+            if sub is not folder:
+                sub.mkdir(exist_ok=True)  # one folder for every evaluator's copy
+            results.update({prefix + k: v for k, v in (evaluator.result(sub, step, parts) or {}).items()})
 
     if out_dir is not None and dist_info.is_main:
         with atomic_directory(out_dir, overwrite=True) as tmp:
