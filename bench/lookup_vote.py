@@ -50,7 +50,7 @@ def vote_scores(lookup: CellLookup, files: list[Path], side: int, through_map: b
         d_in = torch.stack([enc(p["input"]) for p in puzzle["train"]])[None]
         d_out = torch.stack([enc(p["output"]) for p in puzzle["train"]])[None]
         mask = torch.ones(1, d_in.shape[1], dtype=torch.bool)
-        cover = map_cover(d_in, d_out, mask, side, frames=frames) if through_map else None
+        cover = map_cover(d_in, d_out, mask, side, frames=frames, regions=lookup.regions) if through_map else None
         for test in puzzle["test"]:
             q, a = np.asarray(test["input"]), np.asarray(test["output"])
             query = enc(q)[None]
@@ -94,18 +94,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frame", action="store_true",
                     help="--through-map: the input tiled / stretched into the answer's frame is a candidate map too "
                          "(arch.cell_lookup_frame)")
+    ap.add_argument("--box", action="store_true",
+                    help="--frame: a box of the input (the content's through a flip / rotation, one colour's) is a "
+                         "candidate map too (arch.cell_lookup_box)")
     args = ap.parse_args(argv)
+    if args.box and not args.frame:
+        raise SystemExit("error: --box adds region maps after --frame's frame maps: pass --frame too")
     if not args.puzzles.is_dir():
         raise SystemExit(f"error: {args.puzzles} is not a folder of ARC JSON puzzles")
     torch.manual_seed(args.seed)
     lookup = CellLookup(64, 12, args.side, sharpness=args.sharpness, colour_share=args.colour_share,
                         select_features=args.select or args.table, other_weight=args.other_weight,
-                        table_vote=args.table)
+                        table_vote=args.table, regions=args.box)
     lookup.vote_gain.data.fill_(1.0)
     if args.table:
         lookup.table_gain.data.fill_(1.0)
     print(f"cell_lookup vote at init (sharpness {args.sharpness}, colour share {args.colour_share}, seed {args.seed}"
           f"{', through the demos map' if args.through_map else ''}{' (+ frame maps)' if args.frame else ''}"
+          f"{' (+ region maps)' if args.box else ''}"
           f"{f', features selected (others x {args.other_weight})' if args.select or args.table else ''}"
           f"{', + the table vote' if args.table else ''})")
     print(f"{'family':18s} {'pairs':>5s} {'exact':>6s} {'changed right':>13s}")

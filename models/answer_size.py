@@ -3,12 +3,12 @@
 An ARC answer has its query's size in about two thirds of the tasks; most of the others have a size
 that is a simple function of the input grid: its transpose, one constant size, a multiple or a
 fraction of it, a count (of objects, of same-colour regions, of colours, of foreground cells) laid out
-as a row, a column or a square or multiplying a side, or the bounding box of the foreground. Each is
-a candidate rule (`SIZE_RULES`, simplest first); the first that gives every real demo its output's
-size is the puzzle's, and applied to the query input it gives the answer's size. Nothing is learned
-but the gain with which that frame (colour cells inside, EOS on the row below and the column right of
-it, as dataset/grids.py writes a grid) is added to the output logits; the gain starts at zero, so a
-model with it equals the model without it at step 0.
+as a row, a column or a square or multiplying a side, the bounding box of the foreground or of one
+colour's cells. Each is a candidate rule (`SIZE_RULES`, simplest first); the first that gives every
+real demo its output's size is the puzzle's, and applied to the query input it gives the answer's
+size. Nothing is learned but the gain with which that frame (colour cells inside, EOS on the row below
+and the column right of it, as dataset/grids.py writes a grid) is added to the output logits; the gain
+starts at zero, so a model with it equals the model without it at step 0.
 
 Why it is generic: the rules are grid quantities, not any task's operator, and the demos choose among
 them, as models/feature_select.py lets them choose the feature a cell's change follows. On ARC-AGI-1
@@ -25,7 +25,7 @@ from torch import nn
 from dataset.tokens import COLOUR_OFFSET, EOS_ID, NUM_COLOURS
 from models.cell_lookup import GAIN_SCALE, VOTE_FLOOR
 from models.grid_features import component_labels
-from models.grid_maps import grid_sizes
+from models.grid_maps import grid_sizes, region_boxes
 
 MULTIPLES = [(a, b) for a in range(1, 5) for b in range(1, 5) if (a, b) != (1, 1)]
 COUNTS = ("objects", "regions", "colours", "cells")
@@ -37,7 +37,7 @@ def _rule_names() -> list[str]:
     for n in COUNTS:
         names += [f"row_of_{n}", f"column_of_{n}", f"square_of_{n}", f"height_times_{n}", f"width_times_{n}",
                   f"both_times_{n}"]
-    return names + ["foreground_box", "foreground_box_transposed"]
+    return names + ["foreground_box", "foreground_box_transposed"] + [f"colour_{c}_box" for c in range(1, NUM_COLOURS)]
 
 
 SIZE_RULES = tuple(_rule_names())
@@ -46,7 +46,8 @@ SIZE_RULES = tuple(_rule_names())
 def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
     """tokens [N, S] (a grid at the canvas's top-left) -> per grid [N] long: h, w, the counts of
     COUNTS (8-connected foreground objects of any colours, 4-connected same-colour foreground regions,
-    distinct foreground colours, foreground cells) and the foreground's bounding box (box_h, box_w)."""
+    distinct foreground colours, foreground cells), the foreground's bounding box (box_h, box_w) and
+    each colour's ([N, NUM_COLOURS] boxes_h, boxes_w; index 0: the foreground's, 0 where none)."""
     N, S = tokens.shape
     h, w = grid_sizes(tokens, side)
     grid = tokens >= COLOUR_OFFSET
@@ -60,12 +61,9 @@ def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
     labels = component_labels(keys, torch.arange(2 * N, device=tokens.device) < N).view(2, N, S)
     objects, regions = roots(labels).unbind(0)
     colours = (torch.nn.functional.one_hot(colour.clamp_min(0), 10).bool() & fg[..., None]).any(1).sum(-1)
-    r, c = idx // side, idx % side
-    box_h = torch.where(fg, r, -1).amax(-1) - torch.where(fg, r, S).amin(-1) + 1
-    box_w = torch.where(fg, c, -1).amax(-1) - torch.where(fg, c, S).amin(-1) + 1
-    none = ~fg.any(-1)
+    boxes = region_boxes(tokens, side)                                              # [N, 10, 4]
     return {"h": h, "w": w, "objects": objects, "regions": regions, "colours": colours, "cells": fg.sum(-1),
-            "box_h": box_h.masked_fill(none, 0), "box_w": box_w.masked_fill(none, 0)}
+            "box_h": boxes[:, 0, 2], "box_w": boxes[:, 0, 3], "boxes_h": boxes[..., 2], "boxes_w": boxes[..., 3]}
 
 
 def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> torch.Tensor:
@@ -82,6 +80,7 @@ def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> 
         n = q[name]
         sizes += [(one, n), (n, one), (n, n), (n * h, w), (h, n * w), (n * h, n * w)]
     sizes += [(q["box_h"], q["box_w"]), (q["box_w"], q["box_h"])]
+    sizes += [(q["boxes_h"][:, c], q["boxes_w"][:, c]) for c in range(1, NUM_COLOURS)]
     out = torch.stack([torch.stack(s, -1) for s in sizes], 1)                     # [N, K, 2]
     return torch.where((out > 0).all(-1, keepdim=True), out, 0)
 

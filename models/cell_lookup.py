@@ -68,7 +68,8 @@ class CellLookup(nn.Module):
 
     def __init__(self, hidden_size: int, vocab_size: int, side: int, sharpness: float = 8.0,
                  width: int = LOOKUP_WIDTH, num_heads: int = LOOKUP_HEADS, colour_share: float = COLOUR_SHARE,
-                 select_features: bool = False, other_weight: float = OTHER_WEIGHT, table_vote: bool = False):
+                 select_features: bool = False, other_weight: float = OTHER_WEIGHT, table_vote: bool = False,
+                 regions: bool = False):
         super().__init__()
         # select_features (arch.cell_lookup_select): per puzzle, the features that predict the demos'
         # changes keep weight 1 in the descriptions, the others `other_weight` (models/feature_select.py);
@@ -76,6 +77,7 @@ class CellLookup(nn.Module):
         if table_vote and not select_features:
             raise ValueError("cell_lookup: table_vote needs select_features (the table is the selection's)")
         self.select_features, self.other_weight, self.use_table = select_features, other_weight, table_vote
+        self.regions = regions   # arch.cell_lookup_box: covers may hold region maps (models/grid_maps.py)
         if width % num_heads:
             raise ValueError(f"cell_lookup: width {width} not divisible by num_heads {num_heads}")
         if vocab_size < COLOUR_OFFSET + NUM_COLOURS:
@@ -180,7 +182,7 @@ class CellLookup(nn.Module):
         across the demos and the query (all read through the same maps). Also -> the carried
         grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
         N, S = tokens.shape
-        src, shape = read_through(tokens, maps, used, self.side, frame)                    # [N, S], S = none
+        src, shape = read_through(tokens, maps, used, self.side, frame, self.regions)      # [N, S], S = none
         tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
         feats = torch.cat([feats, feats.new_zeros(N, 1, feats.shape[-1])], 1)
         return tokens, feats.gather(1, src[..., None].expand(-1, -1, feats.shape[-1])), shape

@@ -92,6 +92,8 @@ class ETRMConfig:
                                        # the query's cells too, with its own gain (zero at init; needs cell_lookup_select)
     cell_lookup_frame: bool = False    # ... and the cover may read the input tiled or stretched into the answer's frame
                                        # (its size: models/answer_size.py's rule; models/grid_maps.py FRAME_MAPS)
+    cell_lookup_box: bool = False      # ... and a box of the input (the content's, through a flip / rotation; one colour's)
+                                       # is a candidate map too (models/grid_maps.py REGION_MAPS; needs cell_lookup_frame)
     answer_size: bool = False          # the answer's frame (its size: the first rule of a vocabulary of grid quantities that
                                        # gives every demo its output's size) votes on the output tokens (models/answer_size.py;
                                        # gain zero at init)
@@ -113,6 +115,9 @@ class ETRMConfig:
         if self.cell_lookup_frame and not self.cell_lookup_map:
             raise ValueError("cell_lookup_frame=true adds frame maps to cell_lookup_map's cover: it needs "
                              "cell_lookup=true and cell_lookup_map=true")
+        if self.cell_lookup_box and not self.cell_lookup_frame:
+            raise ValueError("cell_lookup_box=true adds region maps after cell_lookup_frame's frame maps: it needs "
+                             "cell_lookup=true, cell_lookup_map=true and cell_lookup_frame=true")
         if self.cell_lookup_table and not self.cell_lookup_select:
             raise ValueError("cell_lookup_table=true votes with cell_lookup_select's table: it needs "
                              "cell_lookup=true and cell_lookup_select=true")

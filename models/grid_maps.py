@@ -212,19 +212,26 @@ class MapMatch(nn.Module):
 
 
 def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                         side: int, frames: bool = False) -> torch.Tensor:
+                         side: int, frames: bool = False, regions: bool = False, plain: bool = False
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """How well each map, followed by one colour relabelling shared by all of a puzzle's demos,
     explains its demo outputs: the share of the demo output cells whose colour is the one most often
     found with their source's colour (a cell the map points off the input grid for has source colour
     "none"). 1.0 for the map of a flip / rotation / shift + recolouring, and for the identity of a
     pure recolouring, which MapMatch's "equal tokens" does not see; no parameters, no gradient.
-    frames: the FRAME_MAPS too (each demo's frame: its output's size).
-    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS (+ NUM_FRAME_MAPS)] in [0, 1]."""
+    frames: the FRAME_MAPS too (each demo's frame: its output's size); regions: the REGION_MAPS after them.
+    (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS (+ NUM_FRAME_MAPS (+
+    NUM_REGION_MAPS))] in [0, 1]; plain: also the share of those cells whose colour is their source's
+    (the relabelling left as it is), same shape."""
     B, D, S = demo_inputs.shape
     inputs, labels = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
     sources = map_sources(*grid_sizes(inputs, side), side)                          # [BD, M, S]
+    if regions and not frames:
+        raise ValueError("relabelled_agreement: the region maps come after the frame maps: frames=True")
     if frames:
         sources = torch.cat([sources, frame_footprints(inputs, torch.stack(grid_sizes(labels, side), -1), side)[0]], 1)
+    if regions:
+        sources = torch.cat([sources, region_footprints(inputs, side)[0]], 1)
     M = sources.shape[1]
     colour_in = torch.where(inputs >= COLOUR_OFFSET, inputs - COLOUR_OFFSET, NUM_COLOURS)   # none = 10
     colour_in = torch.cat([colour_in, colour_in.new_full((B * D, 1), NUM_COLOURS)], 1)
@@ -236,7 +243,11 @@ def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, d
     counts = counts.scatter_add_(2, pair.view(B, D, M, S).transpose(1, 2).reshape(B, M, D * S),
                                  weight.view(B, D, M, S).transpose(1, 2).reshape(B, M, D * S))
     counts = counts.view(B, M, NUM_COLOURS + 1, NUM_COLOURS)
-    return counts.amax(-1).sum(-1) / counts.sum((-1, -2)).clamp_min(1.0)
+    total = counts.sum((-1, -2)).clamp_min(1.0)
+    agreement = counts.amax(-1).sum(-1) / total
+    if not plain:
+        return agreement
+    return agreement, counts[:, :, :NUM_COLOURS].diagonal(dim1=-2, dim2=-1).sum(-1) / total
 
 
 # maps whose translation is a one-cell shift (or none): they carry the grid onto its own shape (or its
@@ -286,6 +297,10 @@ NUM_FRAME_MAPS = len(FRAME_MAPS)
 # that fills the output's frame lets the lookup read the pairs as aligned. (Not for a map that only
 # nearly explains: a mirrored tiling is the copies of 96 maps, not the frame's plain tiling.)
 SHAPE_FIT_BONUS = 0.01
+# map_cover with region maps: among maps that explain the demos as well, the one that needs the least
+# relabelling (its share of cells carried with their own colour) first, by at most this much: a
+# one-cell answer of the chosen colour is "explained" by any cell read through a recolouring.
+PLAIN_BONUS = 1e-3
 
 
 def frame_footprints(tokens: torch.Tensor, frame: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,19 +320,75 @@ def frame_footprints(tokens: torch.Tensor, frame: torch.Tensor, side: int) -> tu
     return src, inside[:, None].expand(-1, NUM_FRAME_MAPS, -1)
 
 
-def cover_footprints(tokens: torch.Tensor, side: int, frame: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`map_footprints` of grids [N, S], and with frames [N, 2] the FRAME_MAPS' after them:
-    -> sources, footprints [N, NUM_MAPS (+ NUM_FRAME_MAPS), S]."""
+# The region maps (`arch.cell_lookup_box`): the answer is one box of the input read as a grid of its
+# own: the bounding box of the foreground through each of the 8 flips / rotations (crop the content,
+# then turn it), or the bounding box of one colour's cells (1..9) as it is (the part of one colour cut
+# out). They are map_cover's candidates after the frame maps, first maps only (a box is no copy of a
+# tiling), chosen like every map by how well they explain the demos, each demo reading its own box.
+# Why generic: "the output is a part of the input" is the commonest size change in ARC after the
+# answer keeping the query's size; which part (the content, one colour) is read from the demos, and
+# the box is then read like the whole grid (the same flips, the same per-cell changes after it).
+REGION_MAPS = (tuple(f"content_d{d}" for d in range(NUM_DIHEDRAL))
+               + tuple(f"colour_{c}_box" for c in range(1, NUM_COLOURS)))
+NUM_REGION_MAPS = len(REGION_MAPS)
+
+
+def region_boxes(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """Grids [N, S] -> the bounding boxes [N, NUM_COLOURS, 4] long (top, left, height, width) of the
+    foreground (index 0) and of each colour's cells (index c); height = width = 0 where there is none."""
+    N, S = tokens.shape
+    colour = torch.where(tokens >= COLOUR_OFFSET, tokens - COLOUR_OFFSET, -1).view(N, 1, side, side)
+    kinds = torch.arange(NUM_COLOURS, device=tokens.device).view(1, -1, 1, 1)
+    cells = torch.where(kinds == 0, colour > 0, colour == kinds)                        # [N, 10, side, side]
+    axis = torch.arange(side, device=tokens.device)
+    edges = []
+    for present in (cells.any(-1), cells.any(-2)):                                      # rows, columns
+        first = torch.where(present, axis, side).amin(-1)
+        last = torch.where(present, axis, -1).amax(-1)
+        edges += [first, (last - first + 1).clamp_min(0)]
+    top, height, left, width = edges
+    return torch.stack([top, left, height, width], -1)
+
+
+def region_footprints(tokens: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids [N, S] read through the REGION_MAPS -> (each region map's source per cell [N,
+    NUM_REGION_MAPS, S] (S = none), its footprint (the cells of the box as the map carries it) [N,
+    NUM_REGION_MAPS, S] bool); nothing where the box is empty."""
+    S = side * side
+    box = region_boxes(tokens, side)                                                    # [N, 10, 4]
+    top, left, height, width = (x[..., None] for x in box.unbind(-1))                  # [N, 10, 1]
+    cell = torch.arange(S, device=tokens.device)
+    r, c = cell // side, cell % side
+    # the content's box through each dihedral map: the cell of the box each answer cell comes from
+    sr, sc = dihedral_positions(r, c, height[:, 0, 0], width[:, 0, 0], inverse=True)     # [N, 8, S]
+    content = (sr >= 0) & (sr < height[:, :1]) & (sc >= 0) & (sc < width[:, :1])
+    content_src = (top[:, :1] + sr) * side + left[:, :1] + sc
+    # each colour's box as it is
+    colours = (r < height[:, 1:]) & (c < width[:, 1:])                                  # [N, 9, S]
+    colour_src = (top[:, 1:] + r) * side + left[:, 1:] + c
+    footprint = torch.cat([content, colours], 1)
+    return torch.where(footprint, torch.cat([content_src, colour_src], 1), S), footprint
+
+
+def cover_footprints(tokens: torch.Tensor, side: int, frame: torch.Tensor | None = None,
+                     regions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`map_footprints` of grids [N, S], with frames [N, 2] the FRAME_MAPS' after them, and with
+    regions (which needs the frames) the REGION_MAPS' after those:
+    -> sources, footprints [N, NUM_MAPS (+ NUM_FRAME_MAPS (+ NUM_REGION_MAPS)), S]."""
     src, footprint = map_footprints(*grid_sizes(tokens, side), side)
     if frame is None:
+        if regions:
+            raise ValueError("cover_footprints: the region maps come after the frame maps: pass a frame")
         return src, footprint
-    f_src, f_foot = frame_footprints(tokens, frame, side)
-    return torch.cat([src, f_src], 1), torch.cat([footprint, f_foot], 1)
+    parts = [(src, footprint), frame_footprints(tokens, frame, side)]
+    if regions:
+        parts.append(region_footprints(tokens, side))
+    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
 
 def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
-              candidates: int = COVER_CANDIDATES, frames: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              candidates: int = COVER_CANDIDATES, frames: bool = False, regions: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps a puzzle's answers are read through: the `candidates` best by `relabelled_agreement`
     (ties to the lower map number; the identity first unless another map scores MAP_CONSISTENT or
     beats it by IDENTITY_MARGIN), the best always, each next one only when, on
@@ -326,9 +397,11 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     [B, K] bool. A flip + recolouring: one map; a 2 x 1 tiling of the input and its mirror image: two.
     frames (`arch.cell_lookup_frame`): the FRAME_MAPS are candidates too (only as the first map: the
     later pieces are copies), and a map that explains the demos (MAP_CONSISTENT) and whose footprint
-    is every demo output's shape gets SHAPE_FIT_BONUS (read them with `read_through`'s frame)."""
+    is every demo output's shape gets SHAPE_FIT_BONUS (read them with `read_through`'s frame).
+    regions (`arch.cell_lookup_box`, needs frames): the REGION_MAPS are first-map candidates too, and
+    among maps as good the one that recolours least is first (PLAIN_BONUS)."""
     B, D, S = demo_inputs.shape
-    agreement = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames)
+    agreement, plain = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames, regions, plain=True)
     M = agreement.shape[-1]
     ties = torch.arange(M, device=agreement.device) * 1e-6   # exact ties: the lower map number
     best = agreement.amax(-1)
@@ -337,14 +410,16 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     output = (demo_labels.reshape(B * D, S) >= COLOUR_OFFSET)
     real = demo_mask.reshape(B * D)
     frame = torch.stack(grid_sizes(demo_labels.reshape(B * D, S), side), -1) if frames else None
-    _, footprint = cover_footprints(inputs, side, frame)                                 # [BD, M, S]
+    _, footprint = cover_footprints(inputs, side, frame, regions)                        # [BD, M, S]
     rank = agreement - ties
     if frames:
         fits = ((footprint == output[:, None]).all(-1) | ~real[:, None]).view(B, D, M).all(1)   # [B, M]
         rank = rank + SHAPE_FIT_BONUS * (fits & (agreement >= MAP_CONSISTENT))
+    if regions:
+        rank = rank + PLAIN_BONUS * plain
     rank[:, 0] = torch.where(by_chance, 2.0, rank[:, 0])   # above any agreement (<= 1): the identity first
     first = rank.argmax(-1, keepdim=True)                                               # [B, 1]
-    # the next pieces are copies (the 96 maps): a frame map fills the whole frame, it is no copy
+    # the next pieces are copies (the 96 maps): a frame map fills the whole frame, a region map reads one box
     fixed = rank[:, :NUM_MAPS]
     rest = torch.where(first < NUM_MAPS, fixed.scatter(1, first.clamp_max(NUM_MAPS - 1), -1.0), fixed)
     maps = torch.cat([first, rest.topk(candidates - 1, dim=-1).indices], 1)            # [B, K]
@@ -360,14 +435,15 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
 
 
 def read_through(tokens: torch.Tensor, maps: torch.Tensor, used: torch.Tensor, side: int,
-                 frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 frame: torch.Tensor | None = None, regions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Grids [N, S] read through a cover (`map_cover`'s maps [N, K] and used [N, K]): each cell's
     source (the first used map that reads a grid cell for it; S = none) [N, S] and the answer's shape
     (the used maps' footprints) [N, S] bool. frame [N, 2]: the frame the FRAME_MAPS read into (a
-    cover with frame maps needs it; None or 0 x 0 where the answer's size is not known: they read nothing)."""
+    cover with frame maps needs it; None or 0 x 0 where the answer's size is not known: they read nothing);
+    regions: the cover's map numbers include the REGION_MAPS (map_cover's regions)."""
     N, S = tokens.shape
     frame = tokens.new_zeros(N, 2) if frame is None else frame
-    src_all, footprint = cover_footprints(tokens, side, frame)
+    src_all, footprint = cover_footprints(tokens, side, frame, regions)
     index = maps[..., None].expand(-1, -1, S)
     src_k, foot_k = src_all.gather(1, index), footprint.gather(1, index) & used[..., None]   # [N, K, S]
     src = torch.full_like(tokens, S)

@@ -233,7 +233,8 @@ class TRMWithEncoder(nn.Module):
             self.map_match = MapMatch(cfg.vocab_size, math.isqrt(cfg.seq_len))
         if cfg.cell_lookup:
             self.cell_lookup = CellLookup(cfg.hidden_size, cfg.vocab_size, math.isqrt(cfg.seq_len),
-                                          select_features=cfg.cell_lookup_select, table_vote=cfg.cell_lookup_table)
+                                          select_features=cfg.cell_lookup_select, table_vote=cfg.cell_lookup_table,
+                                          regions=cfg.cell_lookup_box)
         if cfg.answer_size:
             self.answer_size = AnswerSize(cfg.vocab_size, math.isqrt(cfg.seq_len))
 
@@ -307,11 +308,12 @@ class TRMWithEncoder(nn.Module):
                                    self.inner.side)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
                 # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient);
-                # cell_lookup_frame: the input tiled / stretched into the answer's frame is a candidate too
+                # cell_lookup_frame: the input tiled / stretched into the answer's frame is a candidate too;
+                # cell_lookup_box: a box of the input (the content's, one colour's) too
                 cover, frame = None, None
                 if cfg.cell_lookup_map:
                     cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side,
-                                      frames=cfg.cell_lookup_frame)
+                                      frames=cfg.cell_lookup_frame, regions=cfg.cell_lookup_box)
                 if cfg.cell_lookup_frame:
                     frame = size[0] * size[1][:, None]   # 0 x 0 where the size is not known
                 lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],

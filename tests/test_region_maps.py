@@ -1,0 +1,194 @@
+"""`arch.cell_lookup_box` (models/grid_maps.py REGION_MAPS): a box of the input read as a grid of its own.
+- region_boxes finds the foreground's and each colour's bounding box, and none for an absent colour;
+- the content maps read the foreground's box through each of the 8 flips / rotations, a colour map
+  that colour's box as it is, nothing where the box is empty;
+- map_cover takes the region map that explains the demos (a crop + rotation, one colour's part cut
+  out), also when every answer is a single cell, which any cell read through a recolouring explains
+  too (the least relabelling first); without regions it is what it was;
+- answer_size's rules include one colour's box;
+- in the model the option needs cell_lookup_frame, a model with it equals the model without it at
+  step 0, the lookup answers a crop + flip and a colour cut out right, and every lookup parameter
+  gets a gradient at every ACT step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.augment import dihedral
+from dataset.tokens import COLOUR_OFFSET
+from models.answer_size import SIZE_RULES, answer_size, size_rule
+from models.cell_lookup import CellLookup
+from models.grid_maps import (NUM_FRAME_MAPS, NUM_MAPS, REGION_MAPS, map_cover, region_boxes,
+                              region_footprints)
+from models.recursive_reasoning.etrm import TRMWithEncoder
+from tests.helpers import assert_gradient_every_act_step, grid_tokens, make_batch, tiny_config
+
+torch.set_num_threads(2)
+SIDE = 8
+FIRST_REGION = NUM_MAPS + NUM_FRAME_MAPS
+CONTENT = [FIRST_REGION + REGION_MAPS.index(f"content_d{d}") for d in range(8)]
+COLOUR_BOX = {c: FIRST_REGION + REGION_MAPS.index(f"colour_{c}_box") for c in range(1, 10)}
+
+
+def _t(*grids) -> torch.Tensor:
+    return grid_tokens(grids, SIDE)
+
+
+def _read(grid: np.ndarray, m: int) -> np.ndarray:
+    """The colours region map m (an index into REGION_MAPS) reads, cropped to its footprint's box (an
+    empty array where the footprint is empty); asserts the footprint is that box."""
+    src, foot = region_footprints(_t(grid), SIDE)
+    foot = foot[0, m].view(SIDE, SIDE).numpy()
+    read = torch.cat([_t(grid)[0], torch.tensor([-1])])[src[0, m]].view(SIDE, SIDE).numpy() - COLOUR_OFFSET
+    h, w = int(foot[:, 0].sum()), int(foot[0].sum())
+    assert foot.sum() == h * w and foot[:h, :w].all()
+    return read[:h, :w]
+
+
+GRID = np.array([[0, 0, 0, 0, 0, 0],
+                 [0, 0, 3, 3, 0, 0],
+                 [0, 5, 3, 0, 0, 0],
+                 [0, 0, 0, 0, 7, 0],
+                 [0, 0, 0, 0, 0, 0]])
+
+
+def test_region_boxes():
+    box = region_boxes(_t(GRID), SIDE)[0]
+    assert box[0].tolist() == [1, 1, 3, 4]                              # the foreground: rows 1-3, cols 1-4
+    assert box[3].tolist() == [1, 2, 2, 2] and box[5].tolist() == [2, 1, 1, 1] and box[7].tolist() == [3, 4, 1, 1]
+    assert box[1, 2:].tolist() == [0, 0] and box[9, 2:].tolist() == [0, 0]   # absent colours: no box
+
+
+def test_region_maps_read_the_content_turned_and_one_colour_cut_out():
+    content = GRID[1:4, 1:5]
+    for d in range(8):
+        np.testing.assert_array_equal(_read(GRID, REGION_MAPS.index(f"content_d{d}")), dihedral(content, d))
+    np.testing.assert_array_equal(_read(GRID, REGION_MAPS.index("colour_3_box")), [[3, 3], [3, 0]])
+    np.testing.assert_array_equal(_read(GRID, REGION_MAPS.index("colour_7_box")), [[7]])
+    assert _read(GRID, REGION_MAPS.index("colour_1_box")).size == 0     # absent colour: nothing
+    assert _read(np.zeros((3, 3), int), REGION_MAPS.index("content_d0")).size == 0   # no content: nothing
+
+
+def _objects(rng, colours, side=7):
+    """A grid with one object per colour (a 1-3 cell bar), not touching."""
+    while True:
+        g = np.zeros((side, side), int)
+        ok = True
+        for c in colours:
+            n, (r, k) = int(rng.integers(1, 4)), rng.integers(0, side, 2)
+            cells = [(r, k + i) for i in range(n)] if rng.random() < 0.5 else [(r + i, k) for i in range(n)]
+            if any(not (0 <= a < side and 0 <= b < side) for a, b in cells) or any(
+                    g[max(a - 1, 0):a + 2, max(b - 1, 0):b + 2].any() for a, b in cells):
+                ok = False
+                break
+            for a, b in cells:
+                g[a, b] = c
+        if ok:
+            return g
+
+
+def _cut(g, c):
+    rs, cs = np.nonzero(g == c)
+    box = g[rs.min():rs.max() + 1, cs.min():cs.max() + 1]
+    return np.where(box == c, c, 0)
+
+
+def _puzzle(pairs):
+    ins, outs = zip(*pairs)
+    return _t(*ins)[None], _t(*outs)[None], torch.ones(1, len(pairs), dtype=torch.bool)
+
+
+def test_map_cover_takes_the_region_map_that_explains_the_demos():
+    rng = np.random.default_rng(0)
+    cover = lambda d, regions=True: map_cover(*d, SIDE, frames=True, regions=regions)[0][0, 0].item()  # noqa: E731
+    for d in (1, 2, 4, 5):   # crop, then turn
+        grids = [_objects(rng, [2, 4, 6]) for _ in range(3)]
+        demos = _puzzle([(g, dihedral(g[np.nonzero(g)[0].min():np.nonzero(g)[0].max() + 1,
+                                        np.nonzero(g)[1].min():np.nonzero(g)[1].max() + 1], d)) for g in grids])
+        assert cover(demos) == CONTENT[d]
+        assert cover(demos, False) < FIRST_REGION                         # without regions: as before
+    grids = [_objects(rng, [1, 4, 8, 9]) for _ in range(3)]
+    assert cover(_puzzle([(g, _cut(g, 8)) for g in grids])) == COLOUR_BOX[8]
+    # one-cell answers of the chosen colour: a frame map reading any one cell through a recolouring
+    # explains them as well; the colour's box carries its colour unchanged and is taken
+    grids = [np.pad(np.array([[c, 0, 6]]), ((k, 1), (1, k))) for k, c in ((0, 1), (1, 3), (2, 5))]
+    assert cover(_puzzle([(g, np.array([[6]])) for g in grids])) == COLOUR_BOX[6]
+
+
+def test_answer_size_reads_one_colours_box():
+    """Colour 3's part is 1 x 2, 3 x 1, 2 x 2 in the demos (the grids all 5 x 5, the content's box
+    and the counts differ): only its box gives every demo its size, and the query's is 1 x 3."""
+    grids = []
+    for cells in ([(0, 0), (0, 1)], [(1, 3), (2, 3), (3, 3)], [(3, 0), (3, 1), (4, 1)], [(2, 1), (2, 2), (2, 3)]):
+        g = np.zeros((5, 5), int)
+        g[4, 4] = 2
+        for r, c in cells:
+            g[r, c] = 3
+        grids.append(g)
+    d_in, d_out, mask = _puzzle([(g, _cut(g, 3)) for g in grids[:3]])
+    rule, fits, _, _ = size_rule(d_in, d_out, mask, SIDE)
+    assert fits.item() and SIZE_RULES[rule.item()] == "colour_3_box"
+    size, known = answer_size(d_in, d_out, mask, _t(grids[3]), SIDE)
+    assert known.item() and size[0].tolist() == [1, 3]
+
+
+def _lookup_answer(lookup, demos, query):
+    d_in, d_out, mask = _puzzle(demos)
+    q = _t(query)
+    size, known = answer_size(d_in, d_out, mask, q, SIDE)
+    cover = map_cover(d_in, d_out, mask, SIDE, frames=True, regions=True)
+    with torch.no_grad():
+        logits = lookup(q, d_in, d_out, mask, cover, size * known[:, None])[1][0].view(SIDE, SIDE, -1)
+    return logits[..., COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).numpy()
+
+
+def test_the_lookup_answers_a_crop_and_turn_and_a_colour_cut_out():
+    torch.manual_seed(0)
+    lookup = CellLookup(64, 12, SIDE, sharpness=40.0, colour_share=2.0, regions=True)
+    with torch.no_grad():
+        lookup.vote_gain.fill_(1.0)
+    rng = np.random.default_rng(2)
+    crop = lambda g: g[np.nonzero(g)[0].min():np.nonzero(g)[0].max() + 1,  # noqa: E731
+                       np.nonzero(g)[1].min():np.nonzero(g)[1].max() + 1]
+    grids = [_objects(rng, [2, 4, 6]) for _ in range(4)]
+    want = dihedral(crop(grids[3]), 5)
+    got = _lookup_answer(lookup, [(g, dihedral(crop(g), 5)) for g in grids[:3]], grids[3])
+    np.testing.assert_array_equal(got[:want.shape[0], :want.shape[1]], want)
+    grids = [_objects(rng, [1, 4, 8, 9]) for _ in range(4)]
+    want = _cut(grids[3], 8)
+    got = _lookup_answer(lookup, [(g, _cut(g, 8)) for g in grids[:3]], grids[3])
+    np.testing.assert_array_equal(got[:want.shape[0], :want.shape[1]], want)
+
+
+def test_in_the_model():
+    with pytest.raises(ValueError, match="cell_lookup_frame"):
+        TRMWithEncoder(tiny_config(cell_lookup=True, cell_lookup_map=True, cell_lookup_box=True))
+    side = 6
+    options = dict(cell_lookup=True, cell_lookup_map=True, cell_lookup_frame=True, seq_len=side * side)
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(cell_lookup_box=True, **options)).eval()
+    torch.manual_seed(0)
+    without = TRMWithEncoder(tiny_config(**options)).eval()
+    batch = make_batch(side=side)
+    rng = np.random.default_rng(3)
+    grids = [np.pad(rng.integers(1, 10, (2, 3)), ((k % 2, 1), (1, k % 3))) for k in range(4)]
+    flip = lambda g: dihedral(g[np.nonzero(g)[0].min():, np.nonzero(g)[1].min():][:2, :3], 5)  # noqa: E731
+    batch["demo_inputs"][:] = grid_tokens(grids[:3], side).unsqueeze(0)
+    batch["demo_labels"][:] = grid_tokens([flip(g) for g in grids[:3]], side).unsqueeze(0)
+    batch["inputs"][:] = grid_tokens([grids[3]], side)
+    batch["demo_mask"][:] = True
+    torch.testing.assert_close(model(model.initial_carry(batch), batch)[1]["logits"],
+                               without(without.initial_carry(batch), batch)[1]["logits"], rtol=0, atol=0)
+    seen = []
+    model.cell_lookup.register_forward_hook(lambda mod, args, out: seen.append(out[1]))
+    with torch.no_grad():
+        model.cell_lookup.vote_gain.fill_(1.0)
+        model(model.initial_carry(batch), batch)
+    want = flip(grids[3])
+    answer = seen[0][0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)[:2, :3]
+    np.testing.assert_array_equal(answer.numpy(), want)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.cell_lookup.o_proj.weight, std=0.2)
+    assert_gradient_every_act_step(model.train(), [(n, p) for n, p in model.named_parameters()
+                                                   if n.startswith("cell_lookup.")], batch)
