@@ -42,7 +42,7 @@ def size_scores(files: list[Path], side: int) -> tuple[int, float, float, float,
         d_in = torch.stack([enc(p["input"]) for p in pairs])[None]
         d_out = torch.stack([enc(p["output"]) for p in pairs])[None]
         mask = torch.ones(1, len(pairs), dtype=torch.bool)
-        rule, fits, _, _ = size_rule(d_in, d_out, mask, side)
+        rule, fits, _, _, _ = size_rule(d_in, d_out, mask, side)
         picked[SIZE_RULES[int(rule[0])] if fits[0] else None] += 1
         for t in tests:
             size, known = answer_size(d_in, d_out, mask, enc(t["input"])[None], side)

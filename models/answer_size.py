@@ -3,10 +3,10 @@
 An ARC answer has its query's size in about two thirds of the tasks; most of the others have a size
 that is a simple function of the input grid: its transpose, one constant size, a multiple or a
 fraction of it, a count (of objects, of same-colour regions, of colours, of foreground cells) laid out
-as a row, a column or a square or multiplying a side, the bounding box of the foreground or of one
-colour's cells. Each is a candidate rule (`SIZE_RULES`, simplest first); the first that gives every
-real demo its output's size is the puzzle's, and applied to the query input it gives the answer's
-size. Nothing is learned but the gain with which that frame (colour cells inside, EOS on the row below
+as a row, a column or a square or multiplying a side, the bounding box of the foreground, of one
+colour's cells or of the objects of a size (grid_maps.REGION_KINDS). Each is a candidate rule
+(`SIZE_RULES`, simplest first); the first that gives every real demo its output's size is the
+puzzle's, and applied to the query input it gives the answer's size. Nothing is learned but the gain with which that frame (colour cells inside, EOS on the row below
 and the column right of it, as dataset/grids.py writes a grid) is added to the output logits; the gain
 starts at zero, so a model with it equals the model without it at step 0.
 
@@ -25,7 +25,7 @@ from torch import nn
 from dataset.tokens import COLOUR_OFFSET, EOS_ID, NUM_COLOURS
 from models.cell_lookup import GAIN_SCALE, VOTE_FLOOR
 from models.grid_features import component_labels
-from models.grid_maps import grid_sizes, region_boxes
+from models.grid_maps import REGION_KINDS, grid_sizes, object_sizes, region_boxes
 
 MULTIPLES = [(a, b) for a in range(1, 5) for b in range(1, 5) if (a, b) != (1, 1)]
 COUNTS = ("objects", "regions", "colours", "cells")
@@ -37,7 +37,7 @@ def _rule_names() -> list[str]:
     for n in COUNTS:
         names += [f"row_of_{n}", f"column_of_{n}", f"square_of_{n}", f"height_times_{n}", f"width_times_{n}",
                   f"both_times_{n}"]
-    return names + ["foreground_box", "foreground_box_transposed"] + [f"colour_{c}_box" for c in range(1, NUM_COLOURS)]
+    return names + ["foreground_box", "foreground_box_transposed"] + [f"{kind}_box" for kind in REGION_KINDS[1:]]
 
 
 SIZE_RULES = tuple(_rule_names())
@@ -46,8 +46,9 @@ SIZE_RULES = tuple(_rule_names())
 def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
     """tokens [N, S] (a grid at the canvas's top-left) -> per grid [N] long: h, w, the counts of
     COUNTS (8-connected foreground objects of any colours, 4-connected same-colour foreground regions,
-    distinct foreground colours, foreground cells), the foreground's bounding box (box_h, box_w) and
-    each colour's ([N, NUM_COLOURS] boxes_h, boxes_w; index 0: the foreground's, 0 where none)."""
+    distinct foreground colours, foreground cells), and per grid [N, NUM_REGION_KINDS, 4] the
+    bounding boxes of models/grid_maps.py's REGION_KINDS (the foreground's, one colour's, the objects'
+    of a size, ...: `region_boxes`, from the same labelling)."""
     N, S = tokens.shape
     h, w = grid_sizes(tokens, side)
     grid = tokens >= COLOUR_OFFSET
@@ -61,15 +62,15 @@ def grid_quantities(tokens: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
     labels = component_labels(keys, torch.arange(2 * N, device=tokens.device) < N).view(2, N, S)
     objects, regions = roots(labels).unbind(0)
     colours = (torch.nn.functional.one_hot(colour.clamp_min(0), 10).bool() & fg[..., None]).any(1).sum(-1)
-    boxes = region_boxes(tokens, side)                                              # [N, 10, 4]
+    boxes = region_boxes(tokens, side, object_sizes(tokens, side, labels[0]))       # [N, R, 4]
     return {"h": h, "w": w, "objects": objects, "regions": regions, "colours": colours, "cells": fg.sum(-1),
-            "box_h": boxes[:, 0, 2], "box_w": boxes[:, 0, 3], "boxes_h": boxes[..., 2], "boxes_w": boxes[..., 3]}
+            "boxes": boxes}
 
 
-def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> torch.Tensor:
-    """tokens [N, S], constant [N, 2] (the puzzle's constant size candidate) -> [N, len(SIZE_RULES), 2]
-    long: each rule's (height, width) for the grid; 0 where a rule gives none (a fraction that does
-    not divide, an empty count or box)."""
+def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [N, S], constant [N, 2] (the puzzle's constant size candidate) -> ([N, len(SIZE_RULES), 2]
+    long: each rule's (height, width) for the grid, 0 where a rule gives none (a fraction that does
+    not divide, an empty count or box); the grids' region boxes [N, NUM_REGION_KINDS, 4])."""
     q = grid_quantities(tokens, side)
     h, w = q["h"], q["w"]
     sizes = [(h, w), (w, h), (constant[:, 0], constant[:, 1])]
@@ -79,20 +80,23 @@ def candidate_sizes(tokens: torch.Tensor, side: int, constant: torch.Tensor) -> 
     for name in COUNTS:
         n = q[name]
         sizes += [(one, n), (n, one), (n, n), (n * h, w), (h, n * w), (n * h, n * w)]
-    sizes += [(q["box_h"], q["box_w"]), (q["box_w"], q["box_h"])]
-    sizes += [(q["boxes_h"][:, c], q["boxes_w"][:, c]) for c in range(1, NUM_COLOURS)]
+    box_h, box_w = q["boxes"][..., 2], q["boxes"][..., 3]                           # [N, R]
+    sizes += [(box_h[:, 0], box_w[:, 0]), (box_w[:, 0], box_h[:, 0])]
+    sizes += [(box_h[:, k], box_w[:, k]) for k in range(1, len(REGION_KINDS))]
     out = torch.stack([torch.stack(s, -1) for s in sizes], 1)                     # [N, K, 2]
-    return torch.where((out > 0).all(-1, keepdim=True), out, 0)
+    return torch.where((out > 0).all(-1, keepdim=True), out, 0), q["boxes"]
 
 
 @torch.no_grad()
 def size_rule(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
               query: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], optionally the query inputs [B, S]) ->
     (the index in SIZE_RULES of the first rule that gives every real demo its output's size [B] long,
     whether one does [B] bool (not for a puzzle with no real demo), the puzzle's constant size
-    candidate: its first real demo output's [B, 2], the query's candidate sizes [B, K, 2] or None)."""
+    candidate: its first real demo output's [B, 2], the query's candidate sizes [B, K, 2] or None, the
+    region boxes of the demo inputs (and the queries after them) [B * D (+ B), NUM_REGION_KINDS, 4],
+    which models/grid_maps.py's region maps read)."""
     B, D, S = demo_inputs.shape
     out_h, out_w = grid_sizes(demo_labels.reshape(B * D, S), side)
     out_size = torch.stack([out_h, out_w], -1).view(B, D, 2)
@@ -101,24 +105,26 @@ def size_rule(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     grids, constants = demo_inputs.reshape(B * D, S), constant.repeat_interleave(D, 0)
     if query is not None:  # the query's candidates in the same call (one labelling of every grid)
         grids, constants = torch.cat([grids, query]), torch.cat([constants, constant])
-    sizes = candidate_sizes(grids, side, constants)
+    sizes, boxes = candidate_sizes(grids, side, constants)
     demo_sizes, query_sizes = sizes[:B * D], (sizes[B * D:] if query is not None else None)
     fits = (demo_sizes.view(B, D, -1, 2) == out_size[:, :, None]).all(-1) | ~demo_mask[..., None]   # [B, D, K]
     fits = fits.all(1) & demo_mask.any(1, keepdim=True)                              # [B, K]
-    return fits.long().argmax(-1), fits.any(-1), constant, query_sizes
+    return fits.long().argmax(-1), fits.any(-1), constant, query_sizes, boxes
 
 
 @torch.no_grad()
 def answer_size(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                query: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+                query: torch.Tensor, side: int, with_boxes: bool = False) -> tuple[torch.Tensor, ...]:
     """(demo_inputs, demo_labels [B, D, S], demo_mask [B, D], query inputs [B, S]) -> (the answer's
     (height, width) [B, 2], known [B] bool): `size_rule`'s rule applied to the query; unknown when no
-    rule fits, when the puzzle has no real demo, or when the size does not fit the canvas."""
-    rule, fits, _, candidates = size_rule(demo_inputs, demo_labels, demo_mask, side, query)
+    rule fits, when the puzzle has no real demo, or when the size does not fit the canvas.
+    with_boxes: also the region boxes of the demo inputs and the queries [B * D + B, NUM_REGION_KINDS, 4]
+    (from the same labelling: the region maps' boxes without labelling the grids again)."""
+    rule, fits, _, candidates, boxes = size_rule(demo_inputs, demo_labels, demo_mask, side, query)
     B = rule.shape[0]
     size = candidates.gather(1, rule.view(B, 1, 1).expand(-1, 1, 2)).squeeze(1)
     known = fits & (size > 0).all(-1) & (size <= side).all(-1)
-    return size, known
+    return (size, known, boxes) if with_boxes else (size, known)
 
 
 def frame_logits(size: torch.Tensor, known: torch.Tensor, side: int, vocab_size: int) -> torch.Tensor:

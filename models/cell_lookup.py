@@ -116,14 +116,16 @@ class CellLookup(nn.Module):
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
                 demo_mask: torch.Tensor, cover: tuple[torch.Tensor, torch.Tensor] | None = None,
-                frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                frame: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cover: (maps [B, K], used [B, K]) from models/grid_maps.py `map_cover`: the cell maps that,
         with one colour relabelling, explain the demos; every grid, the demos' inputs and the query,
         is read through them first (cell q of the answer is the cell its map points at), so
         "unchanged" means "as the maps carry it" and a flip, a rotation, a shift or a tiling
         followed by a per-cell change is read like a change in place. None: the identity.
         frame [B, 2]: the query answer's size (models/answer_size.py; 0 x 0 = not known), which a
-        cover's frame maps read the query into (a demo's frame is its output's size)."""
+        cover's frame maps read the query into (a demo's frame is its output's size).
+        boxes: the region boxes of the demo inputs, then the queries [B * D + B, NUM_REGION_KINDS, 4]
+        (models/answer_size.py computes them with its labelling; None: computed where needed)."""
         B, D, S = demo_inputs.shape
         d_in, d_out = demo_inputs.reshape(B * D, S), demo_labels.reshape(B * D, S)
         k_feats, q_feats = self.cell_features(torch.cat([d_in, inputs])).split([B * D, B])  # one call: one labelling
@@ -131,9 +133,10 @@ class CellLookup(nn.Module):
         if cover is not None:
             maps, used = cover
             demo_frame = torch.stack(grid_sizes(d_out, self.side), -1)
+            d_boxes, q_boxes = (None, None) if boxes is None else boxes.split([B * D, B])
             d_in, k_feats, shape = self._through_map(d_in, k_feats, maps.repeat_interleave(D, 0),
-                                                     used.repeat_interleave(D, 0), demo_frame)
-            inputs, q_feats, _ = self._through_map(inputs, q_feats, maps, used, frame)
+                                                     used.repeat_interleave(D, 0), demo_frame, d_boxes)
+            inputs, q_feats, _ = self._through_map(inputs, q_feats, maps, used, frame, q_boxes)
         in_cell, out_cell = d_in >= COLOUR_OFFSET, d_out >= COLOUR_OFFSET
         # a pair's cells are aligned when its output has the shape of its (carried) input; cells a
         # shift leaves with no source are in the shape but are no keys (and get no vote)
@@ -174,15 +177,17 @@ class CellLookup(nn.Module):
         return embedding, logits
 
     def _through_map(self, tokens: torch.Tensor, feats: torch.Tensor, maps: torch.Tensor, used: torch.Tensor,
-                     frame: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     frame: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Grids [N, S] and their cells' features [N, S, F] read through a cover (maps, used [N, K];
-        frame [N, 2]: what its frame maps read into, models/grid_maps.py `read_through`):
+        frame [N, 2]: what its frame maps read into, boxes: what its region maps read, models/grid_maps.py
+        `read_through`):
         cell q gets the token and the features of the cell its map points at (PAD and zeros where
         none does). A cell keeps the features of where it came from, so descriptions compare alike
         across the demos and the query (all read through the same maps). Also -> the carried
         grid's cells [N, S] bool (the shape an output of a per-cell rule has)."""
         N, S = tokens.shape
-        src, shape = read_through(tokens, maps, used, self.side, frame, self.regions)      # [N, S], S = none
+        src, shape = read_through(tokens, maps, used, self.side, frame, self.regions, boxes)   # [N, S], S = none
         tokens = torch.cat([tokens, tokens.new_full((N, 1), PAD_ID)], 1).gather(1, src)
         feats = torch.cat([feats, feats.new_zeros(N, 1, feats.shape[-1])], 1)
         return tokens, feats.gather(1, src[..., None].expand(-1, -1, feats.shape[-1])), shape

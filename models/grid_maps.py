@@ -27,6 +27,7 @@ from torch import nn
 
 from dataset.tokens import COLOUR_OFFSET, NUM_COLOURS
 from models.encoders.common import selected_rows
+from models.grid_features import component_labels
 from models.layers import Linear
 
 # cell (r, c) of an h x w grid lands at (a*r + b*c + e, f*r + g*c + k) of the transformed grid,
@@ -212,14 +213,15 @@ class MapMatch(nn.Module):
 
 
 def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor,
-                         side: int, frames: bool = False, regions: bool = False, plain: bool = False
-                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                         side: int, frames: bool = False, regions: bool = False, plain: bool = False,
+                         boxes: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """How well each map, followed by one colour relabelling shared by all of a puzzle's demos,
     explains its demo outputs: the share of the demo output cells whose colour is the one most often
     found with their source's colour (a cell the map points off the input grid for has source colour
     "none"). 1.0 for the map of a flip / rotation / shift + recolouring, and for the identity of a
     pure recolouring, which MapMatch's "equal tokens" does not see; no parameters, no gradient.
-    frames: the FRAME_MAPS too (each demo's frame: its output's size); regions: the REGION_MAPS after them.
+    frames: the FRAME_MAPS too (each demo's frame: its output's size); regions: the REGION_MAPS after them
+    (boxes: the demo inputs' `region_boxes` [B * D, NUM_REGION_KINDS, 4], computed when None).
     (demo_inputs, demo_labels [B, D, S], demo_mask [B, D]) -> [B, NUM_MAPS (+ NUM_FRAME_MAPS (+
     NUM_REGION_MAPS))] in [0, 1]; plain: also the share of those cells whose colour is their source's
     (the relabelling left as it is), same shape."""
@@ -231,7 +233,7 @@ def relabelled_agreement(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, d
     if frames:
         sources = torch.cat([sources, frame_footprints(inputs, torch.stack(grid_sizes(labels, side), -1), side)[0]], 1)
     if regions:
-        sources = torch.cat([sources, region_footprints(inputs, side)[0]], 1)
+        sources = torch.cat([sources, region_footprints(inputs, side, boxes)[0]], 1)
     M = sources.shape[1]
     colour_in = torch.where(inputs >= COLOUR_OFFSET, inputs - COLOUR_OFFSET, NUM_COLOURS)   # none = 10
     colour_in = torch.cat([colour_in, colour_in.new_full((B * D, 1), NUM_COLOURS)], 1)
@@ -322,24 +324,49 @@ def frame_footprints(tokens: torch.Tensor, frame: torch.Tensor, side: int) -> tu
 
 # The region maps (`arch.cell_lookup_box`): the answer is one box of the input read as a grid of its
 # own: the bounding box of the foreground through each of the 8 flips / rotations (crop the content,
-# then turn it), or the bounding box of one colour's cells (1..9) as it is (the part of one colour cut
-# out). They are map_cover's candidates after the frame maps, first maps only (a box is no copy of a
-# tiling), chosen like every map by how well they explain the demos, each demo reading its own box.
-# Why generic: "the output is a part of the input" is the commonest size change in ARC after the
-# answer keeping the query's size; which part (the content, one colour) is read from the demos, and
-# the box is then read like the whole grid (the same flips, the same per-cell changes after it).
+# then turn it), or, as it is, the bounding box of the cells of one kind: one colour's (1..9), the
+# objects' of one size (1..8 cells; objects: 8-connected foreground cells of any colours), the largest
+# objects', the smallest objects'. They are map_cover's candidates after the frame maps, first maps only
+# (a box is no copy of a tiling), chosen like every map by how well they explain the demos, each demo
+# reading its own box. Why generic: "the output is a part of the input" is the commonest size change in
+# ARC after the answer keeping the query's size; which part (the content, the cells of a colour or of
+# an object chosen by its size) is read from the demos, and the box is then read like the whole grid
+# (the same flips, the same per-cell changes after it).
+OBJECT_SIZES = 8
+REGION_KINDS = (("foreground",) + tuple(f"colour_{c}" for c in range(1, NUM_COLOURS))
+                + tuple(f"objects_of_size_{k}" for k in range(1, OBJECT_SIZES + 1))
+                + ("largest_objects", "smallest_objects"))
+NUM_REGION_KINDS = len(REGION_KINDS)
 REGION_MAPS = (tuple(f"content_d{d}" for d in range(NUM_DIHEDRAL))
-               + tuple(f"colour_{c}_box" for c in range(1, NUM_COLOURS)))
+               + tuple(f"{kind}_box" for kind in REGION_KINDS[1:]))
 NUM_REGION_MAPS = len(REGION_MAPS)
 
 
-def region_boxes(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """Grids [N, S] -> the bounding boxes [N, NUM_COLOURS, 4] long (top, left, height, width) of the
-    foreground (index 0) and of each colour's cells (index c); height = width = 0 where there is none."""
+def object_sizes(tokens: torch.Tensor, side: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Grids [N, S] -> the size of the object (8-connected foreground cells, any colours) each cell is
+    part of [N, S] long, 0 off the foreground. labels: the objects' `component_labels` [N, S] when the
+    caller has them (models/answer_size.py does), else they are computed here (one labelling)."""
     N, S = tokens.shape
-    colour = torch.where(tokens >= COLOUR_OFFSET, tokens - COLOUR_OFFSET, -1).view(N, 1, side, side)
-    kinds = torch.arange(NUM_COLOURS, device=tokens.device).view(1, -1, 1, 1)
-    cells = torch.where(kinds == 0, colour > 0, colour == kinds)                        # [N, 10, side, side]
+    fg = (tokens >= COLOUR_OFFSET) & (tokens != COLOUR_OFFSET)
+    if labels is None:
+        labels = component_labels(torch.where(fg, 0, -1).view(N, side, side), True)
+    count = torch.zeros(N, S + 1, dtype=torch.long, device=tokens.device).scatter_add_(1, labels, fg.long())
+    return torch.where(fg, count.gather(1, labels), 0)
+
+
+def region_boxes(tokens: torch.Tensor, side: int, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """Grids [N, S] (and their cells' `object_sizes` [N, S], computed when not given) -> the bounding
+    boxes [N, NUM_REGION_KINDS, 4] long (top, left, height, width) of the cells of each REGION_KINDS
+    kind; height = width = 0 where there are none."""
+    N, S = tokens.shape
+    colour = torch.where(tokens >= COLOUR_OFFSET, tokens - COLOUR_OFFSET, -1)
+    sizes = object_sizes(tokens, side) if sizes is None else sizes
+    fg = colour > 0
+    kinds = [fg[:, None], colour[:, None] == torch.arange(1, NUM_COLOURS, device=tokens.device).view(1, -1, 1),
+             sizes[:, None] == torch.arange(1, OBJECT_SIZES + 1, device=tokens.device).view(1, -1, 1),
+             (sizes == sizes.amax(-1, keepdim=True))[:, None] & fg[:, None],
+             (sizes == sizes.masked_fill(~fg, S + 1).amin(-1, keepdim=True))[:, None]]
+    cells = torch.cat(kinds, 1).view(N, NUM_REGION_KINDS, side, side)
     axis = torch.arange(side, device=tokens.device)
     edges = []
     for present in (cells.any(-1), cells.any(-2)):                                      # rows, columns
@@ -350,30 +377,33 @@ def region_boxes(tokens: torch.Tensor, side: int) -> torch.Tensor:
     return torch.stack([top, left, height, width], -1)
 
 
-def region_footprints(tokens: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grids [N, S] read through the REGION_MAPS -> (each region map's source per cell [N,
-    NUM_REGION_MAPS, S] (S = none), its footprint (the cells of the box as the map carries it) [N,
-    NUM_REGION_MAPS, S] bool); nothing where the box is empty."""
+def region_footprints(tokens: torch.Tensor, side: int, boxes: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids [N, S] read through the REGION_MAPS (their `region_boxes` [N, NUM_REGION_KINDS, 4],
+    computed when not given) -> (each region map's source per cell [N, NUM_REGION_MAPS, S] (S =
+    none), its footprint (the cells of the box as the map carries it) [N, NUM_REGION_MAPS, S] bool);
+    nothing where the box is empty."""
     S = side * side
-    box = region_boxes(tokens, side)                                                    # [N, 10, 4]
-    top, left, height, width = (x[..., None] for x in box.unbind(-1))                  # [N, 10, 1]
+    box = region_boxes(tokens, side) if boxes is None else boxes
+    top, left, height, width = (x[..., None] for x in box.unbind(-1))                  # [N, R, 1]
     cell = torch.arange(S, device=tokens.device)
     r, c = cell // side, cell % side
     # the content's box through each dihedral map: the cell of the box each answer cell comes from
     sr, sc = dihedral_positions(r, c, height[:, 0, 0], width[:, 0, 0], inverse=True)     # [N, 8, S]
     content = (sr >= 0) & (sr < height[:, :1]) & (sc >= 0) & (sc < width[:, :1])
     content_src = (top[:, :1] + sr) * side + left[:, :1] + sc
-    # each colour's box as it is
-    colours = (r < height[:, 1:]) & (c < width[:, 1:])                                  # [N, 9, S]
-    colour_src = (top[:, 1:] + r) * side + left[:, 1:] + c
-    footprint = torch.cat([content, colours], 1)
-    return torch.where(footprint, torch.cat([content_src, colour_src], 1), S), footprint
+    # the other kinds' boxes as they are
+    kinds = (r < height[:, 1:]) & (c < width[:, 1:])                                    # [N, R - 1, S]
+    kinds_src = (top[:, 1:] + r) * side + left[:, 1:] + c
+    footprint = torch.cat([content, kinds], 1)
+    return torch.where(footprint, torch.cat([content_src, kinds_src], 1), S), footprint
 
 
 def cover_footprints(tokens: torch.Tensor, side: int, frame: torch.Tensor | None = None,
-                     regions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     regions: bool = False, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`map_footprints` of grids [N, S], with frames [N, 2] the FRAME_MAPS' after them, and with
-    regions (which needs the frames) the REGION_MAPS' after those:
+    regions (which needs the frames) the REGION_MAPS' after those (the grids' `region_boxes`: boxes,
+    or computed):
     -> sources, footprints [N, NUM_MAPS (+ NUM_FRAME_MAPS (+ NUM_REGION_MAPS)), S]."""
     src, footprint = map_footprints(*grid_sizes(tokens, side), side)
     if frame is None:
@@ -382,13 +412,13 @@ def cover_footprints(tokens: torch.Tensor, side: int, frame: torch.Tensor | None
         return src, footprint
     parts = [(src, footprint), frame_footprints(tokens, frame, side)]
     if regions:
-        parts.append(region_footprints(tokens, side))
+        parts.append(region_footprints(tokens, side, boxes))
     return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
 
 def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: torch.Tensor, side: int,
-              candidates: int = COVER_CANDIDATES, frames: bool = False, regions: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              candidates: int = COVER_CANDIDATES, frames: bool = False, regions: bool = False,
+              boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps a puzzle's answers are read through: the `candidates` best by `relabelled_agreement`
     (ties to the lower map number; the identity first unless another map scores MAP_CONSISTENT or
     beats it by IDENTITY_MARGIN), the best always, each next one only when, on
@@ -399,9 +429,13 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     later pieces are copies), and a map that explains the demos (MAP_CONSISTENT) and whose footprint
     is every demo output's shape gets SHAPE_FIT_BONUS (read them with `read_through`'s frame).
     regions (`arch.cell_lookup_box`, needs frames): the REGION_MAPS are first-map candidates too, and
-    among maps as good the one that recolours least is first (PLAIN_BONUS)."""
+    among maps as good the one that recolours least is first (PLAIN_BONUS); boxes: the demo inputs'
+    `region_boxes` [B * D, NUM_REGION_KINDS, 4] (computed when None)."""
     B, D, S = demo_inputs.shape
-    agreement, plain = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames, regions, plain=True)
+    if regions and boxes is None:   # once for both reads of the demo inputs
+        boxes = region_boxes(demo_inputs.reshape(B * D, S), side)
+    agreement, plain = relabelled_agreement(demo_inputs, demo_labels, demo_mask, side, frames, regions, plain=True,
+                                            boxes=boxes)
     M = agreement.shape[-1]
     ties = torch.arange(M, device=agreement.device) * 1e-6   # exact ties: the lower map number
     best = agreement.amax(-1)
@@ -410,7 +444,7 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
     output = (demo_labels.reshape(B * D, S) >= COLOUR_OFFSET)
     real = demo_mask.reshape(B * D)
     frame = torch.stack(grid_sizes(demo_labels.reshape(B * D, S), side), -1) if frames else None
-    _, footprint = cover_footprints(inputs, side, frame, regions)                        # [BD, M, S]
+    _, footprint = cover_footprints(inputs, side, frame, regions, boxes)                 # [BD, M, S]
     rank = agreement - ties
     if frames:
         fits = ((footprint == output[:, None]).all(-1) | ~real[:, None]).view(B, D, M).all(1)   # [B, M]
@@ -435,15 +469,17 @@ def map_cover(demo_inputs: torch.Tensor, demo_labels: torch.Tensor, demo_mask: t
 
 
 def read_through(tokens: torch.Tensor, maps: torch.Tensor, used: torch.Tensor, side: int,
-                 frame: torch.Tensor | None = None, regions: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 frame: torch.Tensor | None = None, regions: bool = False, boxes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grids [N, S] read through a cover (`map_cover`'s maps [N, K] and used [N, K]): each cell's
     source (the first used map that reads a grid cell for it; S = none) [N, S] and the answer's shape
     (the used maps' footprints) [N, S] bool. frame [N, 2]: the frame the FRAME_MAPS read into (a
     cover with frame maps needs it; None or 0 x 0 where the answer's size is not known: they read nothing);
-    regions: the cover's map numbers include the REGION_MAPS (map_cover's regions)."""
+    regions: the cover's map numbers include the REGION_MAPS (map_cover's regions; boxes: the grids'
+    `region_boxes`, computed when None)."""
     N, S = tokens.shape
     frame = tokens.new_zeros(N, 2) if frame is None else frame
-    src_all, footprint = cover_footprints(tokens, side, frame, regions)
+    src_all, footprint = cover_footprints(tokens, side, frame, regions, boxes)
     index = maps[..., None].expand(-1, -1, S)
     src_k, foot_k = src_all.gather(1, index), footprint.gather(1, index) & used[..., None]   # [N, K, S]
     src = torch.full_like(tokens, S)

@@ -1,11 +1,12 @@
 """`arch.cell_lookup_box` (models/grid_maps.py REGION_MAPS): a box of the input read as a grid of its own.
-- region_boxes finds the foreground's and each colour's bounding box, and none for an absent colour;
-- the content maps read the foreground's box through each of the 8 flips / rotations, a colour map
-  that colour's box as it is, nothing where the box is empty;
+- region_boxes finds the foreground's, each colour's and the objects' of each size (largest,
+  smallest) bounding boxes, none for an absent kind, and answer_size's labelling gives the same;
+- the content maps read the foreground's box through each of the 8 flips / rotations, the other maps
+  their kind's box as it is, nothing where the box is empty;
 - map_cover takes the region map that explains the demos (a crop + rotation, one colour's part cut
-  out), also when every answer is a single cell, which any cell read through a recolouring explains
-  too (the least relabelling first); without regions it is what it was;
-- answer_size's rules include one colour's box;
+  out, the object of a size cut out), also when every answer is a single cell, which any cell read
+  through a recolouring explains too (the least relabelling first); without regions it is what it was;
+- answer_size's rules include one colour's box and one object size's;
 - in the model the option needs cell_lookup_frame, a model with it equals the model without it at
   step 0, the lookup answers a crop + flip and a colour cut out right, and every lookup parameter
   gets a gradient at every ACT step."""
@@ -19,7 +20,7 @@ from dataset.augment import dihedral
 from dataset.tokens import COLOUR_OFFSET
 from models.answer_size import SIZE_RULES, answer_size, size_rule
 from models.cell_lookup import CellLookup
-from models.grid_maps import (NUM_FRAME_MAPS, NUM_MAPS, REGION_MAPS, map_cover, region_boxes,
+from models.grid_maps import (NUM_FRAME_MAPS, NUM_MAPS, REGION_KINDS, REGION_MAPS, map_cover, region_boxes,
                               region_footprints)
 from models.recursive_reasoning.etrm import TRMWithEncoder
 from tests.helpers import assert_gradient_every_act_step, grid_tokens, make_batch, tiny_config
@@ -29,6 +30,7 @@ SIDE = 8
 FIRST_REGION = NUM_MAPS + NUM_FRAME_MAPS
 CONTENT = [FIRST_REGION + REGION_MAPS.index(f"content_d{d}") for d in range(8)]
 COLOUR_BOX = {c: FIRST_REGION + REGION_MAPS.index(f"colour_{c}_box") for c in range(1, 10)}
+SIZE_BOX = {k: FIRST_REGION + REGION_MAPS.index(f"objects_of_size_{k}_box") for k in range(1, 9)}
 
 
 def _t(*grids) -> torch.Tensor:
@@ -54,10 +56,19 @@ GRID = np.array([[0, 0, 0, 0, 0, 0],
 
 
 def test_region_boxes():
-    box = region_boxes(_t(GRID), SIDE)[0]
-    assert box[0].tolist() == [1, 1, 3, 4]                              # the foreground: rows 1-3, cols 1-4
-    assert box[3].tolist() == [1, 2, 2, 2] and box[5].tolist() == [2, 1, 1, 1] and box[7].tolist() == [3, 4, 1, 1]
-    assert box[1, 2:].tolist() == [0, 0] and box[9, 2:].tolist() == [0, 0]   # absent colours: no box
+    """GRID's objects (8-connected, any colours): the 5 + 3s (4 cells), the 7 (1 cell)."""
+    box = {kind: b.tolist() for kind, b in zip(REGION_KINDS, region_boxes(_t(GRID), SIDE)[0])}
+    assert box["foreground"] == [1, 1, 3, 4]                            # rows 1-3, cols 1-4
+    assert box["colour_3"] == [1, 2, 2, 2] and box["colour_5"] == [2, 1, 1, 1] and box["colour_7"] == [3, 4, 1, 1]
+    assert box["objects_of_size_4"] == [1, 1, 2, 3] and box["objects_of_size_1"] == [3, 4, 1, 1]
+    assert box["largest_objects"] == box["objects_of_size_4"] and box["smallest_objects"] == box["objects_of_size_1"]
+    for kind in ("colour_1", "colour_9", "objects_of_size_2", "objects_of_size_8"):   # none: no box
+        assert box[kind][2:] == [0, 0]
+    # answer_size labels the grids once and hands the same boxes on (the model reads them from there)
+    grids = _t(GRID, GRID[::-1], GRID.T)
+    d_in, d_out, mask = grids[None, :2], grids[None, :2], torch.ones(1, 2, dtype=torch.bool)
+    torch.testing.assert_close(answer_size(d_in, d_out, mask, grids[2:], SIDE, with_boxes=True)[2],
+                               region_boxes(grids, SIDE))
 
 
 def test_region_maps_read_the_content_turned_and_one_colour_cut_out():
@@ -88,6 +99,29 @@ def _objects(rng, colours, side=7):
             return g
 
 
+def _sized(rng, sizes, side=7):
+    """Bars of the given lengths (distinct random colours), not touching."""
+    while True:
+        g = np.zeros((side, side), int)
+        colours = rng.permutation(np.arange(1, 10))[:len(sizes)]
+        for n, c in zip(sizes, colours):
+            r, k = (int(x) for x in rng.integers(0, side, 2))
+            cells = [(r, k + i) for i in range(n)] if rng.random() < 0.5 else [(r + i, k) for i in range(n)]
+            if any(not (0 <= a < side and 0 <= b < side) or g[max(a - 1, 0):a + 2, max(b - 1, 0):b + 2].any()
+                   for a, b in cells):
+                break
+            for a, b in cells:
+                g[a, b] = c
+        else:
+            return g
+
+
+def _cut_size(g, n):
+    """The one object of n cells cut out (bars: its colour's box)."""
+    colour = next(c for c in range(1, 10) if (g == c).sum() == n)
+    return _cut(g, colour)
+
+
 def _cut(g, c):
     rs, cs = np.nonzero(g == c)
     box = g[rs.min():rs.max() + 1, cs.min():cs.max() + 1]
@@ -114,6 +148,9 @@ def test_map_cover_takes_the_region_map_that_explains_the_demos():
     # explains them as well; the colour's box carries its colour unchanged and is taken
     grids = [np.pad(np.array([[c, 0, 6]]), ((k, 1), (1, k))) for k, c in ((0, 1), (1, 3), (2, 5))]
     assert cover(_puzzle([(g, np.array([[6]])) for g in grids])) == COLOUR_BOX[6]
+    # the object of 3 cells, whatever its colour (the others have 1, 2 or 4 cells)
+    grids = [_sized(rng, [1, 3, 2, 4]) for _ in range(3)]
+    assert cover(_puzzle([(g, _cut_size(g, 3)) for g in grids])) == SIZE_BOX[3]
 
 
 def test_answer_size_reads_one_colours_box():
@@ -127,10 +164,16 @@ def test_answer_size_reads_one_colours_box():
             g[r, c] = 3
         grids.append(g)
     d_in, d_out, mask = _puzzle([(g, _cut(g, 3)) for g in grids[:3]])
-    rule, fits, _, _ = size_rule(d_in, d_out, mask, SIDE)
+    rule, fits, _, _, _ = size_rule(d_in, d_out, mask, SIDE)
     assert fits.item() and SIZE_RULES[rule.item()] == "colour_3_box"
     size, known = answer_size(d_in, d_out, mask, _t(grids[3]), SIDE)
     assert known.item() and size[0].tolist() == [1, 3]
+    # the object of 3 cells, another colour in each demo
+    grids = [_sized(np.random.default_rng(k), [1, 3, 2, 4]) for k in range(4)]
+    d_in, d_out, mask = _puzzle([(g, _cut_size(g, 3)) for g in grids[:3]])
+    assert SIZE_RULES[size_rule(d_in, d_out, mask, SIDE)[0].item()] == "objects_of_size_3_box"
+    size, known = answer_size(d_in, d_out, mask, _t(grids[3]), SIDE)
+    assert known.item() and tuple(size[0].tolist()) == _cut_size(grids[3], 3).shape
 
 
 def _lookup_answer(lookup, demos, query):

@@ -302,22 +302,25 @@ class TRMWithEncoder(nn.Module):
                 demo = self.demo_reader(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             if cfg.map_read:        # which cell maps the demos agree with, re-read every step too
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
-            size = None             # the answer's size, read from the demos by a vocabulary of size rules
-            if cfg.answer_size or cfg.cell_lookup_frame:
-                size = answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"], data["inputs"],
-                                   self.inner.side)
+            size, boxes = None, None   # the answer's size, read from the demos by a vocabulary of size rules
+            if cfg.answer_size or cfg.cell_lookup_frame:   # (and the grids' region boxes, same labelling)
+                size, known, boxes = answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"],
+                                                 data["inputs"], self.inner.side, with_boxes=True)
+                size = (size, known)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
                 # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient);
                 # cell_lookup_frame: the input tiled / stretched into the answer's frame is a candidate too;
-                # cell_lookup_box: a box of the input (the content's, one colour's) too
+                # cell_lookup_box: a box of the input (the content's, one colour's, one object size's) too
                 cover, frame = None, None
+                B, D = data["demo_mask"].shape
                 if cfg.cell_lookup_map:
                     cover = map_cover(data["demo_inputs"], data["demo_labels"], data["demo_mask"], self.inner.side,
-                                      frames=cfg.cell_lookup_frame, regions=cfg.cell_lookup_box)
+                                      frames=cfg.cell_lookup_frame, regions=cfg.cell_lookup_box,
+                                      boxes=None if boxes is None else boxes[:B * D])
                 if cfg.cell_lookup_frame:
                     frame = size[0] * size[1][:, None]   # 0 x 0 where the size is not known
                 lookup, vote = self.cell_lookup(data["inputs"], data["demo_inputs"], data["demo_labels"],
-                                                data["demo_mask"], cover, frame)
+                                                data["demo_mask"], cover, frame, boxes)
             if cfg.answer_size:     # the answer's frame votes on the output tokens
                 frame_vote = self.answer_size.vote(*size)
                 vote = frame_vote if vote is None else vote + frame_vote
