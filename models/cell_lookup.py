@@ -25,8 +25,10 @@ by the map, then changed by what it is" is read like a change in place. With `ar
 cell_lookup_select` (models/feature_select.py) cells are compared only by the grid features the
 puzzle's demo changes follow (chosen per puzzle, leave-one-demo-out), and with `arch.
 cell_lookup_table` that feature's demo table "(colour, value) -> change" votes on the answer
-too. Rules that move cells by their content (gravity) or change the size otherwise get nothing
-from it (their pairs are not aligned, or the change is not per cell).
+too. With `arch.cell_lookup_frame` / `arch.cell_lookup_box` the cover may also read the input into
+the answer's frame (tiled, stretched) or read one box of it as the grid (the content's, turned; one
+colour's; an object's chosen by its size). Rules that move cells by their content (gravity) or change
+the size otherwise get nothing from it (their pairs are not aligned, or the change is not per cell).
 
 Cost: one attention of the S query cells over the D x S demo cells per ACT step (not per block),
 at the lookup's own width (LOOKUP_WIDTH, whatever the model's: a description needs no more), and the

@@ -92,8 +92,9 @@ class ETRMConfig:
                                        # the query's cells too, with its own gain (zero at init; needs cell_lookup_select)
     cell_lookup_frame: bool = False    # ... and the cover may read the input tiled or stretched into the answer's frame
                                        # (its size: models/answer_size.py's rule; models/grid_maps.py FRAME_MAPS)
-    cell_lookup_box: bool = False      # ... and a box of the input (the content's, through a flip / rotation; one colour's)
-                                       # is a candidate map too (models/grid_maps.py REGION_MAPS; needs cell_lookup_frame)
+    cell_lookup_box: bool = False      # ... and a box of the input (the content's, through a flip / rotation; one colour's,
+                                       # one object size's, the largest / smallest objects') is a candidate map too
+                                       # (models/grid_maps.py REGION_MAPS; needs cell_lookup_frame)
     answer_size: bool = False          # the answer's frame (its size: the first rule of a vocabulary of grid quantities that
                                        # gives every demo its output's size) votes on the output tokens (models/answer_size.py;
                                        # gain zero at init)
