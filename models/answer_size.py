@@ -12,7 +12,7 @@ starts at zero, so a model with it equals the model without it at step 0.
 
 Why it is generic: the rules are grid quantities, not any task's operator, and the demos choose among
 them, as models/feature_select.py lets them choose the feature a cell's change follows. On ARC-AGI-1
-the first consistent rule gives the right size for 88% of the evaluation test outputs (66% keep the
+the first consistent rule gives the right size for 90% of the evaluation test outputs (66% keep the
 query's size): measured by `python -m bench.answer_size <folder of ARC JSON tasks>`. What goes inside
 the frame stays the model's (and cell_lookup's) to say; a wrong frame costs where the rule guessed
 wrong, and the gain weighs that against where it is right.

@@ -328,10 +328,11 @@ def frame_footprints(tokens: torch.Tensor, frame: torch.Tensor, side: int) -> tu
 # objects' of one size (1..8 cells; objects: 8-connected foreground cells of any colours), the largest
 # objects', the smallest objects'. They are map_cover's candidates after the frame maps, first maps only
 # (a box is no copy of a tiling), chosen like every map by how well they explain the demos, each demo
-# reading its own box. Why generic: "the output is a part of the input" is the commonest size change in
-# ARC after the answer keeping the query's size; which part (the content, the cells of a colour or of
-# an object chosen by its size) is read from the demos, and the box is then read like the whole grid
-# (the same flips, the same per-cell changes after it).
+# reading its own box. Why generic: "the output is a part of the input" is one of ARC's commonest size
+# changes (on ARC-AGI-1 evaluation answer_size's box rules fit 9 puzzles, more than any rule but the
+# query's size and a constant size); which part (the content, the cells of a colour or of an object
+# chosen by its size) is read from the demos, and the box is then read like the whole grid (the same
+# flips, the same per-cell changes after it).
 OBJECT_SIZES = 8
 REGION_KINDS = (("foreground",) + tuple(f"colour_{c}" for c in range(1, NUM_COLOURS))
                 + tuple(f"objects_of_size_{k}" for k in range(1, OBJECT_SIZES + 1))
