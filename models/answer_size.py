@@ -6,9 +6,10 @@ fraction of it, a count (of objects, of same-colour regions, of colours, of fore
 as a row, a column or a square or multiplying a side, the bounding box of the foreground, of one
 colour's cells or of the objects of a size (grid_maps.REGION_KINDS). Each is a candidate rule
 (`SIZE_RULES`, simplest first); the first that gives every real demo its output's size is the
-puzzle's, and applied to the query input it gives the answer's size. Nothing is learned but the gain with which that frame (colour cells inside, EOS on the row below
-and the column right of it, as dataset/grids.py writes a grid) is added to the output logits; the gain
-starts at zero, so a model with it equals the model without it at step 0.
+puzzle's, and applied to the query input it gives the answer's size. Nothing is learned but the gain
+with which that frame (colour cells inside, EOS on the row below and the column right of it, as
+dataset/grids.py writes a grid) is added to the output logits; the gain starts at zero, so a model
+with it equals the model without it at step 0.
 
 Why it is generic: the rules are grid quantities, not any task's operator, and the demos choose among
 them, as models/feature_select.py lets them choose the feature a cell's change follows. On ARC-AGI-1

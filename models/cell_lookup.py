@@ -118,7 +118,8 @@ class CellLookup(nn.Module):
 
     def forward(self, inputs: torch.Tensor, demo_inputs: torch.Tensor, demo_labels: torch.Tensor,
                 demo_mask: torch.Tensor, cover: tuple[torch.Tensor, torch.Tensor] | None = None,
-                frame: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                frame: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """cover: (maps [B, K], used [B, K]) from models/grid_maps.py `map_cover`: the cell maps that,
         with one colour relabelling, explain the demos; every grid, the demos' inputs and the query,
         is read through them first (cell q of the answer is the cell its map points at), so

@@ -304,9 +304,8 @@ class TRMWithEncoder(nn.Module):
                 agreement = self.map_match(data["demo_inputs"], data["demo_labels"], data["demo_mask"], demo_lengths)
             size, boxes = None, None   # the answer's size, read from the demos by a vocabulary of size rules
             if cfg.answer_size or cfg.cell_lookup_frame:   # (and the grids' region boxes, same labelling)
-                size, known, boxes = answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"],
-                                                 data["inputs"], self.inner.side, with_boxes=True)
-                size = (size, known)
+                *size, boxes = answer_size(data["demo_inputs"], data["demo_labels"], data["demo_mask"],
+                                           data["inputs"], self.inner.side, with_boxes=True)   # size: (size, known)
             if cfg.cell_lookup:     # what the demo cells like each query cell became, re-read every step too
                 # cell_lookup_map: through the maps (+ relabelling) that explain the demos (no gradient);
                 # cell_lookup_frame: the input tiled / stretched into the answer's frame is a candidate too;
