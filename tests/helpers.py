@@ -92,6 +92,40 @@ def assert_gradient_every_act_step(model, params: list[tuple[str, torch.Tensor]]
             assert p.grad is not None and p.grad.abs().sum() > 0, f"step {step}: no gradient at {name}"
 
 
+def assert_lookup_option_in_the_model(option: str, options: dict, side: int, grids: list, rule) -> None:
+    """A parameter-free option of cell_lookup's cover (`option`, on top of `options`) in the model, on a
+    batch whose every row has the demos grids[:-1] -> rule(grid) and the query grids[-1]: at step 0 (the
+    vote's gain zero) the model computes exactly what the model without the option computes; with the
+    gain at 1 the lookup's vote answers rule(query); every cell_lookup parameter gets a gradient at
+    every ACT step."""
+    from dataset.tokens import COLOUR_OFFSET
+    from models.recursive_reasoning.etrm import TRMWithEncoder
+    options = dict(options, seq_len=side * side)
+    torch.manual_seed(0)
+    model = TRMWithEncoder(tiny_config(**{option: True}, **options)).eval()
+    torch.manual_seed(0)
+    without = TRMWithEncoder(tiny_config(**options)).eval()
+    batch = make_batch(side=side, D=len(grids) - 1)
+    batch["demo_inputs"][:] = grid_tokens(grids[:-1], side).unsqueeze(0)
+    batch["demo_labels"][:] = grid_tokens([rule(g) for g in grids[:-1]], side).unsqueeze(0)
+    batch["inputs"][:] = grid_tokens([grids[-1]], side)
+    batch["demo_mask"][:] = True
+    torch.testing.assert_close(model(model.initial_carry(batch), batch)[1]["logits"],
+                               without(without.initial_carry(batch), batch)[1]["logits"], rtol=0, atol=0)
+    seen = []
+    model.cell_lookup.register_forward_hook(lambda mod, args, out: seen.append(out[1]))
+    with torch.no_grad():
+        model.cell_lookup.vote_gain.fill_(1.0)
+        model(model.initial_carry(batch), batch)
+    want = rule(grids[-1])
+    answer = seen[0][0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)
+    np.testing.assert_array_equal(answer[:want.shape[0], :want.shape[1]].numpy(), want)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.cell_lookup.o_proj.weight, std=0.2)
+    assert_gradient_every_act_step(model.train(), [(n, p) for n, p in model.named_parameters()
+                                                   if n.startswith("cell_lookup.")], batch)
+
+
 def build_and_step(config_name: str, overrides: list[str]):
     """Compose the real Hydra config with `overrides`, build the model and loss head through the
     trainer's builder for a 5x5 split, run one ACT step of make_batch() and backprop.

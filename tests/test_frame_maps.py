@@ -19,7 +19,7 @@ from models.answer_size import answer_size
 from models.cell_lookup import CellLookup
 from models.grid_maps import NUM_MAPS, frame_footprints, map_cover, read_through, relabelled_agreement
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import assert_gradient_every_act_step, grid_tokens, make_batch, tiny_config
+from tests.helpers import assert_lookup_option_in_the_model, grid_tokens, tiny_config
 
 torch.set_num_threads(2)
 SIDE = 8
@@ -114,36 +114,10 @@ def test_the_lookup_reads_the_query_into_its_frame():
 def test_in_the_model_the_cover_and_the_frame_come_from_the_demos():
     with pytest.raises(ValueError, match="cell_lookup_map"):
         TRMWithEncoder(tiny_config(cell_lookup=True, cell_lookup_frame=True))
-    side = 6
-    options = dict(cell_lookup=True, cell_lookup_map=True, seq_len=side * side)
-    torch.manual_seed(0)
-    model = TRMWithEncoder(tiny_config(cell_lookup_frame=True, **options)).eval()
-    torch.manual_seed(0)
-    without = TRMWithEncoder(tiny_config(**options)).eval()
-    batch = make_batch(side=side)
-    B, D, _ = batch["demo_inputs"].shape
     rng = np.random.default_rng(0)
-    grids = [rng.integers(0, 10, (2, 2 + i % 2)) for i in range(D + 1)]
-    stretch = lambda g: g.repeat(2, 0).repeat(2, 1)  # noqa: E731
-    batch["demo_inputs"][:] = grid_tokens(grids[:-1], side).unsqueeze(0)
-    batch["demo_labels"][:] = grid_tokens([stretch(g) for g in grids[:-1]], side).unsqueeze(0)
-    batch["inputs"][:] = grid_tokens([grids[-1]], side)
-    batch["demo_mask"][:] = True
-    # step 0: the vote's gain is zero, the model is the model without frame maps
-    torch.testing.assert_close(model(model.initial_carry(batch), batch)[1]["logits"],
-                               without(without.initial_carry(batch), batch)[1]["logits"], rtol=0, atol=0)
-    seen = []
-    model.cell_lookup.register_forward_hook(lambda mod, args, out: seen.append(out[1]))
-    with torch.no_grad():
-        model.cell_lookup.vote_gain.fill_(1.0)
-        model(model.initial_carry(batch), batch)
-    want = stretch(grids[-1])
-    answer = seen[0][0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)[:want.shape[0], :want.shape[1]]
-    np.testing.assert_array_equal(answer.numpy(), want)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.cell_lookup.o_proj.weight, std=0.2)
-    assert_gradient_every_act_step(model.train(), [(n, p) for n, p in model.named_parameters()
-                                                   if n.startswith("cell_lookup.")], batch)
+    grids = [rng.integers(0, 10, (2, 2 + i % 2)) for i in range(4)]
+    assert_lookup_option_in_the_model("cell_lookup_frame", dict(cell_lookup=True, cell_lookup_map=True), 6, grids,
+                                      lambda g: g.repeat(2, 0).repeat(2, 1))   # a stretch x2
 
 
 def test_read_through_without_a_frame_reads_nothing_through_a_frame_map():

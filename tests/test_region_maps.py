@@ -23,7 +23,7 @@ from models.cell_lookup import CellLookup
 from models.grid_maps import (NUM_FRAME_MAPS, NUM_MAPS, REGION_KINDS, REGION_MAPS, map_cover, region_boxes,
                               region_footprints)
 from models.recursive_reasoning.etrm import TRMWithEncoder
-from tests.helpers import assert_gradient_every_act_step, grid_tokens, make_batch, tiny_config
+from tests.helpers import assert_lookup_option_in_the_model, grid_tokens, tiny_config
 
 torch.set_num_threads(2)
 SIDE = 8
@@ -207,31 +207,8 @@ def test_the_lookup_answers_a_crop_and_turn_and_a_colour_cut_out():
 def test_in_the_model():
     with pytest.raises(ValueError, match="cell_lookup_frame"):
         TRMWithEncoder(tiny_config(cell_lookup=True, cell_lookup_map=True, cell_lookup_box=True))
-    side = 6
-    options = dict(cell_lookup=True, cell_lookup_map=True, cell_lookup_frame=True, seq_len=side * side)
-    torch.manual_seed(0)
-    model = TRMWithEncoder(tiny_config(cell_lookup_box=True, **options)).eval()
-    torch.manual_seed(0)
-    without = TRMWithEncoder(tiny_config(**options)).eval()
-    batch = make_batch(side=side)
     rng = np.random.default_rng(3)
     grids = [np.pad(rng.integers(1, 10, (2, 3)), ((k % 2, 1), (1, k % 3))) for k in range(4)]
     flip = lambda g: dihedral(g[np.nonzero(g)[0].min():, np.nonzero(g)[1].min():][:2, :3], 5)  # noqa: E731
-    batch["demo_inputs"][:] = grid_tokens(grids[:3], side).unsqueeze(0)
-    batch["demo_labels"][:] = grid_tokens([flip(g) for g in grids[:3]], side).unsqueeze(0)
-    batch["inputs"][:] = grid_tokens([grids[3]], side)
-    batch["demo_mask"][:] = True
-    torch.testing.assert_close(model(model.initial_carry(batch), batch)[1]["logits"],
-                               without(without.initial_carry(batch), batch)[1]["logits"], rtol=0, atol=0)
-    seen = []
-    model.cell_lookup.register_forward_hook(lambda mod, args, out: seen.append(out[1]))
-    with torch.no_grad():
-        model.cell_lookup.vote_gain.fill_(1.0)
-        model(model.initial_carry(batch), batch)
-    want = flip(grids[3])
-    answer = seen[0][0, :, COLOUR_OFFSET:COLOUR_OFFSET + 10].argmax(-1).view(side, side)[:2, :3]
-    np.testing.assert_array_equal(answer.numpy(), want)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.cell_lookup.o_proj.weight, std=0.2)
-    assert_gradient_every_act_step(model.train(), [(n, p) for n, p in model.named_parameters()
-                                                   if n.startswith("cell_lookup.")], batch)
+    assert_lookup_option_in_the_model("cell_lookup_box", dict(cell_lookup=True, cell_lookup_map=True,
+                                                              cell_lookup_frame=True), 6, grids, flip)
